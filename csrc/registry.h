@@ -1,0 +1,9 @@
+// Each group of native ops registers itself on the module through one
+// function declared here and called from bindings.cpp.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+namespace rv2 {
+void register_kernels(pybind11::module_& m);
+}  // namespace rv2

@@ -1,0 +1,64 @@
+"""The `rv2` command line: one click group, one thin command per stage.
+
+Stage commands live next to their code (`rv2/<stage>/cli.py`) and are imported
+only when invoked, so `rv2 --help` stays fast and imports no torch.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+
+import click
+
+from rv2 import __version__
+
+# command name -> "module:attribute" of a click command or group, in pipeline order.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "doctor": ("rv2.cli:doctor", "Show versions, devices, native target and weights found."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx):
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        target, _ = COMMANDS[name]
+        mod_name, attr = target.split(":")
+        return getattr(importlib.import_module(mod_name), attr)
+
+    def format_commands(self, ctx, formatter):
+        # Short help from the table, so listing commands imports nothing.
+        rows = [(name, help_) for name, (_, help_) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="rv2")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def main(verbose: int) -> None:
+    """rv2: controllable synthetic chest radiographs, QC'd generation, fair classifiers."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def doctor(as_json: bool) -> None:
+    """Show versions, devices, native target and weights found; exit 1 only if broken."""
+    from rv2 import doctor as doc
+
+    report = doc.collect()
+    click.echo(json.dumps(report, indent=2) if as_json else doc.format_report(report))
+    sys.exit(doc.main_exit_code(report))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Datasets: adapters to one manifest schema, image IO, statistics."""

@@ -1,0 +1,1 @@
+"""Model factories and weight loading (SD components, DenseNet-121, QC classifiers)."""

@@ -1,0 +1,1 @@
+"""Prompts: report sections, template, offline CLIP tokenizer, 77-token fitting, expansion."""
