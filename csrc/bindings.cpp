@@ -6,12 +6,9 @@
 
 #include "common/parallel.h"
 #include "registry.h"
+#include "rv2_build_config.h"
 
 namespace py = pybind11;
-
-#ifndef RV2_CXX_COMPILER
-#define RV2_CXX_COMPILER "unknown"
-#endif
 
 static py::dict build_info() {
   py::dict info;
