@@ -31,12 +31,15 @@ def _bytes_to_unicode() -> list[str]:
 
 def bpe_file() -> Path:
     """Path of the CLIP BPE merges file shipped inside open_clip."""
-    try:
-        import open_clip
-    except ImportError as exc:  # pragma: no cover - a core dependency
+    import importlib.util
+
+    # find_spec locates the package without importing it (importing open_clip
+    # pulls in torch and timm: seconds for a 1 MB data file).
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("the CLIP tokenizer needs open-clip-torch (pip install open-clip-torch), "
-                           "whose wheel ships the BPE vocabulary file") from exc
-    path = Path(open_clip.__file__).resolve().parent / "bpe_simple_vocab_16e6.txt.gz"
+                           "whose wheel ships the BPE vocabulary file")
+    path = Path(list(spec.submodule_search_locations)[0]).resolve() / "bpe_simple_vocab_16e6.txt.gz"
     if not path.is_file():
         raise RuntimeError(f"open_clip is installed but its BPE file is missing: {path}")
     return path
