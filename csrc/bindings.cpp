@@ -38,4 +38,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_num_threads", &rv2::set_num_threads, py::arg("n"),
         "Set the threads used by native kernels (0 = default).");
   rv2::register_kernels(m);
+  rv2::register_stats(m);
 }

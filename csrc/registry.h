@@ -6,4 +6,5 @@
 
 namespace rv2 {
 void register_kernels(pybind11::module_& m);
+void register_stats(pybind11::module_& m);  // stats/ranking.cpp
 }  // namespace rv2

@@ -1,0 +1,314 @@
+// Ranking statistics for evaluation: weighted AUROC and average precision over
+// many bootstrap weight vectors from one sort per label, paired permutation
+// statistics from one sort of the pooled scores, and DeLong placements.
+//
+// Labels are float64: 1 = positive, 0 = negative, anything else (-1, NaN) =
+// unknown, left out. AUROC counts discordant pairs in exact int64 arithmetic
+// (ties count 1/2) and divides once; AP = (1 / P) sum over distinct thresholds
+// (descending) of P_g * TP / (TP + FP), the step-wise definition of
+// scikit-learn's average_precision_score. A metric whose set has no positives
+// or no negatives is NaN. Python twins: rv2/evaluate/kernels.py.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common/parallel.h"
+#include "registry.h"
+
+namespace py = pybind11;
+
+namespace rv2 {
+
+namespace {
+
+using F64Array = py::array_t<double, py::array::c_style | py::array::forcecast>;
+using I32Array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+using U8Array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+inline bool is_pos(double y) { return y == 1.0; }
+inline bool is_known(double y) { return y == 1.0 || y == 0.0; }
+
+// Positions of known cases sorted by score, descending (stable), and the end
+// of each tie group in that order.
+struct SortedCases {
+  std::vector<int64_t> idx;      // case index at each sorted position
+  std::vector<uint8_t> pos;      // 1 if that case is positive
+  std::vector<int64_t> tie_end;  // exclusive end of each tie group
+};
+
+SortedCases sort_cases(const double* score, const double* label, int64_t n, const char* what) {
+  SortedCases s;
+  s.idx.reserve(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    if (!is_known(label[i])) continue;
+    if (!std::isfinite(score[i]))
+      throw std::invalid_argument(std::string(what) + ": score of case " + std::to_string(i) +
+                                  " is not finite (NaN or infinity)");
+    s.idx.push_back(i);
+  }
+  std::stable_sort(s.idx.begin(), s.idx.end(),
+                   [&](int64_t a, int64_t b) { return score[a] > score[b]; });
+  const size_t m = s.idx.size();
+  s.pos.resize(m);
+  for (size_t k = 0; k < m; ++k) s.pos[k] = is_pos(label[s.idx[k]]) ? 1 : 0;
+  for (size_t k = 1; k <= m; ++k)
+    if (k == m || score[s.idx[k]] != score[s.idx[k - 1]]) s.tie_end.push_back(static_cast<int64_t>(k));
+  return s;
+}
+
+// Running AUROC / AP state of G sets walked in descending score order.
+struct Accumulator {
+  int64_t G;
+  std::vector<int64_t> tp, fp, gp, gn, disc2;
+  std::vector<double> ap_sum;
+  std::vector<uint8_t> touched_flag;
+  std::vector<int64_t> touched;
+
+  explicit Accumulator(int64_t groups)
+      : G(groups), tp(groups), fp(groups), gp(groups), gn(groups), disc2(groups),
+        ap_sum(groups), touched_flag(groups) {
+    touched.reserve(static_cast<size_t>(groups));
+  }
+  void reset() {
+    std::fill(tp.begin(), tp.end(), 0);
+    std::fill(fp.begin(), fp.end(), 0);
+    std::fill(disc2.begin(), disc2.end(), 0);
+    std::fill(ap_sum.begin(), ap_sum.end(), 0.0);
+  }
+  inline void add(int64_t g, int64_t w, bool positive) {
+    if (!touched_flag[g]) {
+      touched_flag[g] = 1;
+      touched.push_back(g);
+    }
+    if (positive) gp[g] += w; else gn[g] += w;
+  }
+  // Close the current tie group: positives here are discordant with the
+  // negatives above (fp before the update) and tied with the negatives here.
+  inline void close_tie_group() {
+    for (int64_t g : touched) {
+      const int64_t p = gp[g], q = gn[g];
+      disc2[g] += 2 * p * fp[g] + p * q;
+      tp[g] += p;
+      fp[g] += q;
+      if (p > 0) ap_sum[g] += static_cast<double>(p) *
+                              (static_cast<double>(tp[g]) / static_cast<double>(tp[g] + fp[g]));
+      gp[g] = 0;
+      gn[g] = 0;
+      touched_flag[g] = 0;
+    }
+    touched.clear();
+  }
+  void finish(double* auc, double* ap) const {
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t P = tp[g], N = fp[g];
+      if (P > 0 && N > 0) {
+        const int64_t total2 = 2 * P * N;
+        auc[g] = static_cast<double>(total2 - disc2[g]) / static_cast<double>(total2);
+        ap[g] = ap_sum[g] / static_cast<double>(P);
+      } else {
+        auc[g] = kNaN;
+        ap[g] = kNaN;
+      }
+    }
+  }
+};
+
+void check_1d(const py::buffer_info& b, int64_t n, const char* name) {
+  if (b.ndim != 1 || b.shape[0] != n)
+    throw std::invalid_argument(std::string(name) + " must be 1-D of length " + std::to_string(n));
+}
+
+// auc, ap of shape (B, G): for each weight row b and each group g, the metric
+// over cases with groups[k, i] == g for some k, each case counted weights[b, i] times.
+py::tuple boot_auc_ap(F64Array scores, F64Array labels, I32Array weights, I32Array groups,
+                      int64_t n_groups) {
+  auto sb = scores.request(), lb = labels.request(), wb = weights.request(), gb = groups.request();
+  if (sb.ndim != 1) throw std::invalid_argument("scores must be 1-D");
+  const int64_t n = sb.shape[0];
+  check_1d(lb, n, "labels");
+  if (wb.ndim != 2 || wb.shape[1] != n)
+    throw std::invalid_argument("weights must be (B, n) with n = len(scores)");
+  if (gb.ndim != 2 || gb.shape[1] != n)
+    throw std::invalid_argument("groups must be (K, n) with n = len(scores)");
+  if (n_groups < 1) throw std::invalid_argument("n_groups must be >= 1");
+  const int64_t B = wb.shape[0], K = gb.shape[0];
+  const double* s = static_cast<const double*>(sb.ptr);
+  const double* y = static_cast<const double*>(lb.ptr);
+  const int32_t* w = static_cast<const int32_t*>(wb.ptr);
+  const int32_t* grp = static_cast<const int32_t*>(gb.ptr);
+  for (int64_t i = 0; i < K * n; ++i)
+    if (grp[i] >= n_groups) throw std::invalid_argument("groups holds a code >= n_groups");
+
+  py::array_t<double> auc({B, n_groups}), ap({B, n_groups});
+  double* auc_p = static_cast<double*>(auc.request().ptr);
+  double* ap_p = static_cast<double*>(ap.request().ptr);
+  {
+    py::gil_scoped_release release;
+    SortedCases sc = sort_cases(s, y, n, "boot_auc_ap");
+    const int64_t m = static_cast<int64_t>(sc.idx.size());
+    // Group codes in sorted order, so only the weight lookup is a gather.
+    std::vector<int32_t> sgrp(static_cast<size_t>(K * m));
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t j = 0; j < m; ++j) sgrp[k * m + j] = grp[k * n + sc.idx[j]];
+    for (int64_t i = 0; i < B * n; ++i)
+      if (w[i] < 0) throw std::invalid_argument("weights must be >= 0");
+    parallel_for(B, 1, [&](int64_t b0, int64_t b1) {
+      Accumulator acc(n_groups);
+      for (int64_t b = b0; b < b1; ++b) {
+        const int32_t* wr = w + b * n;
+        acc.reset();
+        int64_t j = 0;
+        for (int64_t end : sc.tie_end) {
+          for (; j < end; ++j) {
+            const int64_t wt = wr[sc.idx[j]];
+            if (wt == 0) continue;
+            for (int64_t k = 0; k < K; ++k) {
+              const int32_t g = sgrp[k * m + j];
+              if (g < 0) continue;
+              bool seen = false;  // a case coded twice for one group counts once
+              for (int64_t k2 = 0; k2 < k; ++k2) seen = seen || sgrp[k2 * m + j] == g;
+              if (!seen) acc.add(g, wt, sc.pos[j]);
+            }
+          }
+          acc.close_tie_group();
+        }
+        acc.finish(auc_p + b * n_groups, ap_p + b * n_groups);
+      }
+    });
+  }
+  return py::make_tuple(auc, ap);
+}
+
+// Paired permutation: swaps[r, i] = 1 exchanges the two models' scores of case
+// i. Returns auc, ap of shape (R, 2): column 0 the permuted model A, 1 model B.
+// One sort of the 2n pooled scores serves every permutation.
+py::tuple perm_auc_ap(F64Array scores_a, F64Array scores_b, F64Array labels, U8Array swaps) {
+  auto ab = scores_a.request(), bb = scores_b.request(), lb = labels.request(), wb = swaps.request();
+  if (ab.ndim != 1) throw std::invalid_argument("scores_a must be 1-D");
+  const int64_t n = ab.shape[0];
+  check_1d(bb, n, "scores_b");
+  check_1d(lb, n, "labels");
+  if (wb.ndim != 2 || wb.shape[1] != n)
+    throw std::invalid_argument("swaps must be (R, n) with n = len(scores_a)");
+  const int64_t R = wb.shape[0];
+  const double* a = static_cast<const double*>(ab.ptr);
+  const double* bsc = static_cast<const double*>(bb.ptr);
+  const double* y = static_cast<const double*>(lb.ptr);
+  const uint8_t* sw = static_cast<const uint8_t*>(wb.ptr);
+
+  py::array_t<double> auc({R, int64_t(2)}), ap({R, int64_t(2)});
+  double* auc_p = static_cast<double*>(auc.request().ptr);
+  double* ap_p = static_cast<double*>(ap.request().ptr);
+  {
+    py::gil_scoped_release release;
+    std::vector<double> pooled(static_cast<size_t>(2 * n)), plabel(static_cast<size_t>(2 * n));
+    for (int64_t i = 0; i < n; ++i) {
+      pooled[i] = a[i];
+      pooled[n + i] = bsc[i];
+      plabel[i] = plabel[n + i] = y[i];
+    }
+    SortedCases sc = sort_cases(pooled.data(), plabel.data(), 2 * n, "perm_auc_ap");
+    parallel_for(R, 1, [&](int64_t r0, int64_t r1) {
+      Accumulator acc(2);
+      for (int64_t r = r0; r < r1; ++r) {
+        const uint8_t* sr = sw + r * n;
+        acc.reset();
+        int64_t j = 0;
+        for (int64_t end : sc.tie_end) {
+          for (; j < end; ++j) {
+            const int64_t e = sc.idx[j];
+            const int64_t src = e >= n ? 1 : 0;
+            const int64_t c = e - src * n;
+            acc.add(src ^ (sr[c] ? 1 : 0), 1, sc.pos[j]);
+          }
+          acc.close_tie_group();
+        }
+        acc.finish(auc_p + r * 2, ap_p + r * 2);
+      }
+    });
+  }
+  return py::make_tuple(auc, ap);
+}
+
+// DeLong placements (Sun and Xu 2014) for each row of scores (k, n):
+// v10[r, i] = (#neg below X_i + #neg tied / 2) / n_neg over positives in
+// input order, v01[r, j] = 1 - (#pos below Y_j + #pos tied / 2) / n_pos.
+py::tuple delong_placements(F64Array scores, F64Array labels) {
+  auto sb = scores.request(), lb = labels.request();
+  if (sb.ndim != 2) throw std::invalid_argument("scores must be (k, n)");
+  const int64_t k = sb.shape[0], n = sb.shape[1];
+  check_1d(lb, n, "labels");
+  const double* s = static_cast<const double*>(sb.ptr);
+  const double* y = static_cast<const double*>(lb.ptr);
+  int64_t m_pos = 0, m_neg = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (is_pos(y[i])) ++m_pos; else if (is_known(y[i])) ++m_neg;
+  }
+  py::array_t<double> v10({k, m_pos}), v01({k, m_neg});
+  double* v10p = static_cast<double*>(v10.request().ptr);
+  double* v01p = static_cast<double*>(v01.request().ptr);
+  {
+    py::gil_scoped_release release;
+    parallel_for(k, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const double* sr = s + r * n;
+        SortedCases sc = sort_cases(sr, y, n, "delong_placements");
+        // Output slot of each case among positives / negatives in input order.
+        std::vector<int64_t> slot(static_cast<size_t>(n), -1);
+        int64_t ip = 0, in = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          if (is_pos(y[i])) slot[i] = ip++; else if (is_known(y[i])) slot[i] = in++;
+        }
+        // Walk ascending: tie groups in reverse.
+        int64_t pos_below = 0, neg_below = 0;
+        const int64_t groups = static_cast<int64_t>(sc.tie_end.size());
+        for (int64_t g = groups - 1; g >= 0; --g) {
+          const int64_t b = g == 0 ? 0 : sc.tie_end[g - 1], e = sc.tie_end[g];
+          int64_t p = 0, q = 0;
+          for (int64_t j = b; j < e; ++j) (sc.pos[j] ? p : q) += 1;
+          for (int64_t j = b; j < e; ++j) {
+            const int64_t c = sc.idx[j];
+            if (sc.pos[j])
+              v10p[r * m_pos + slot[c]] =
+                  (static_cast<double>(neg_below) + 0.5 * static_cast<double>(q)) /
+                  static_cast<double>(m_neg);
+            else
+              v01p[r * m_neg + slot[c]] =
+                  1.0 - (static_cast<double>(pos_below) + 0.5 * static_cast<double>(p)) /
+                            static_cast<double>(m_pos);
+          }
+          pos_below += p;
+          neg_below += q;
+        }
+      }
+    });
+  }
+  return py::make_tuple(v10, v01);
+}
+
+}  // namespace
+
+void register_stats(py::module_& m) {
+  m.def("boot_auc_ap", &boot_auc_ap, py::arg("scores"), py::arg("labels"), py::arg("weights"),
+        py::arg("groups"), py::arg("n_groups"),
+        "Weighted AUROC and average precision, (B, G) each, for B weight rows and G case groups "
+        "(groups: (K, n) int32 codes, -1 = none) from one sort.");
+  m.def("perm_auc_ap", &perm_auc_ap, py::arg("scores_a"), py::arg("scores_b"), py::arg("labels"),
+        py::arg("swaps"),
+        "AUROC and AP, (R, 2) each, of both models after case-wise score swaps (R, n) uint8.");
+  m.def("delong_placements", &delong_placements, py::arg("scores"), py::arg("labels"),
+        "DeLong placements (v10 (k, n_pos), v01 (k, n_neg)) of k score rows.");
+}
+
+}  // namespace rv2

@@ -1,0 +1,195 @@
+"""Case bootstrap with multinomial weights, shared by labels, models and subgroups.
+
+Resampling n cases with replacement is the same as weighting each case by how
+often it was drawn (bincount of the draws). The weights come in chunks of rows
+(memory stays bounded: rows * n * 12 bytes per chunk, never a B x n float64
+matrix) from one seeded numpy Generator, so the same seed gives the same
+resamples for every label, every model of a paired comparison and every
+subgroup. Resamples where a metric is undefined stay NaN; CIs use the
+percentile method over the valid resamples and report their share.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from rv2.evaluate.kernels import boot_auc_ap
+from rv2.evaluate.validate import as_binary_labels, as_scores
+
+CHUNK_BYTES = 128 << 20
+
+
+def chunk_rows(n: int, total: int, budget: int = CHUNK_BYTES) -> int:
+    """Resamples per chunk so that draws (int64) and weights (int32) fit `budget`."""
+    return int(max(1, min(total, budget // max(1, 12 * n))))
+
+
+def resample_indices(n: int, n_boot: int, seed: int = 0, chunk: int | None = None
+                     ) -> Iterator[np.ndarray]:
+    """Bootstrap draws as (rows, n) int64 index arrays, chunk by chunk."""
+    rng = np.random.default_rng(seed)
+    chunk = chunk or chunk_rows(n, n_boot)
+    done = 0
+    while done < n_boot:
+        c = min(chunk, n_boot - done)
+        yield rng.integers(0, n, size=(c, n))
+        done += c
+
+
+def weights_from_indices(idx: np.ndarray, n: int) -> np.ndarray:
+    """(rows, n) draws -> (rows, n) int32 counts of each case."""
+    rows = idx.shape[0]
+    flat = (idx + (np.arange(rows, dtype=np.int64) * n)[:, None]).ravel()
+    return np.bincount(flat, minlength=rows * n).astype(np.int32).reshape(rows, n)
+
+
+def bootstrap_weights(n: int, n_boot: int, seed: int = 0, chunk: int | None = None
+                      ) -> Iterator[np.ndarray]:
+    """(rows, n) int32 multinomial counts, the same resamples as resample_indices."""
+    for idx in resample_indices(n, n_boot, seed, chunk):
+        yield weights_from_indices(idx, n)
+
+
+@dataclasses.dataclass(frozen=True)
+class CI:
+    """A point estimate with its percentile bootstrap interval."""
+
+    estimate: float
+    low: float
+    high: float
+    level: float
+    valid_share: float  # share of resamples where the statistic was defined
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def percentile_ci(estimate: float, resampled: np.ndarray, level: float = 0.95) -> CI:
+    """Percentile CI over the finite values of `resampled` (NaN when none)."""
+    vals = np.asarray(resampled, np.float64).ravel()
+    ok = np.isfinite(vals)
+    share = float(ok.mean()) if vals.size else 0.0
+    if not ok.any() or not np.isfinite(estimate):
+        return CI(float(estimate), float("nan"), float("nan"), level, share)
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(vals[ok], [tail, 100 - tail])
+    return CI(float(estimate), float(lo), float(hi), level, share)
+
+
+def macro(values: np.ndarray, defined: np.ndarray) -> np.ndarray:
+    """Mean over the label axis (-2) of the labels `defined` (L, G) at the point.
+
+    values: (..., L, G). A label outside `defined` is ignored; if a defined one
+    is NaN in a resample, that resample's macro is NaN (the macro keeps one
+    meaning across resamples). NaN for a group with no defined label.
+    """
+    d = defined.astype(bool)
+    k = d.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = np.where(d, values, 0.0).sum(axis=-2)
+        out = s / k
+    out = np.where(k > 0, out, np.nan)
+    bad = (np.isnan(values) & d).any(axis=-2)
+    return np.where(bad, np.nan, out)
+
+
+@dataclasses.dataclass
+class Resampled:
+    """AUROC / AP of M models x L labels x G groups: at the point and per resample."""
+
+    point_auc: np.ndarray  # (M, L, G)
+    point_ap: np.ndarray
+    auc: np.ndarray        # (M, B, L, G)
+    ap: np.ndarray
+    extra: dict            # name -> (point (..., G), resampled (..., B, G)) weighted counts
+
+
+def resample_auc_ap(labels: np.ndarray, scores: Sequence[np.ndarray], *, n_boot: int = 1000,
+                    seed: int = 0, groups: np.ndarray | None = None, n_groups: int = 1,
+                    counts: dict[str, np.ndarray] | None = None, chunk: int | None = None,
+                    progress: bool = False, native: bool | None = None) -> Resampled:
+    """Bootstrap AUROC and AP for several models on shared resamples.
+
+    labels: (n, L) 1/0/NaN; scores: M arrays (n, L); groups: (K, n) int32
+    codes (-1 none) into n_groups groups (None: one group of all cases);
+    counts: name -> (n, G) 0/1 indicator matrices whose weighted column sums
+    are wanted per resample (e.g. underdiagnosis numerators and denominators).
+    """
+    labels = np.asarray(labels, np.float64)
+    n, L = labels.shape
+    M = len(scores)
+    if groups is None:
+        groups, n_groups = np.zeros((1, n), np.int32), 1
+    groups = np.ascontiguousarray(np.atleast_2d(groups), np.int32)
+    counts = counts or {}
+    ones = np.ones((1, n), np.int32)
+    point_auc = np.empty((M, L, n_groups))
+    point_ap = np.empty((M, L, n_groups))
+    for m, s in enumerate(scores):
+        for j in range(L):
+            a, p = boot_auc_ap(s[:, j], labels[:, j], ones, groups, n_groups, native=native)
+            point_auc[m, j], point_ap[m, j] = a[0], p[0]
+    auc = np.empty((M, n_boot, L, n_groups))
+    ap = np.empty((M, n_boot, L, n_groups))
+    mats = {k: np.asarray(v, np.float32) for k, v in counts.items()}
+    extra_b = {k: np.empty(v.shape[:-2] + (n_boot, v.shape[-1])) for k, v in mats.items()}
+    extra_p = {k: v.sum(axis=-2).astype(np.float64) for k, v in mats.items()}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_boot, desc="bootstrap", unit="resample")
+    b0 = 0
+    for w in bootstrap_weights(n, n_boot, seed, chunk):
+        b1 = b0 + w.shape[0]
+        for m, s in enumerate(scores):
+            for j in range(L):
+                a, p = boot_auc_ap(s[:, j], labels[:, j], w, groups, n_groups, native=native)
+                auc[m, b0:b1, j], ap[m, b0:b1, j] = a, p
+        if mats:
+            wf = w.astype(np.float32)
+            for k, v in mats.items():
+                # counts are integers < 2**24, exact in float32
+                extra_b[k][..., b0:b1, :] = np.rint(wf @ v)
+        if bar is not None:
+            bar.update(b1 - b0)
+        b0 = b1
+    if bar is not None:
+        bar.close()
+    return Resampled(point_auc, point_ap, auc, ap,
+                     {k: (extra_p[k], extra_b[k]) for k in mats})
+
+
+def bootstrap_ci(y_true, scores, metric: str = "auroc", *, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95, native: bool | None = None) -> CI:
+    """Percentile bootstrap CI of AUROC ("auroc") or average precision ("ap") of one label.
+
+    y_true: 1/0 with -1/NaN unknown (left out); scores: one float per case.
+    """
+    if metric not in ("auroc", "ap"):
+        raise ValueError(f"metric must be 'auroc' or 'ap', got {metric!r}")
+    y = as_binary_labels(y_true)
+    s = as_scores(scores, "scores", y)
+    if s.shape != y.shape or y.ndim != 1:
+        raise ValueError(f"bootstrap_ci: y_true {y.shape} and scores {s.shape} must be 1-D "
+                         "and of equal length")
+    r = resample_auc_ap(y[:, None], [s[:, None]], n_boot=n_boot, seed=seed, native=native)
+    point, res = (r.point_auc, r.auc) if metric == "auroc" else (r.point_ap, r.ap)
+    return percentile_ci(float(point[0, 0, 0]), res[0, :, 0, 0], level)
+
+
+def bootstrap_macro_ci(y_true, scores, metric: str = "auroc", *, n_boot: int = 1000,
+                       seed: int = 0, level: float = 0.95) -> CI:
+    """CI of the macro (mean over defined labels) AUROC or AP; y_true, scores: (n, L)."""
+    y = as_binary_labels(y_true)
+    s = as_scores(scores, "scores", y)
+    if y.ndim != 2 or s.shape != y.shape:
+        raise ValueError(f"bootstrap_macro_ci: y_true {y.shape} and scores {s.shape} must be "
+                         "(n, L)")
+    r = resample_auc_ap(y, [s], n_boot=n_boot, seed=seed)
+    point, res = (r.point_auc, r.auc) if metric == "auroc" else (r.point_ap, r.ap)
+    defined = np.isfinite(point[0])
+    return percentile_ci(float(macro(point[0], defined)[0]), macro(res[0], defined)[:, 0],
+                         level)
