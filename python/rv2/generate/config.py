@@ -1,0 +1,60 @@
+"""Settings of `rv2 generate` (saved next to the store)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, Optional
+
+from rv2.config import Config
+
+
+@dataclasses.dataclass
+class SamplerConfig:
+    steps: int = 75                 # PNDM inference steps (76 UNet calls)
+    guidance: float = 4.0           # classifier-free guidance (paper: 4.0; authors' demo: 3)
+    height: Optional[int] = None    # None: the model's native size (512 for SD 2.1)
+    width: Optional[int] = None
+    device: str = "auto"            # auto | cpu | cuda | cuda:N
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: fp16 on GPU, fp32 on CPU
+    base_seed: int = 0              # mixed into every (prompt_id, attempt) seed
+
+
+@dataclasses.dataclass
+class QCConfig:
+    enabled: bool = True
+    convention: Literal["authors", "xrv"] = "authors"
+    age_tolerance: float = 16.0     # years (authors' code); the paper uses the age model's SD
+    weights_dir: Optional[str] = None
+    batch_size: int = 64
+
+
+@dataclasses.dataclass
+class StoreConfig:
+    image_format: Literal["png", "jpeg"] = "png"
+    jpeg_quality: int = 95
+    png_compress_level: int = 4     # lossless at any level; lower is faster
+    shard_size: int = 1000          # images per shard folder
+    channels: Literal["gray", "rgb"] = "gray"  # radiographs: mean of the VAE's 3 channels
+    manifest_every: int = 200       # rewrite manifest.parquet every N finished prompts
+
+
+@dataclasses.dataclass
+class GenerateConfig(Config):
+    VERSION = 1
+
+    sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
+    qc: QCConfig = dataclasses.field(default_factory=QCConfig)
+    store: StoreConfig = dataclasses.field(default_factory=StoreConfig)
+    batch_size: int = 8
+    max_attempts: int = 4           # 1 + 3 retries
+    limit: Optional[int] = None     # only the first N prompts (smoke runs)
+
+    def validate(self) -> "GenerateConfig":
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.sampler.steps < 1:
+            raise ValueError(f"sampler.steps must be >= 1, got {self.sampler.steps}")
+        if self.store.shard_size < 1:
+            raise ValueError(f"store.shard_size must be >= 1, got {self.store.shard_size}")
+        return self
