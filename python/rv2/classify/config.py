@@ -1,0 +1,72 @@
+"""Settings of `rv2 train-classifier` (defaults follow the paper's Methods)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar, Literal
+
+from rv2.config import Config
+
+STRATEGIES = ("real", "synthetic", "mixed", "pretrain-finetune")
+VAL_SPLIT_ALIASES = ("val", "valid", "validate", "validation")
+
+
+@dataclasses.dataclass
+class ClassifierConfig(Config):
+    VERSION: ClassVar[int] = 1
+
+    strategy: Literal["real", "synthetic", "mixed", "pretrain-finetune"] = "real"
+    real: str | None = None        # manifest of real training images
+    synthetic: str | None = None   # manifest (store) of synthetic images
+    val: str | None = None         # validation manifest; default: the real manifest's val split
+    out: str | None = None         # model dir
+    # Image roots (manifest `path`s are relative to them); default: the manifest's folder.
+    root: str | None = None        # for every manifest, unless one of the next three is set
+    real_root: str | None = None
+    synthetic_root: str | None = None
+    val_root: str | None = None
+    # Which rows of a manifest with a `split` column are used (None: all rows).
+    train_split: str | None = "train"
+    val_split: str | None = "val"  # also matches valid / validate / validation
+
+    # Label efficiency: patient-level, seeded subsets of the real training set.
+    n_real: int | None = None
+    real_fraction: float | None = None
+    n_synthetic: int | None = None  # images drawn (seeded) from the synthetic manifest
+    subset_seed: int = 0
+
+    # Model
+    image_size: int = 224
+    init: Literal["auto", "imagenet", "scratch"] = "auto"  # auto: paper (imagenet; scratch to pretrain)
+    weights_dir: str | None = None
+    pretrained_from: str | None = None  # pretrain-finetune: reuse this synthetic-pretrained model dir
+
+    # Optimisation (paper: AdamW 1e-4, wd 0.05, cosine, <=100 epochs, patience 20 on val loss)
+    lr: float = 1e-4
+    finetune_lr: float = 5e-5
+    weight_decay: float = 0.05
+    epochs: int = 100
+    pretrain_epochs: int | None = None   # default: epochs
+    patience: int = 20
+    batch_size: int = 32
+    eval_batch_size: int | None = None   # default: 2 x batch_size
+    max_steps: int | None = None         # per training phase
+    time_limit_s: float | None = None    # per training phase; stops after the current step
+    seed: int = 0
+
+    # Labels
+    uncertain_policy: Literal["ignore", "zeros", "ones"] | None = None  # None: manifest sidecar, else ignore
+    unknown_policy: Literal["zeros", "ignore"] = "zeros"
+
+    # Normalization: from the full real training manifest if given, else the synthetic one
+    norm_mean: float | None = None
+    norm_std: float | None = None
+    norm_max_images: int = 2000
+
+    # Runtime
+    device: str = "auto"          # auto | cpu | cuda | cuda:N
+    amp: bool = True              # bf16 autocast on CUDA only
+    channels_last: bool = True    # on CUDA only
+    num_workers: int = 4
+    cache_images: bool = False    # keep preprocessed images in memory (num_workers=0 only)
+    on_bad_image: Literal["error", "skip"] = "error"
+    progress: bool = True

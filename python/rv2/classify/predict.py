@@ -1,0 +1,120 @@
+"""`predict(model_dir, manifest, root)`: probabilities per image and label.
+
+Unreadable images (missing, truncated, not an image) are never silently
+dropped: they are left out of the predictions and listed, with the reason, in
+`df.attrs["skipped"]` (and in the `skipped` report the CLI writes).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rv2.classify import model_dir as md
+
+log = logging.getLogger(__name__)
+
+SKIPPED_COLUMNS = ["image_id", "path", "reason"]
+
+
+def load_model_dir(model_dir: str | os.PathLike, device: str = "cpu"):
+    """(model, model_config, thresholds) of a trained classifier folder."""
+    return md.load_model(model_dir, device)
+
+
+def predict(model_dir: str | os.PathLike, manifest: str | os.PathLike | pd.DataFrame,
+            root: str | os.PathLike | None = None, *, batch_size: int = 64, device: str = "auto",
+            num_workers: int = 0, amp: bool = True, progress: bool = True) -> pd.DataFrame:
+    """A DataFrame with `image_id` and one probability column per label (model order).
+
+    root: folder the manifest's paths are relative to (default: the manifest's folder;
+    required when a DataFrame is passed). Skipped images: `result.attrs["skipped"]`.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from rv2.classify.data import manifest_root, read_manifest
+    from rv2.classify.train import resolve_device
+    from rv2.data.torch_dataset import ManifestDataset
+
+    dev = resolve_device(device)
+    model, mcfg, _ = load_model_dir(model_dir, str(dev))
+    labels = list(mcfg["labels"])
+    if isinstance(manifest, pd.DataFrame):
+        if root is None:
+            raise ValueError("root is required when the manifest is a DataFrame")
+        df, name = manifest, "manifest"
+    else:
+        df, name = read_manifest(manifest), str(manifest)
+        root = manifest_root(manifest, root)
+    norm = mcfg["normalization"]
+    ds = ManifestDataset(df, root, image_size=int(mcfg["image_size"]), labels=labels,
+                         mean=norm["mean"], std=norm["std"], require_labels=False, name=name)
+    ids = df["image_id"].astype("string")
+    if ids.duplicated().any():
+        dup = ids[ids.duplicated()].unique()[:5].tolist()
+        raise ValueError(f"{name}: image_id is not unique (e.g. {dup}); predictions are keyed by it")
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=dev.type == "cuda")
+    use_amp = amp and dev.type == "cuda"
+    if dev.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    rows, probs, skipped = [], [], []
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress):
+            ok = batch["ok"].numpy().astype(bool)
+            for i in np.nonzero(~ok)[0]:
+                idx = int(batch["index"][i])
+                skipped.append({"image_id": ds.image_ids[idx], "path": ds.paths[idx],
+                                "reason": batch["error"][i]})
+            if not ok.any():
+                continue
+            x = batch["image"][torch.from_numpy(ok)].to(dev, non_blocking=True)
+            if dev.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else _null():
+                logits = model(x)
+            probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+            rows.extend(int(i) for i in batch["index"][torch.from_numpy(ok)])
+    p = np.concatenate(probs) if probs else np.zeros((0, len(labels)), np.float32)
+    out = pd.DataFrame(p.astype(np.float32), columns=labels)
+    out.insert(0, "image_id", pd.array([ds.image_ids[i] for i in rows], dtype="string"))
+    out.attrs["skipped"] = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)
+    out.attrs["n_input"] = len(ds)
+    if skipped:
+        log.warning("%d of %d images could not be read and were skipped", len(skipped), len(ds))
+    return out
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def write_predictions(preds: pd.DataFrame, out: str | os.PathLike, *, model_dir, manifest,
+                      config: dict | None = None) -> tuple[Path, Path]:
+    """Parquet of predictions + its rv2 metadata + `<stem>.skipped.csv` (always written)."""
+    from rv2.config import write_artifact_meta
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    table = preds.copy()
+    table.attrs = {}
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, out)
+    skipped = preds.attrs.get("skipped", pd.DataFrame(columns=SKIPPED_COLUMNS))
+    skipped_path = out.with_name(out.stem + ".skipped.csv")
+    skipped.to_csv(skipped_path, index=False)
+    inputs = [p for p in (Path(model_dir) / md.WEIGHTS, manifest) if not isinstance(p, pd.DataFrame)]
+    write_artifact_meta(out, config, inputs=inputs,
+                        extra={"model_dir": str(model_dir), "n_input": preds.attrs.get("n_input"),
+                               "n_predicted": len(preds), "n_skipped": len(skipped),
+                               "skipped_report": str(skipped_path),
+                               "labels": [c for c in preds.columns if c != "image_id"]})
+    return out, skipped_path
