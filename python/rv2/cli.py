@@ -17,6 +17,8 @@ from rv2 import __version__
 # command name -> "module:attribute" of a click command or group, in pipeline order.
 COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("rv2.cli:doctor", "Show versions, devices, native target and weights found."),
+    "train-classifier": ("rv2.classify.cli:train_classifier", "Train the DenseNet-121 disease classifier (real, synthetic, mixed, pretrain-finetune; sweep)."),
+    "predict": ("rv2.classify.cli:predict", "Disease probabilities per image from a trained classifier; unreadable images reported."),
     "train-generator": ("rv2.generate.train_cli:train_generator", "Fine-tune the generator (UNet + text encoder); resumable, multi-GPU via accelerate."),
 }
 
