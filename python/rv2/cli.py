@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-classifier": ("rv2.classify.cli:train_classifier", "Train the DenseNet-121 disease classifier (real, synthetic, mixed, pretrain-finetune; sweep)."),
     "predict": ("rv2.classify.cli:predict", "Disease probabilities per image from a trained classifier; unreadable images reported."),
     "train-generator": ("rv2.generate.train_cli:train_generator", "Fine-tune the generator (UNet + text encoder); resumable, multi-GPU via accelerate."),
+    "generate": ("rv2.generate.cli:generate", "Generate a QC'd synthetic dataset from expanded prompts (retries, crash-safe resumable store)."),
 }
 
 

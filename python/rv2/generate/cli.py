@@ -1,0 +1,60 @@
+"""`rv2 generate`: QC'd synthetic dataset (re)generation. Imports torch only when run."""
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("generate")
+@click.option("--prompts", "prompts_path", required=True, type=click.Path(dir_okay=False),
+              help="Expanded prompts table (Parquet) from the prompts stage.")
+@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False),
+              help="Generator: a diffusers StableDiffusionPipeline folder.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Store folder (created; an existing store is resumed).")
+@click.option("--qc-weights-dir", default=None, type=click.Path(file_okay=False),
+              help="Folder with the QC weights (the real files or an rv2 QC bundle).")
+@click.option("--no-qc", is_flag=True, help="Accept every image without QC.")
+@click.option("--batch-size", type=int, default=None, help="Images per batch (default 8).")
+@click.option("--max-attempts", type=int, default=None, help="Attempts per prompt (default 4 = 1 + 3 retries).")
+@click.option("--steps", type=int, default=None, help="Inference steps (default 75).")
+@click.option("--guidance", type=float, default=None, help="Classifier-free guidance (default 4.0).")
+@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N (default auto).")
+@click.option("--dtype", default=None, type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
+              help="auto: fp16 on GPU, fp32 on CPU.")
+@click.option("--limit", type=int, default=None, help="Only the first N prompts.")
+@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
+              help="GenerateConfig file (YAML/TOML/JSON).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Config override, e.g. --set store.image_format=jpeg (repeatable).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def generate(prompts_path, model_dir, out_dir, qc_weights_dir, no_qc, batch_size, max_attempts,
+             steps, guidance, device, dtype, limit, config_path, overrides, no_progress):
+    """Generate a QC'd synthetic dataset store from an expanded prompts table.
+
+    Failed images are regenerated with the prompt's next seed up to --max-attempts.
+    Kill it at any time; the same command resumes where it stopped."""
+    from rv2.config import ConfigError
+    from rv2.generate.config import GenerateConfig
+    from rv2.generate.pipeline import PromptsError, generate_dataset
+    from rv2.generate.store import StoreError
+    from rv2.models.qc import QCWeightsError
+    from rv2.models.sd import MissingComponentError
+    from rv2.weights import MissingWeightsError
+
+    flags = {"batch_size": batch_size, "max_attempts": max_attempts, "limit": limit,
+             "sampler.steps": steps, "sampler.guidance": guidance, "sampler.device": device,
+             "sampler.dtype": dtype, "qc.weights_dir": qc_weights_dir,
+             "qc.enabled": False if no_qc else None}
+    sets = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+    try:
+        cfg = GenerateConfig.load(config_path, list(overrides) + sets).validate()
+        summary = generate_dataset(prompts_path, model_dir, out_dir, cfg,
+                                   progress=not no_progress)
+    except (ConfigError, PromptsError, StoreError, QCWeightsError, MissingComponentError,
+            MissingWeightsError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    keys = ("accepted", "failed", "failed_by_attribute", "attempts_histogram", "this_run")
+    click.echo(json.dumps({k: summary[k] for k in keys}, indent=2))
+    click.echo(f"store: {out_dir}  (manifest: {summary['manifest']})")
