@@ -17,10 +17,14 @@ from rv2 import __version__
 # command name -> "module:attribute" of a click command or group, in pipeline order.
 COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("rv2.cli:doctor", "Show versions, devices, native target and weights found."),
+    "data": ("rv2.data.cli:data", "Datasets: index official layouts into one Parquet manifest (+ CONSORT sidecar); statistics tables."),
+    "prompts": ("rv2.prompts.cli:prompts", "Prompts from reports: build (77-token fit), expand (8 demographic variants), authors' CSV import/export."),
     "train-classifier": ("rv2.classify.cli:train_classifier", "Train the DenseNet-121 disease classifier (real, synthetic, mixed, pretrain-finetune; sweep)."),
     "predict": ("rv2.classify.cli:predict", "Disease probabilities per image from a trained classifier; unreadable images reported."),
     "train-generator": ("rv2.generate.train_cli:train_generator", "Fine-tune the generator (UNet + text encoder); resumable, multi-GPU via accelerate."),
     "generate": ("rv2.generate.cli:generate", "Generate a QC'd synthetic dataset from expanded prompts (retries, crash-safe resumable store)."),
+    "evaluate": ("rv2.evaluate.cli:evaluate", "AUROC/AP with bootstrap CIs, subgroup AUROC, fairness and underdiagnosis gaps; Markdown/HTML report."),
+    "compare": ("rv2.evaluate.cli:compare", "Paired model comparison: DeLong, bootstrap and permutation tests, CIs of differences; report."),
 }
 
 
