@@ -1,0 +1,294 @@
+"""`rv2 data index`: each dataset's published files -> one manifest (+ sidecar).
+
+Python entry point (the CLI is a thin call into it):
+
+    from rv2.data.index import IndexConfig, index_dataset
+    df, sidecar = index_dataset("mimic", metadata_files, root="/data/mimic-cxr-jpg",
+                                config=IndexConfig(views="PA"))
+
+`metadata_files` are recognised by their columns, not their names, so renamed
+or gzipped (.csv.gz) copies work. Per dataset (what `--metadata` takes):
+
+- mimic: `mimic-cxr-2.0.0-metadata.csv`, `mimic-cxr-2.0.0-chexpert.csv` (or
+  `-negbio.csv`; `mimic_labeler` picks when both are given), MIMIC-IV
+  `hosp/patients.csv` and `hosp/admissions.csv`; optional
+  `mimic-cxr-2.0.0-split.csv` (used with `split_mode=official`). Images are
+  `ROOT/files/p1X/pSUBJECT/sSTUDY/DICOM.jpg`; reports are read from
+  `REPORTS_ROOT/files/p1X/pSUBJECT/sSTUDY.txt` (`reports_root` defaults to ROOT;
+  the official reports zip unpacks to that same `files/` tree). E.g.
+      rv2 data index --dataset mimic --root /data/mimic-cxr-jpg --views PA \\
+        --metadata mimic-cxr-2.0.0-metadata.csv.gz --metadata mimic-cxr-2.0.0-chexpert.csv.gz \\
+        --metadata patients.csv.gz --metadata admissions.csv.gz --out mimic.parquet
+- chexpert: `train.csv` and/or `valid.csv` (paths relative to the folder
+  that holds `CheXpert-v1.0*/`), optional demographics table (PATIENT,
+  PRIMARY_RACE, ETHNICITY; CSV).
+- chexpert-plus: `df_chexpert_plus_240401.csv` (optionally a CSV of the 14
+  labels keyed by path_to_image).
+- nih: `Data_Entry_2017_v2020.csv`, optional `test_list.txt` /
+  `train_val_list.txt` for the official split; images `ROOT/images/NAME.png`.
+- padchest: the 160K labels CSV; images `ROOT/IMAGEDIR/IMAGEID`.
+- vindr: Kaggle `train.csv` or PhysioNet `image_labels_{train,test}.csv`;
+  images `ROOT/{train,test}/IMAGE_ID.dicom`.
+- openi: `NLMCXR_reports.tgz` (or a folder of its XML files), optional
+  `nlmcxr_dicom_metadata.csv` for view/sex/age; images `ROOT/IMAGE_ID.png`.
+
+Where a file is not at its expected path and `locate_by_name` is on, the root
+tree is searched once by file name (e.g. NIH's images_001/images/ layout).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from rv2.config import Config
+from rv2.data.schema import UNCERTAIN_POLICIES
+
+DATASETS = ("mimic", "chexpert", "chexpert-plus", "nih", "padchest", "vindr", "openi")
+
+DEFAULT_NONDESCRIPTIVE = (
+    r"see (above|below|findings|report|text)\.?",
+    r"as above\.?",
+    r"(no|without) (significant |interval |appreciable )?(interval )?change\.?",
+    r"(unchanged|stable|no new findings)( from prior)?\.?",
+    r"(please )?(refer to|see) (the )?(findings|body of the report|wet read)\.?",
+    r"(none|n/?a|nil|deferred|pending)\.?",
+)
+
+
+@dataclasses.dataclass
+class IndexConfig(Config):
+    """Settings of `rv2 data index` (saved in the manifest's metadata)."""
+
+    VERSION = 1
+    dataset: str = "mimic"
+    views: str = "all"                    # "all" or a comma list: PA, AP, LATERAL, LL, ...
+    uncertain_policy: str = "ignore"      # recorded for consumers: ignore | zeros | ones
+    no_finding_rule: bool = True          # No Finding = 1 -> blank findings become 0
+    # MIMIC
+    split_mode: str = "paper"             # paper (p19 test, rest by patient) | official
+    test_folders: list[str] = dataclasses.field(default_factory=lambda: ["p19"])
+    val_fraction: float = 0.02            # of p10-p18 patients, seeded
+    seed: int = 0
+    mimic_labeler: str = "chexpert"       # chexpert | negbio
+    reports_root: str = ""                # default: the image root
+    paper_exclusions: bool = True         # impression, sex/age, race exclusions (MIMIC)
+    min_impression_words: int = 2
+    nondescriptive_patterns: list[str] = dataclasses.field(
+        default_factory=lambda: list(DEFAULT_NONDESCRIPTIVE))
+    # other datasets
+    default_split: str = "test"           # for sources without a split of their own
+    vindr_aggregate: str = "any"          # any | majority, over VinDr's readers
+    # files
+    verify_files: bool = False
+    max_pixels: int = 8192 * 8192
+    workers: int = 2
+    locate_by_name: bool = True
+
+    def check(self) -> "IndexConfig":
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {list(DATASETS)}")
+        if self.uncertain_policy not in UNCERTAIN_POLICIES:
+            raise ValueError(f"uncertain_policy must be one of {list(UNCERTAIN_POLICIES)}")
+        if self.split_mode not in ("paper", "official"):
+            raise ValueError("split_mode must be 'paper' or 'official'")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.mimic_labeler not in ("chexpert", "negbio"):
+            raise ValueError("mimic_labeler must be 'chexpert' or 'negbio'")
+        if self.vindr_aggregate not in ("any", "majority"):
+            raise ValueError("vindr_aggregate must be 'any' or 'majority'")
+        if self.default_split not in ("train", "validate", "test"):
+            raise ValueError("default_split must be train, validate or test")
+        from rv2.data.labels import parse_views
+
+        parse_views(self.views)
+        return self
+
+
+class Flow:
+    """Rows kept at each exclusion step, for the CONSORT-style table."""
+
+    def __init__(self, df: pd.DataFrame, start: str):
+        self.df = df
+        self.steps: list[dict] = [{"step": start, "removed": None, "remaining": int(len(df))}]
+
+    def keep(self, mask, step: str) -> pd.DataFrame:
+        mask = np.asarray(mask, dtype=bool)
+        removed = int((~mask).sum())
+        self.df = self.df.loc[mask].reset_index(drop=True)
+        self.steps.append({"step": step, "removed": removed, "remaining": int(len(self.df))})
+        return self.df
+
+
+# ------------------------------------------------------------------ reading inputs
+
+def read_table(path: str | os.PathLike, **kw) -> pd.DataFrame:
+    """CSV (optionally .gz/.zip) with a clear error naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"metadata file not found: {p}")
+    try:
+        return pd.read_csv(p, low_memory=False, **kw)
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"cannot read metadata table {p}: {exc}") from exc
+
+
+def read_header(path: str | os.PathLike) -> list[str]:
+    p = Path(path)
+    if p.suffix == ".txt":
+        return []
+    if p.suffix in (".tgz",) or p.name.endswith(".tar.gz") or p.is_dir():
+        return []
+    return list(read_table(p, nrows=0).columns)
+
+
+# ------------------------------------------------------------------ files
+
+def locate_missing(df: pd.DataFrame, root: Path, progress: bool = True) -> tuple[pd.DataFrame, int]:
+    """Rows whose path does not exist get the path of a same-named file under root (if unique)."""
+    paths = df["path"].to_numpy(dtype=object)
+    exists = np.array([p is not None and (root / p).is_file() for p in paths])
+    if exists.all():
+        return df, 0
+    by_name: dict[str, str | None] = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            rel = os.path.relpath(os.path.join(dirpath, f), root)
+            by_name[f] = None if f in by_name else rel  # None: ambiguous name
+    found = 0
+    new = paths.copy()
+    for i in np.flatnonzero(~exists):
+        if paths[i] is None:
+            continue
+        hit = by_name.get(os.path.basename(paths[i]))
+        if hit:
+            new[i] = hit
+            found += 1
+    out = df.copy()
+    out["path"] = new
+    return out, found
+
+
+def check_file(full: Path, max_pixels: int) -> str | None:
+    """None if the image decodes, else the reason."""
+    from rv2.data.imageio import ImageReadError, load_image
+
+    try:
+        load_image(full, max_pixels=max_pixels)
+    except ImageReadError as exc:
+        return exc.reason
+    except Exception as exc:  # noqa: BLE001 - never die on one file
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def verify_files(df: pd.DataFrame, root: Path, *, max_pixels: int, workers: int = 2,
+                 progress: bool = True) -> tuple[np.ndarray, list[dict]]:
+    """Decode every image; (ok mask, [{image_id, path, reason}] for the bad ones)."""
+    from tqdm.auto import tqdm
+
+    paths = df["path"].to_numpy(dtype=object)
+
+    def one(p):
+        if p is None:
+            return "no path"
+        full = root / p
+        if not full.is_file():
+            return "file not found"
+        return check_file(full, max_pixels)
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        reasons = list(tqdm(pool.map(one, paths), total=len(paths), desc="verify images",
+                            unit="img", disable=not progress))
+    ok = np.array([r is None for r in reasons], dtype=bool)
+    bad = [{"image_id": str(i), "path": str(p), "reason": r}
+           for i, p, r in zip(df["image_id"], paths, reasons) if r is not None]
+    return ok, bad
+
+
+# ------------------------------------------------------------------ entry point
+
+def _adapter(dataset: str) -> Callable:
+    from rv2.data import mimic, sources
+
+    return {"mimic": mimic.index_mimic, "chexpert": sources.index_chexpert,
+            "chexpert-plus": sources.index_chexpert_plus, "nih": sources.index_nih,
+            "padchest": sources.index_padchest, "vindr": sources.index_vindr,
+            "openi": sources.index_openi}[dataset]
+
+
+def index_dataset(dataset: str, metadata_files: Sequence[str | os.PathLike],
+                  root: str | os.PathLike | None = None, *, config: IndexConfig | None = None,
+                  progress: bool = True) -> tuple[pd.DataFrame, dict]:
+    """Read one dataset's metadata into a manifest DataFrame and its sidecar dict.
+
+    Steps: the adapter (source rows -> schema rows, its own exclusions), the
+    view filter, the No Finding rule, then (with `verify_files`) decoding of
+    every image; each step's removals are in sidecar["exclusions"].
+    """
+    from rv2.data import labels as lab
+    from rv2.data.manifest import conform
+
+    cfg = dataclasses.replace(config or IndexConfig(), dataset=dataset).check()
+    files = [Path(f) for f in metadata_files]
+    if not files:
+        raise ValueError(f"{dataset}: no --metadata files given")
+    for f in files:
+        if not f.exists():
+            raise FileNotFoundError(f"metadata file not found: {f}")
+    root_p = Path(root) if root else None
+    if root_p is not None and not root_p.is_dir():
+        raise FileNotFoundError(f"--root {root_p} is not a folder")
+
+    df, flow, extra = _adapter(dataset)(files, root_p, cfg, progress=progress)
+    side: dict = {"dataset": dataset, "root": str(root_p) if root_p else None,
+                  "metadata_files": [str(f) for f in files],
+                  "uncertain_label_policy": cfg.uncertain_policy,
+                  "label_values": "as the source says: 1 positive, 0 negative, -1 uncertain, "
+                                  "NaN blank; the policy is applied by consumers",
+                  "views": cfg.views}
+    side.update(extra)
+
+    views = lab.parse_views(cfg.views)
+    if views is not None and dataset != "mimic":  # mimic filters views inside its flow
+        flow.df = df
+        df = flow.keep(df["view"].isin(sorted(views)).to_numpy(), f"view not in {sorted(views)}")
+
+    if cfg.no_finding_rule:
+        labs = df[list(lab.CHEXPERT_LABELS)].copy()
+        side["no_finding_rule"] = lab.apply_no_finding_rule(labs)
+        for c in lab.CHEXPERT_LABELS:
+            df[c] = labs[c].to_numpy()
+    else:
+        side["no_finding_rule"] = "off"
+
+    side["bad_files"] = []
+    if cfg.verify_files:
+        if root_p is None:
+            raise ValueError("--verify-files needs --root (the folder the image paths are under)")
+        if cfg.locate_by_name:
+            df, found = locate_missing(df, root_p, progress)
+            side["paths_located_by_name"] = found
+        flow.df = df
+        ok, bad = verify_files(df, root_p, max_pixels=cfg.max_pixels, workers=cfg.workers,
+                               progress=progress)
+        df = flow.keep(ok, "image missing, unreadable or corrupt")
+        side["bad_files"] = bad
+        reasons: dict[str, int] = {}
+        for b in bad:
+            key = b["reason"].split(":")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+        side["bad_file_reasons"] = reasons
+    side["exclusions"] = flow.steps
+    df = conform(df, dataset=dataset)
+    from rv2.data.manifest import summary_counts, validate
+
+    validate(df, f"{dataset} manifest")
+    side["counts"] = summary_counts(df)
+    return df, side

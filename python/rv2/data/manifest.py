@@ -1,0 +1,179 @@
+"""Writing and reading manifests: Parquet + a JSON sidecar + rv2 metadata.
+
+    write_manifest(df, "out/mimic.parquet", sidecar, config=cfg, inputs=[...])
+      -> out/mimic.parquet              the table (REQUIRED_COLUMNS first)
+         out/mimic.sidecar.json         counts, label policy, exclusions (CONSORT)
+         out/mimic.parquet.rv2.json     config, rv2 version, inputs' hashes
+    df = read_manifest("out/mimic.parquet")   # validated; clear error if not a manifest
+    sidecar = read_sidecar("out/mimic.parquet")
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from rv2.data.schema import (AGE_BINS, CHEXPERT_LABELS, ID_COLUMNS, RACES, REQUIRED_COLUMNS,
+                             SEXES, TEXT_COLUMNS, VIEWS, age_bin)
+
+SPLITS = ("train", "validate", "test")
+STRING_COLUMNS = ("image_id", "path", "patient_id", "study_id", "dataset", "view", "sex",
+                  "age_bin", "race", "split") + TEXT_COLUMNS
+
+
+class ManifestError(ValueError):
+    """A file that is not a valid rv2 manifest."""
+
+
+def sidecar_path(manifest_path: str | os.PathLike) -> Path:
+    p = Path(manifest_path)
+    return p.with_name(p.stem + ".sidecar.json")
+
+
+def _missing(v) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and v != v)
+
+
+def conform(df: pd.DataFrame, dataset: str | None = None) -> pd.DataFrame:
+    """Columns in schema order with schema dtypes: strings (nullable), age float, labels float.
+
+    Missing schema columns are added empty; `age_bin` is recomputed from `age`;
+    extra columns are kept after the schema columns.
+    """
+    out = df.copy()
+    n = len(out)
+    if dataset is not None:
+        out["dataset"] = dataset
+    for c in REQUIRED_COLUMNS + TEXT_COLUMNS:
+        if c not in out:
+            out[c] = np.nan if c in CHEXPERT_LABELS or c == "age" else None
+    out["age"] = pd.to_numeric(out["age"], errors="coerce").astype("float64")
+    out["age_bin"] = [age_bin(a) for a in out["age"].to_numpy()]
+    for c in CHEXPERT_LABELS:
+        out[c] = pd.to_numeric(out[c], errors="coerce").astype("float64")
+    for c in STRING_COLUMNS:
+        col = out[c]
+        out[c] = pd.array([None if _missing(v) else str(v) for v in col.to_numpy(dtype=object)],
+                          dtype="string") if n else pd.array([], dtype="string")
+    extra = [c for c in out.columns if c not in REQUIRED_COLUMNS and c not in TEXT_COLUMNS]
+    return out[list(REQUIRED_COLUMNS) + list(TEXT_COLUMNS) + extra].reset_index(drop=True)
+
+
+def validate(df: pd.DataFrame, name: str = "manifest") -> None:
+    """Raise ManifestError naming `name` when columns or values break the schema."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ManifestError(f"{name}: missing column(s) {missing}; write manifests with "
+                            "`rv2 data index` (schema: rv2.data.schema.REQUIRED_COLUMNS)")
+    checks = {"sex": SEXES, "race": RACES, "age_bin": AGE_BINS, "view": VIEWS}
+    for col, allowed in checks.items():
+        vals = set(df[col].dropna().unique().tolist())
+        bad = vals - set(allowed)
+        if bad:
+            raise ManifestError(f"{name}: column {col!r} has values {sorted(bad)[:5]} outside "
+                                f"{list(allowed)}")
+    for c in CHEXPERT_LABELS:
+        v = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float)
+        bad = ~np.isnan(v) & ~np.isin(v, (1.0, 0.0, -1.0))
+        if bad.any():
+            raise ManifestError(f"{name}: label {c!r} has values {sorted(set(v[bad]))[:5]}; "
+                                "allowed 1, 0, -1, NaN")
+    if df["image_id"].isna().any():
+        raise ManifestError(f"{name}: {int(df['image_id'].isna().sum())} row(s) without image_id")
+    dup = df["image_id"].duplicated()
+    if dup.any():
+        raise ManifestError(f"{name}: duplicate image_id(s), e.g. "
+                            f"{df.loc[dup, 'image_id'].head(3).tolist()}")
+
+
+def summary_counts(df: pd.DataFrame) -> dict:
+    """Counts for the sidecar: rows, patients, studies, by split/view/sex/race/age bin, labels."""
+    def vc(col):
+        return {("null" if k is None or k is pd.NA or k != k else str(k)): int(v)
+                for k, v in df[col].value_counts(dropna=False).items()}
+
+    labels = {}
+    for c in CHEXPERT_LABELS:
+        v = df[c].to_numpy(dtype=float)
+        labels[c] = {"positive": int((v == 1).sum()), "negative": int((v == 0).sum()),
+                     "uncertain": int((v == -1).sum()), "blank": int(np.isnan(v).sum())}
+    return {"rows": int(len(df)), "patients": int(df["patient_id"].nunique()),
+            "studies": int(df["study_id"].nunique()),
+            "by_split": vc("split"), "by_view": vc("view"), "by_sex": vc("sex"),
+            "by_race": vc("race"), "by_age_bin": vc("age_bin"), "labels": labels}
+
+
+def write_manifest(df: pd.DataFrame, path: str | os.PathLike, sidecar: Mapping,
+                   *, config=None, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Validate, then write the Parquet table, its sidecar and its rv2 metadata atomically."""
+    from rv2.config import atomic_write_text, write_artifact_meta
+
+    path = Path(path)
+    df = conform(df)
+    validate(df, str(path))
+    side = dict(sidecar)
+    side.setdefault("counts", summary_counts(df))
+    side["columns"] = list(df.columns)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+    atomic_write_text(sidecar_path(path), json.dumps(side, indent=2, default=_json_default))
+    write_artifact_meta(path, config, inputs=list(inputs),
+                        extra={"sidecar": sidecar_path(path).name, "rows": int(len(df))})
+    return path
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def read_manifest(path: str | os.PathLike, *, validate_values: bool = True) -> pd.DataFrame:
+    """A manifest as a DataFrame, checked against the schema (ManifestError if not one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest not found: {path} (make one with `rv2 data index`)")
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for non-Parquet
+        raise ManifestError(f"{path}: not a readable Parquet file: {exc}") from exc
+    if validate_values:
+        validate(df, str(path))
+    else:
+        missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+        if missing:
+            raise ManifestError(f"{path}: missing column(s) {missing}")
+    return df
+
+
+def read_sidecar(manifest_path: str | os.PathLike) -> dict:
+    p = sidecar_path(manifest_path)
+    if not p.is_file():
+        raise ManifestError(f"no sidecar next to {manifest_path} (looked for {p})")
+    return json.loads(p.read_text())
+
+
+def format_consort(steps: list[Mapping]) -> str:
+    """The exclusion steps as a printable table (CONSORT-style flow)."""
+    if not steps:
+        return "(no exclusion steps)"
+    w = max(len(s["step"]) for s in steps)
+    lines = [f"{'step':<{w}}  {'removed':>9}  {'remaining':>9}"]
+    for s in steps:
+        removed = "" if s.get("removed") is None else f"{s['removed']:>9d}"
+        lines.append(f"{s['step']:<{w}}  {removed:>9}  {s['remaining']:>9d}")
+    return "\n".join(lines)
+
+
+__all__ = ["ManifestError", "SPLITS", "conform", "validate", "write_manifest", "read_manifest",
+           "read_sidecar", "sidecar_path", "summary_counts", "format_consort", "ID_COLUMNS"]
