@@ -1,0 +1,102 @@
+"""`rv2 evaluate` and `rv2 compare`: thin wrappers over rv2.evaluate.evaluation."""
+from __future__ import annotations
+
+import click
+
+
+def _config(config, sets):
+    from rv2.evaluate.evaluation import EvaluateConfig
+
+    return EvaluateConfig.load(config, list(sets))
+
+
+def _summary(result):
+    lines = []
+    for s, v in result["test_sets"].items():
+        for m, r in v["models"].items():
+            a = r["macro"]["auroc"]
+            lines.append(f"{s} / {m}: macro AUROC {a['estimate']:.4f} "
+                         f"[{a['low']:.4f}, {a['high']:.4f}]" if a["low"] == a["low"] else
+                         f"{s} / {m}: macro AUROC {a['estimate']}")
+    return "\n".join(lines)
+
+
+_common = [
+    click.option("--manifest", required=True, type=click.Path(exists=True, dir_okay=False),
+                 help="Manifest Parquet with truth labels and sex, race, age_bin."),
+    click.option("--out", required=True, type=click.Path(file_okay=False),
+                 help="Report folder (report.json, report.md, report.html, figures/)."),
+    click.option("--sweep", type=click.Path(exists=True, dir_okay=False),
+                 help="Sweep table (CSV/Parquet) for label-efficiency curves."),
+    click.option("--config", type=click.Path(exists=True, dir_okay=False),
+                 help="EvaluateConfig file (YAML/TOML/JSON)."),
+    click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                 help="Override a setting, e.g. --set n_boot=200 --set min_count=16."),
+]
+
+
+def _apply(options):
+    def deco(f):
+        for o in reversed(options):
+            f = o(f)
+        return f
+    return deco
+
+
+@click.command()
+@click.option("--pred", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Predictions Parquet (image_id + one column per label).")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
+              help="Classifier folder holding thresholds.json (for underdiagnosis).")
+@click.option("--thresholds", type=click.Path(exists=True, dir_okay=False),
+              help="thresholds.json to use instead of the model folder's.")
+@click.option("--name", help="Model name in the report (default: model folder or file name).")
+@_apply(_common)
+def evaluate(pred, model_dir, thresholds, name, manifest, out, sweep, config, sets):
+    """AUROC/AP with bootstrap CIs, subgroup AUROC, fairness and underdiagnosis gaps."""
+    from rv2.evaluate.evaluation import evaluate_predictions
+    from rv2.evaluate.io import EvaluationInputError
+
+    try:
+        result = evaluate_predictions(pred, manifest, model_dir=model_dir, thresholds=thresholds,
+                                      out=out, config=_config(config, sets), sweep=sweep,
+                                      name=name)
+    except (EvaluationInputError, ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(_summary(result))
+    click.echo(f"report: {out}/report.html")
+
+
+@click.command()
+@click.option("--pred", "preds", required=True, multiple=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="Predictions Parquet, repeated; the first is the baseline.")
+@click.option("--model", "model_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Classifier folder per --pred, in the same order (for underdiagnosis).")
+@click.option("--thresholds", "thresholds", multiple=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="thresholds.json per --pred, instead of --model.")
+@click.option("--name", "names", multiple=True, help="Model name per --pred.")
+@_apply(_common)
+def compare(preds, model_dirs, thresholds, names, manifest, out, sweep, config, sets):
+    """Paired comparisons: DeLong, bootstrap and permutation tests, CIs of differences."""
+    from rv2.evaluate.evaluation import compare_predictions
+    from rv2.evaluate.io import EvaluationInputError
+
+    for opt, vals in (("--model", model_dirs), ("--thresholds", thresholds), ("--name", names)):
+        if vals and len(vals) != len(preds):
+            raise click.UsageError(f"give {opt} once per --pred ({len(preds)}), got {len(vals)}")
+    try:
+        result = compare_predictions(list(preds), manifest, model_dirs=list(model_dirs) or None,
+                                     thresholds=list(thresholds) or None,
+                                     names=list(names) or None, out=out,
+                                     config=_config(config, sets), sweep=sweep)
+    except (EvaluationInputError, ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(_summary(result))
+    for s, v in result["test_sets"].items():
+        for m, c in v.get("comparisons", {}).items():
+            d = c["macro"]["auroc"]
+            click.echo(f"{s} / {m} - {result['baseline']}: macro dAUROC "
+                       f"{d['diff']['estimate']:+.4f}, p = {d['bootstrap_test']['p']:.3g}")
+    click.echo(f"report: {out}/report.html")
