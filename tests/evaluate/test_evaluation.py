@@ -1,0 +1,144 @@
+"""evaluate_predictions / compare_predictions on files, the report and the CLI."""
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from sklearn.metrics import roc_auc_score
+
+from rv2.cli import main
+from rv2.data.schema import EVAL_LABELS
+from rv2.evaluate import compare_predictions, evaluate_predictions
+from rv2.evaluate.evaluation import EvaluateConfig
+from rv2.evaluate.io import EvaluationInputError
+
+from .fixtures import make_world
+
+CFG = EvaluateConfig(n_boot=60, n_perm=60)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("world"), n=700, datasets=("mimic", "nih"))
+
+
+def test_evaluate_writes_report_with_correct_numbers(world, tmp_path):
+    out = tmp_path / "rep"
+    r = evaluate_predictions(world["preds"][0], world["manifest"], model_dir=world["models"][0],
+                             out=out, config=CFG, progress=False)
+    for name in ("report.json", "report.md", "report.html", "rv2_meta.json",
+                 "figures/auroc.png", "figures/fairness_gap_vs_auroc.png",
+                 "figures/underdiagnosis_gap_vs_auroc.png",
+                 "figures/subgroups_mimic_sex_race.png"):
+        assert (out / name).is_file(), name
+    data = json.loads((out / "report.json").read_text())  # strict JSON: NaN written as null
+    assert set(data["test_sets"]) == {"mimic", "nih"}
+    man = world["frame"]
+    pred = pd.read_parquet(world["preds"][0]).set_index("image_id").loc[man["image_id"]]
+    rows = (man["dataset"] == "nih").to_numpy()
+    per = r["test_sets"]["nih"]["models"]["model_0"]["per_label"]
+    aucs = []
+    for lab in EVAL_LABELS:
+        y = man[lab].to_numpy()[rows]
+        k = (y == 0) | (y == 1)  # -1 and NaN left out
+        ref = roc_auc_score(y[k], pred[lab].to_numpy()[rows][k])
+        assert per[lab]["auroc"]["estimate"] == pytest.approx(ref, abs=1e-12)
+        assert per[lab]["n"] == int(k.sum())
+        aucs.append(ref)
+    mac = r["test_sets"]["nih"]["models"]["model_0"]["macro"]
+    assert mac["auroc"]["estimate"] == pytest.approx(np.mean(aucs))
+    assert mac["auroc"]["low"] < mac["auroc"]["estimate"] < mac["auroc"]["high"]
+    fair = r["test_sets"]["nih"]["models"]["model_0"]["fairness"]["sex_race"]
+    assert len(fair["subgroups"]) == 8
+    ud = [s["underdiagnosis"]["estimate"] for s in fair["subgroups"] if s["in_underdiagnosis_gap"]]
+    assert fair["underdiagnosis_gap"]["estimate"] == pytest.approx(max(ud) - min(ud))
+    # underdiagnosis by hand: FPR of NF >= threshold among true NF = 0
+    g = rows & (man["sex"] == "F").to_numpy() & (man["race"] == "Black").to_numpy()
+    neg = g & (man["No Finding"] == 0).to_numpy()
+    expect = (pred["No Finding"].to_numpy()[neg] >= 0.2).mean()
+    row = next(s for s in fair["subgroups"] if s["group"] == "female / Black")
+    assert row["underdiagnosis"]["estimate"] == pytest.approx(expect)
+    md = (out / "report.md").read_text()
+    assert "female / Black" in md and "fairness gap" in md
+
+
+def test_compare_is_paired_and_machine_readable(world, tmp_path):
+    r = compare_predictions(world["preds"], world["manifest"], model_dirs=world["models"],
+                            out=tmp_path / "cmp", config=CFG, progress=False)
+    data = json.loads((tmp_path / "cmp" / "report.json").read_text())
+    c = data["test_sets"]["mimic"]["comparisons"]["model_1"]
+    for lab in EVAL_LABELS:
+        v = c["per_label"][lab]
+        assert v["delong"]["p"] < 0.05 and v["delong"]["auc_a"] > v["delong"]["auc_b"]
+        assert 0 < v["ap_permutation_p"] <= 1
+        assert v["auroc_diff"]["estimate"] == pytest.approx(
+            v["delong"]["auc_a"] - v["delong"]["auc_b"], abs=1e-12)
+    m = c["macro"]
+    assert m["auroc"]["diff"]["low"] > 0 and m["auroc"]["bootstrap_test"]["p"] < 0.05
+    assert m["ap"]["permutation_p"] == pytest.approx(1 / (CFG.n_perm + 1))
+    a0 = r["test_sets"]["mimic"]["models"]["model_0"]["macro"]["auroc"]["estimate"]
+    a1 = r["test_sets"]["mimic"]["models"]["model_1"]["macro"]["auroc"]["estimate"]
+    assert m["auroc"]["diff"]["estimate"] == pytest.approx(a1 - a0)
+    assert (tmp_path / "cmp" / "figures" / "subgroups_nih_sex_age.png").is_file()
+
+
+def test_mismatched_ids_and_bad_scores_are_clear_errors(world, tmp_path):
+    df = pd.read_parquet(world["preds"][0])
+    df.iloc[:-3].to_parquet(tmp_path / "short.parquet")
+    with pytest.raises(EvaluationInputError, match="3 manifest row.*no prediction"):
+        evaluate_predictions(tmp_path / "short.parquet", world["manifest"], config=CFG)
+    bad = df.copy()
+    bad.loc[5, "Edema"] = np.nan
+    bad.to_parquet(tmp_path / "nan.parquet")
+    with pytest.raises(EvaluationInputError, match="NaN or infinite.*Edema"):
+        evaluate_predictions(tmp_path / "nan.parquet", world["manifest"], config=CFG)
+    extra = pd.concat([df, df.iloc[:1].assign(image_id="stranger")])
+    extra.to_parquet(tmp_path / "extra.parquet")
+    with pytest.raises(EvaluationInputError, match="not in the manifest.*stranger"):
+        evaluate_predictions(tmp_path / "extra.parquet", world["manifest"], config=CFG)
+    with pytest.raises(EvaluationInputError, match="thresholds not found"):
+        evaluate_predictions(world["preds"][0], world["manifest"], model_dir=tmp_path, config=CFG)
+
+
+def test_tiny_subgroups_and_one_class_labels(tmp_path):
+    w = make_world(tmp_path, n=160, seed=3)
+    man = pd.read_parquet(w["manifest"])
+    man["Pneumothorax"] = 0.0  # no positives: NaN, out of the macro, counted
+    man.to_parquet(w["manifest"])
+    r = evaluate_predictions(w["preds"][1], w["manifest"], model_dir=w["models"][1],
+                             config=EvaluateConfig(n_boot=30, min_count=16), progress=False)
+    res = r["test_sets"]["mimic"]["models"]["model_1"]
+    assert math.isnan(res["per_label"]["Pneumothorax"]["auroc"]["estimate"])
+    assert res["macro"]["labels_in_macro"] == 7
+    assert res["macro"]["labels_undefined"] == ["Pneumothorax"]
+    sub = res["fairness"]["sex_race"]["subgroups"]
+    assert any(s["n"] < 16 and not s["in_fairness_gap"] for s in sub)
+    assert all(s["in_fairness_gap"] == (s["n"] >= 16 and not math.isnan(s["auroc"]["estimate"]))
+               for s in sub)
+
+
+def test_cli_evaluate_and_compare(world, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(main, ["evaluate", "--pred", str(world["preds"][0]), "--manifest",
+                               str(world["manifest"]), "--model", str(world["models"][0]),
+                               "--out", str(tmp_path / "e"), "--set", "n_boot=20"])
+    assert res.exit_code == 0, res.output
+    assert "macro AUROC" in res.output and (tmp_path / "e" / "report.html").is_file()
+    sweep = pd.DataFrame({"strategy": ["real"] * 4 + ["pretrain-finetune"] * 4,
+                          "n_real_images": [100, 100, 1000, 1000] * 2, "seed": [0, 1] * 4,
+                          "val_auroc_mean": [0.6, 0.62, 0.7, 0.71, 0.66, 0.67, 0.73, 0.74]})
+    sweep.to_csv(tmp_path / "sweep.csv", index=False)
+    res = runner.invoke(main, ["compare", "--pred", str(world["preds"][0]), "--pred",
+                               str(world["preds"][1]), "--manifest", str(world["manifest"]),
+                               "--name", "real", "--name", "synth", "--sweep",
+                               str(tmp_path / "sweep.csv"), "--out", str(tmp_path / "c"),
+                               "--set", "n_boot=20", "--set", "n_perm=20"])
+    assert res.exit_code == 0, res.output
+    assert "synth - real" in res.output
+    assert (tmp_path / "c" / "figures" / "label_efficiency.png").is_file()
+    assert "No thresholds given" in (tmp_path / "c" / "report.md").read_text()
+    res = runner.invoke(main, ["compare", "--pred", str(world["preds"][0]), "--manifest",
+                               str(world["manifest"]), "--out", str(tmp_path / "x")])
+    assert res.exit_code != 0 and "at least two --pred" in res.output
