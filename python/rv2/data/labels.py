@@ -101,7 +101,7 @@ def parse_views(spec: str | None) -> set[str] | None:
     views = set()
     for part in str(spec).split(","):
         v = normalize_view(part)
-        if v is None:
+        if v is None or (v == "OTHER" and part.strip().upper() != "OTHER"):
             raise ValueError(f"--views: {part!r} is not a view (use PA, AP, LATERAL, LL, "
                              "AP_HORIZONTAL, OTHER or all)")
         views.add(v)
