@@ -7,6 +7,7 @@ race in capitals, sex as a lower-case word, a space before the final period.
 from __future__ import annotations
 
 import dataclasses
+import html
 import re
 from typing import Literal
 
@@ -152,7 +153,11 @@ def _tidy(text: str) -> str:
     text = re.sub(r"^[\s,.;:/-]+", "", text)
     text = normalize_whitespace(text)
     # A sentence whose first word was a placeholder starts in lower case now.
-    return re.sub(r"(^|[.!?] )([a-z])", lambda m: m.group(1) + m.group(2).upper(), text)
+    def cap(m):
+        after_abbrev = _ABBREV.search(text[:m.start(2)].rstrip())
+        return m.group(1) + (m.group(2) if after_abbrev else m.group(2).upper())
+
+    return re.sub(r"(^|[.!?] )([a-z])", cap, text)
 
 
 def clean_impression(text: str | None, deid: str = "remove") -> str:
@@ -165,7 +170,8 @@ def clean_impression(text: str | None, deid: str = "remove") -> str:
     """
     if text is None or (isinstance(text, float) and text != text):
         return ""
-    text = normalize_whitespace(str(text))
+    # OpenI holds doubly escaped entities ("&amp;gt;" -> "&gt;"): write the character.
+    text = normalize_whitespace(html.unescape(str(text)))
     if deid == "keep" or not _PLACEHOLDER.search(text):
         return text
     if deid == "remove":

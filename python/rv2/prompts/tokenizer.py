@@ -76,13 +76,24 @@ def clip_tokenizer():
         return CLIPTokenizer.from_pretrained(tmp)
 
 
+@functools.lru_cache(maxsize=1)
+def _counter():
+    # A private copy of the Rust backend: the transformers tokenizer leaves its
+    # backend padded/truncated after a call with padding="max_length", which
+    # would make every count 77. Same ids as clip_tokenizer()(text) (tested).
+    from tokenizers import Tokenizer
+
+    tk = Tokenizer.from_str(clip_tokenizer().backend_tokenizer.to_str())
+    tk.no_padding()
+    tk.no_truncation()
+    return tk
+
+
 def count_tokens(text: str) -> int:
     """Tokens of text including the start and end tokens (the 77 budget counts both)."""
-    # The Rust backend directly: same ids as tokenizer(text) (tested), no
-    # "longer than the maximum" warning for the over-long texts we measure.
-    return len(clip_tokenizer().backend_tokenizer.encode(text).ids)
+    return len(_counter().encode(text).ids)
 
 
 def count_tokens_batch(texts: list[str]) -> list[int]:
     """count_tokens of many texts at once (the backend encodes them in parallel)."""
-    return [len(e.ids) for e in clip_tokenizer().backend_tokenizer.encode_batch(list(texts))]
+    return [len(e.ids) for e in _counter().encode_batch(list(texts))]
