@@ -301,19 +301,10 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
     dtype = resolve_dtype(cfg.sampler.dtype, device)
 
     model_dir = Path(model_dir) if model_dir is not None else None
-    if components is None:
-        from rv2.models.sd import load_components
+    if components is None and model_dir is not None:
+        from rv2.models.sd import check_model_dir
 
-        if model_dir is None:
-            raise ValueError("give model_dir (a diffusers folder) or components")
-        components = load_components(model_dir, torch_dtype=dtype)
-    for name in ("unet", "vae", "text_encoder"):
-        getattr(components, name).to(device=device, dtype=dtype).eval()
-    if model_dir is not None and model_dir.exists():
-        model_id, model_hash = model_dir.name, hash_input(model_dir)["sha256"][:16]
-    else:
-        model_id, model_hash = "in-memory", "unhashed"
-
+        check_model_dir(model_dir)  # fail fast, before loading anything
     if isinstance(qc_models, str) and qc_models == "auto":
         if cfg.qc.enabled:
             from rv2.models.qc import load_qc_models
@@ -326,6 +317,23 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
         qc_models = None
     if qc_models is not None:
         qc_models.to(device)
+    if components is None:
+        from rv2.models.sd import load_components
+
+        if model_dir is None:
+            raise ValueError("give model_dir (a diffusers folder) or components")
+        components = load_components(model_dir, torch_dtype=dtype)
+    for name in ("unet", "vae", "text_encoder"):
+        m = getattr(components, name)
+        p = next(m.parameters())
+        if p.device != device or p.dtype != dtype:  # .to(dtype) makes diffusers warn; skip no-ops
+            m.to(device=device, dtype=dtype)
+        m.eval()
+    if model_dir is not None and model_dir.exists():
+        model_id, model_hash = model_dir.name, hash_input(model_dir)["sha256"][:16]
+    else:
+        model_id, model_hash = "in-memory", "unhashed"
+
     qc_id = f"{qc_models.model_id}@{qc_models.model_hash}" if qc_models is not None else "none"
 
     shape = latent_shape(components, cfg.sampler.height, cfg.sampler.width)

@@ -1,0 +1,59 @@
+"""`rv2 generate` command line: clear errors, and a tiny end-to-end run."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+from click.testing import CliRunner
+
+from rv2.cli import main
+
+from gen_helpers import constant_bundle, prompts_table, tiny
+
+
+def test_missing_qc_weights_and_model_are_clear(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("RV2_WEIGHTS_DIR", raising=False)
+    prompts_table(2).to_parquet(tmp_path / "p.parquet")
+    r = CliRunner().invoke(main, ["generate", "--prompts", str(tmp_path / "p.parquet"), "--model",
+                                  str(tmp_path / "nomodel"), "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "model folder not found" in r.output
+    from rv2.models.sd import save_pipeline
+
+    model = save_pipeline(tiny(0), tmp_path / "m")
+    qdir = tmp_path / "qcw"
+    qdir.mkdir()
+    r = CliRunner().invoke(main, ["generate", "--prompts", str(tmp_path / "p.parquet"), "--model",
+                                  str(model), "--out", str(tmp_path / "o"), "--qc-weights-dir", str(qdir)])
+    assert r.exit_code != 0
+    assert "resnet_race_detection_val-loss_0.157_mimic_public.pt" in r.output
+    assert "sex_model_chexpert_resnet_all.ckpt" in r.output
+    assert str(qdir) in r.output and ".torchxrayvision/models_data" in r.output
+    r = CliRunner().invoke(main, ["generate", "--prompts", str(tmp_path / "missing.parquet"),
+                                  "--model", str(model), "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "prompts table not found" in r.output
+    r = CliRunner().invoke(main, ["generate", "--prompts", str(tmp_path / "p.parquet"), "--model",
+                                  str(model), "--out", str(tmp_path / "o"), "--set", "sampler.stepz=3"])
+    assert r.exit_code != 0 and "unknown field" in r.output
+
+
+def test_cli_run_with_bundle_and_config(tmp_path):
+    from rv2.models.sd import save_pipeline
+
+    model = save_pipeline(tiny(0), tmp_path / "m")
+    bundle = constant_bundle(tmp_path / "qc", age=60.0)
+    df = prompts_table(4)
+    df.to_parquet(tmp_path / "p.parquet")
+    (tmp_path / "gen.yaml").write_text("sampler:\n  steps: 2\n  guidance: 3.0\nstore:\n  shard_size: 2\n")
+    r = CliRunner().invoke(main, ["generate", "--prompts", str(tmp_path / "p.parquet"), "--model",
+                                  str(model), "--out", str(tmp_path / "o"), "--qc-weights-dir",
+                                  str(bundle), "--config", str(tmp_path / "gen.yaml"),
+                                  "--max-attempts", "1", "--device", "cpu", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    meta = json.loads((tmp_path / "o" / "rv2_meta.json").read_text())
+    assert meta["config"]["sampler"]["steps"] == 2 and meta["config"]["sampler"]["guidance"] == 3.0
+    assert meta["config"]["max_attempts"] == 1
+    log = pd.read_parquet(tmp_path / "o" / "qc_log.parquet")
+    assert len(log) == 4 and (log["qc_p_female"] > 0.99).all() and (log["qc_age_pred"] - 60).abs().max() < 1e-3
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["failed"] + summary["accepted"] == 4
