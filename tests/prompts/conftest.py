@@ -22,3 +22,26 @@ def demo_csv(real_cxr):
     if not path.is_file():
         pytest.skip(f"authors' demo prompts not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def make_manifest():
+    """Build a schema-conformant manifest from short row dicts (image_id, text, demographics)."""
+    import numpy as np
+    import pandas as pd
+
+    from rv2.data.manifest import conform
+    from rv2.data.schema import CHEXPERT_LABELS
+
+    def make(rows: list[dict], dataset: str = "mimic") -> pd.DataFrame:
+        full = []
+        for i, r in enumerate(rows):
+            base = {"path": f"files/{r['image_id']}.jpg", "patient_id": f"p{i}",
+                    "study_id": f"s{i}", "view": "PA", "split": "train", "sex": None,
+                    "age": np.nan, "race": None}
+            base.update({c: np.nan for c in CHEXPERT_LABELS})
+            base.update(r)
+            full.append(base)
+        return conform(pd.DataFrame(full), dataset=dataset)
+
+    return make

@@ -166,3 +166,30 @@ def test_http_summarizer_errors(stub, tmp_path):
         HttpSummarizer(_settings("http://127.0.0.1:9/v1", tmp_path, retries=0)).summarize("d", 70)
     with pytest.raises(ValueError, match="model name"):
         HttpSummarizer(LLMSettings(model=""))
+
+
+def test_build_records_llm_and_falls_back(stub, tmp_path, make_manifest):
+    from rv2.prompts.build import build_prompts
+    from rv2.prompts.config import PromptsConfig
+
+    long = " ".join(f"Finding number {i} is a small nodule in the left lung." for i in range(12))
+    rows = [{"image_id": f"i{k}", "sex": "M", "age": 50.0, "race": "Asian",
+             "impression": long + f" Variant {k}."} for k in range(3)]
+    rows.append({"image_id": "short", "sex": "F", "age": 30.0, "race": "Black",
+                 "impression": "Normal chest."})
+    cfg = PromptsConfig().override([
+        "fit.summarizer=llm", f"fit.llm.endpoint={stub}", "fit.llm.model=tiny",
+        f"fit.llm.cache_dir={tmp_path / 'c'}", "fit.llm.retries=0", "fit.llm.backoff_s=0"])
+    # Row 0: a fitting summary; row 1: an over-long one (rule on the source); row 2: an error.
+    _Stub.plan = [("ok", "Multiple small left lung nodules."), ("ok", long), ("status", 500)]
+    df, stats = build_prompts(make_manifest(rows), cfg)
+    by = df.set_index("image_id")
+    assert by.loc["i0", "prompt"] == "50 year old ASIAN male. Multiple small left lung nodules ."
+    assert by["shortened_by"].to_dict() == {"i0": "llm", "i1": "rule", "i2": "rule",
+                                            "short": "none"}
+    assert stats["llm_overlong"] == 1 and stats["llm_errors"] == 1 and stats["llm_calls"] == 3
+    assert stats["shortened_by"] == {"none": 1, "rule": 2, "llm": 1}
+    assert (df["n_tokens"] <= 77).all() and len(_Stub.seen) == 3
+    _Stub.plan = [("status", 500)]
+    with pytest.raises(SummarizerError):
+        build_prompts(make_manifest(rows[2:3]), cfg.override(["fit.llm.on_error=raise"]))
