@@ -67,7 +67,10 @@ def test_generate_with_retries_and_valid_manifest(tmp_path, comp):
     df = prompts_table(8)
     out = tmp_path / "store"
     s = generate_dataset(df, None, out, _cfg(), qc_models=mean_qc(), components=comp, progress=False)
-    man = pd.read_parquet(out / "manifest.parquet")
+    from rv2.data.manifest import read_manifest, read_sidecar
+
+    man = read_manifest(out / "manifest.parquet")  # validated by the data stage's reader
+    assert read_sidecar(out / "manifest.parquet")["counts"]["rows"] == len(man)
     log = pd.read_parquet(out / "qc_log.parquet")
     # every prompt is accepted once or failed after max_attempts
     assert s["accepted"] + s["failed"] == 8 and s["accepted"] == len(man)

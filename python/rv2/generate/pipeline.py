@@ -110,7 +110,8 @@ def base_record(row: dict, rv2_version: str, model_id: str, model_hash: str, qc_
     rec = {
         "image_id": f"syn-{pid}",
         "patient_id": str(row["patient_id"]),
-        "study_id": str(row.get("source_prompt_id") or row.get("study_id") or pid),
+        # images drawn from one source impression form one synthetic "study"
+        "study_id": f"syn-{row.get('source_prompt_id') or pid}",
         "dataset": "synthetic",
         "view": "PA",
         "sex": str(row["sex"]),
@@ -124,6 +125,9 @@ def base_record(row: dict, rv2_version: str, model_id: str, model_hash: str, qc_
         "source_prompt_id": _py(row.get("source_prompt_id")),
         "source_image_id": _py(row.get("image_id")),
         "source_dataset": _py(row.get("dataset")),
+        "source_study_id": _py(row.get("study_id")),
+        "source_path": _py(row.get("path")),
+        "impression": _py(row.get("impression")),
         "variant": _py(row.get("variant")),
         "model_id": model_id,
         "model_hash": model_hash,

@@ -273,16 +273,17 @@ class ShardedStore:
 
     # ---------------------------------------------------------------- derived tables
     def manifest_frame(self):
+        """Accepted images as an rv2 dataset manifest (schema columns and dtypes, validated)."""
         import pandas as pd
 
+        from rv2.data.manifest import conform, validate
         from rv2.data.schema import REQUIRED_COLUMNS
 
         rows = sorted(self.accepted.values(), key=lambda r: r["image_id"])
-        df = pd.DataFrame(rows)
-        if df.empty:
-            df = pd.DataFrame(columns=list(REQUIRED_COLUMNS))
-        front = [c for c in REQUIRED_COLUMNS if c in df.columns]
-        return df[front + [c for c in df.columns if c not in front]]
+        df = pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(REQUIRED_COLUMNS))
+        df = conform(df)
+        validate(df, str(self.root / MANIFEST))
+        return df
 
     def qc_log_frame(self):
         import pandas as pd
@@ -302,8 +303,18 @@ class ShardedStore:
         return path
 
     def write_tables(self) -> tuple[Path, Path]:
-        return (self._atomic_parquet(self.manifest_frame(), MANIFEST),
-                self._atomic_parquet(self.qc_log_frame(), QC_LOG))
+        """manifest.parquet (+ its sidecar, as `rv2.data.manifest` writes them) and qc_log.parquet."""
+        from rv2.config import atomic_write_text
+        from rv2.data.manifest import sidecar_path, summary_counts
+
+        man = self.manifest_frame()
+        path = self._atomic_parquet(man, MANIFEST)
+        side = {"dataset": "synthetic", "source": "rv2 generate", "counts": summary_counts(man),
+                "columns": list(man.columns), "uncertain_policy": None,
+                "note": "demographics are the requested (prompt) ones; labels come from the "
+                        "prompt's source row; every image passed QC"}
+        atomic_write_text(sidecar_path(path), json.dumps(side, indent=2, default=_json_default))
+        return path, self._atomic_parquet(self.qc_log_frame(), QC_LOG)
 
 
 def write(store: ShardedStore, records: Sequence[dict], images_u8: Sequence[np.ndarray | None]) -> list[dict]:
