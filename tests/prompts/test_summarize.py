@@ -112,7 +112,8 @@ class _Stub(BaseHTTPRequestHandler):
 def stub(tmp_path):
     _Stub.plan, _Stub.seen = [], []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/v1"
     server.shutdown()
