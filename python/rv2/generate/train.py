@@ -542,3 +542,33 @@ def _inputs(cfg) -> list:
 
 
 __all__ = ["train_generator", "find_checkpoints", "sample_seed", "build_latent_cache"]
+
+
+def denoising_loss(components, pixels, prompts: list[str], seed: int = 0, draws: int = 8) -> float:
+    """Mean epsilon-MSE of the model on fixed images with fixed timesteps and noise.
+
+    A deterministic yardstick (unlike the training loss, which draws new noise each
+    step): the overfit test and the demo compare it before and after training.
+    pixels: [N, 3, R, R] in [-1, 1].
+    """
+    import torch
+
+    from rv2.generate.train_data import tokenize
+    from rv2.models import sd
+
+    sched = sd.ddpm_train_scheduler()
+    unet, vae, te = components.unet, components.vae, components.text_encoder
+    dev = next(unet.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    total = 0.0
+    with torch.no_grad():
+        dist = vae.encode(pixels.to(dev, vae.dtype)).latent_dist
+        enc = te(tokenize(components.tokenizer, prompts).to(dev))[0]
+        for _ in range(draws):
+            lat = (dist.mean.float() + dist.std.float()
+                   * torch.randn(dist.mean.shape, generator=g).to(dev)) * sd.VAE_SCALING
+            noise = torch.randn(lat.shape, generator=g).to(dev)
+            t = torch.randint(0, sched.config.num_train_timesteps, (lat.shape[0],), generator=g).to(dev)
+            pred = unet(sched.add_noise(lat, noise, t), t, enc).sample
+            total += float(torch.nn.functional.mse_loss(pred.float(), noise))
+    return total / draws
