@@ -67,55 +67,80 @@ SortedCases sort_cases(const double* score, const double* label, int64_t n, cons
   return s;
 }
 
-// Running AUROC / AP state of G sets walked in descending score order.
-struct Accumulator {
+// Resamples are walked kBlock at a time: for each sorted case the kernel reads
+// one contiguous row of kBlock weights (weights are transposed to (n, B) once)
+// and updates kBlock accumulators, so the inner loops are SIMD-friendly and a
+// case costs one cache line instead of kBlock scattered reads. Counts are held
+// in double, exact for integers below 2^53 (disc2 <= n^2 / 2).
+constexpr int64_t kBlock = 16;
+
+struct BlockAccumulator {
   int64_t G;
-  std::vector<int64_t> tp, fp, gp, gn, disc2;
-  std::vector<double> ap_sum;
-  std::vector<uint8_t> touched_flag;
+  std::vector<double> tp, fp, gp, gn, disc2, ap_sum;  // [G][kBlock]
+  std::vector<uint8_t> touched_flag, has_pos, has_neg;
   std::vector<int64_t> touched;
 
-  explicit Accumulator(int64_t groups)
-      : G(groups), tp(groups), fp(groups), gp(groups), gn(groups), disc2(groups),
-        ap_sum(groups), touched_flag(groups) {
+  explicit BlockAccumulator(int64_t groups)
+      : G(groups), tp(groups * kBlock), fp(groups * kBlock), gp(groups * kBlock),
+        gn(groups * kBlock), disc2(groups * kBlock), ap_sum(groups * kBlock),
+        touched_flag(groups), has_pos(groups), has_neg(groups) {
     touched.reserve(static_cast<size_t>(groups));
   }
   void reset() {
-    std::fill(tp.begin(), tp.end(), 0);
-    std::fill(fp.begin(), fp.end(), 0);
-    std::fill(disc2.begin(), disc2.end(), 0);
+    std::fill(tp.begin(), tp.end(), 0.0);
+    std::fill(fp.begin(), fp.end(), 0.0);
+    std::fill(disc2.begin(), disc2.end(), 0.0);
     std::fill(ap_sum.begin(), ap_sum.end(), 0.0);
   }
-  inline void add(int64_t g, int64_t w, bool positive) {
+  inline void add(int64_t g, const float* w, bool positive) {
     if (!touched_flag[g]) {
       touched_flag[g] = 1;
       touched.push_back(g);
     }
-    if (positive) gp[g] += w; else gn[g] += w;
+    double* dst = (positive ? gp.data() : gn.data()) + g * kBlock;
+    (positive ? has_pos : has_neg)[g] = 1;
+    for (int64_t b = 0; b < kBlock; ++b) dst[b] += static_cast<double>(w[b]);
   }
   // Close the current tie group: positives here are discordant with the
   // negatives above (fp before the update) and tied with the negatives here.
   inline void close_tie_group() {
     for (int64_t g : touched) {
-      const int64_t p = gp[g], q = gn[g];
-      disc2[g] += 2 * p * fp[g] + p * q;
-      tp[g] += p;
-      fp[g] += q;
-      if (p > 0) ap_sum[g] += static_cast<double>(p) *
-                              (static_cast<double>(tp[g]) / static_cast<double>(tp[g] + fp[g]));
-      gp[g] = 0;
-      gn[g] = 0;
+      double* p = gp.data() + g * kBlock;
+      double* q = gn.data() + g * kBlock;
+      double* t = tp.data() + g * kBlock;
+      double* f = fp.data() + g * kBlock;
+      if (!has_pos[g]) {
+        for (int64_t b = 0; b < kBlock; ++b) {
+          f[b] += q[b];
+          q[b] = 0.0;
+        }
+      } else {
+        double* d = disc2.data() + g * kBlock;
+        double* a = ap_sum.data() + g * kBlock;
+        for (int64_t b = 0; b < kBlock; ++b) {
+          d[b] += 2.0 * p[b] * f[b] + p[b] * q[b];
+          t[b] += p[b];
+          f[b] += q[b];
+          // p == 0 adds exactly 0; max(., 1) only avoids 0 / 0 there
+          a[b] += p[b] * (t[b] / std::max(t[b] + f[b], 1.0));
+          p[b] = 0.0;
+          q[b] = 0.0;
+        }
+      }
       touched_flag[g] = 0;
+      has_pos[g] = 0;
+      has_neg[g] = 0;
     }
     touched.clear();
   }
-  void finish(double* auc, double* ap) const {
+  // auc / ap rows for resample b of this block: out[g] at stride.
+  void finish(int64_t b, double* auc, double* ap) const {
     for (int64_t g = 0; g < G; ++g) {
-      const int64_t P = tp[g], N = fp[g];
+      const double P = tp[g * kBlock + b], N = fp[g * kBlock + b];
       if (P > 0 && N > 0) {
-        const int64_t total2 = 2 * P * N;
-        auc[g] = static_cast<double>(total2 - disc2[g]) / static_cast<double>(total2);
-        ap[g] = ap_sum[g] / static_cast<double>(P);
+        const double total2 = 2.0 * P * N;
+        auc[g] = (total2 - disc2[g * kBlock + b]) / total2;
+        ap[g] = ap_sum[g * kBlock + b] / P;
       } else {
         auc[g] = kNaN;
         ap[g] = kNaN;
@@ -129,18 +154,49 @@ void check_1d(const py::buffer_info& b, int64_t n, const char* name) {
     throw std::invalid_argument(std::string(name) + " must be 1-D of length " + std::to_string(n));
 }
 
-// auc, ap of shape (B, G): for each weight row b and each group g, the metric
-// over cases with groups[k, i] == g for some k, each case counted weights[b, i] times.
+// (rows, n) -> (blocks, n, kBlock) as float (exact for counts < 2^24), zero
+// padding: the kBlock weights of one case in one block are one cache line, and
+// one block of all cases (n * 64 bytes) stays in cache while it is walked.
+std::vector<float> block_transpose(const int32_t* w, int64_t rows, int64_t n, int64_t& blocks) {
+  blocks = (rows + kBlock - 1) / kBlock;
+  std::vector<float> out(static_cast<size_t>(blocks * n * kBlock), 0.0f);
+  parallel_for(blocks, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      float* dst = out.data() + k * n * kBlock;
+      for (int64_t r = k * kBlock; r < std::min(rows, (k + 1) * kBlock); ++r) {
+        const int32_t* src = w + r * n;
+        const int64_t b = r - k * kBlock;
+        for (int64_t i = 0; i < n; ++i) dst[i * kBlock + b] = static_cast<float>(src[i]);
+      }
+    }
+  });
+  return out;
+}
+
+// Cases are visited in score order, i.e. at random in memory: fetch ahead.
+constexpr int64_t kPrefetch = 16;
+inline void prefetch(const void* p) {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(p);
+#else
+  (void)p;
+#endif
+}
+
+// auc, ap of shape (S, B, G): for each score row s, weight row b and group g,
+// the metric over cases with groups[k, i] == g for some k, each case counted
+// weights[b, i] times. labels: (S, n) (one row per score row).
 py::tuple boot_auc_ap(F64Array scores, F64Array labels, I32Array weights, I32Array groups,
                       int64_t n_groups) {
   auto sb = scores.request(), lb = labels.request(), wb = weights.request(), gb = groups.request();
-  if (sb.ndim != 1) throw std::invalid_argument("scores must be 1-D");
-  const int64_t n = sb.shape[0];
-  check_1d(lb, n, "labels");
+  if (sb.ndim != 2) throw std::invalid_argument("scores must be (S, n)");
+  const int64_t S = sb.shape[0], n = sb.shape[1];
+  if (lb.ndim != 2 || lb.shape[0] != S || lb.shape[1] != n)
+    throw std::invalid_argument("labels must have the shape of scores (S, n)");
   if (wb.ndim != 2 || wb.shape[1] != n)
-    throw std::invalid_argument("weights must be (B, n) with n = len(scores)");
+    throw std::invalid_argument("weights must be (B, n) with n = scores.shape[1]");
   if (gb.ndim != 2 || gb.shape[1] != n)
-    throw std::invalid_argument("groups must be (K, n) with n = len(scores)");
+    throw std::invalid_argument("groups must be (K, n) with n = scores.shape[1]");
   if (n_groups < 1) throw std::invalid_argument("n_groups must be >= 1");
   const int64_t B = wb.shape[0], K = gb.shape[0];
   const double* s = static_cast<const double*>(sb.ptr);
@@ -149,41 +205,50 @@ py::tuple boot_auc_ap(F64Array scores, F64Array labels, I32Array weights, I32Arr
   const int32_t* grp = static_cast<const int32_t*>(gb.ptr);
   for (int64_t i = 0; i < K * n; ++i)
     if (grp[i] >= n_groups) throw std::invalid_argument("groups holds a code >= n_groups");
+  for (int64_t i = 0; i < B * n; ++i)
+    if (w[i] < 0 || w[i] >= (1 << 24))
+      throw std::invalid_argument("weights must be counts in [0, 2^24)");
 
-  py::array_t<double> auc({B, n_groups}), ap({B, n_groups});
+  py::array_t<double> auc({S, B, n_groups}), ap({S, B, n_groups});
   double* auc_p = static_cast<double*>(auc.request().ptr);
   double* ap_p = static_cast<double*>(ap.request().ptr);
   {
     py::gil_scoped_release release;
-    SortedCases sc = sort_cases(s, y, n, "boot_auc_ap");
-    const int64_t m = static_cast<int64_t>(sc.idx.size());
-    // Group codes in sorted order, so only the weight lookup is a gather.
-    std::vector<int32_t> sgrp(static_cast<size_t>(K * m));
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t j = 0; j < m; ++j) sgrp[k * m + j] = grp[k * n + sc.idx[j]];
-    for (int64_t i = 0; i < B * n; ++i)
-      if (w[i] < 0) throw std::invalid_argument("weights must be >= 0");
-    parallel_for(B, 1, [&](int64_t b0, int64_t b1) {
-      Accumulator acc(n_groups);
-      for (int64_t b = b0; b < b1; ++b) {
-        const int32_t* wr = w + b * n;
+    std::vector<SortedCases> sorted(static_cast<size_t>(S));
+    parallel_for(S, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) sorted[r] = sort_cases(s + r * n, y + r * n, n, "boot_auc_ap");
+    });
+    int64_t blocks = 0;
+    std::vector<float> wt = block_transpose(w, B, n, blocks);
+    // task = block * S + row: neighbouring tasks share a block of weights
+    parallel_for(S * blocks, 1, [&](int64_t t0, int64_t t1) {
+      BlockAccumulator acc(n_groups);
+      for (int64_t task = t0; task < t1; ++task) {
+        const int64_t r = task % S, blk = task / S, b0 = blk * kBlock;
+        const SortedCases& sc = sorted[r];
+        const float* wblk = wt.data() + blk * n * kBlock;
+        const int64_t m = static_cast<int64_t>(sc.idx.size());
         acc.reset();
         int64_t j = 0;
         for (int64_t end : sc.tie_end) {
           for (; j < end; ++j) {
-            const int64_t wt = wr[sc.idx[j]];
-            if (wt == 0) continue;
+            const int64_t c = sc.idx[j];
+            if (j + kPrefetch < m) prefetch(wblk + sc.idx[j + kPrefetch] * kBlock);
+            const float* row = wblk + c * kBlock;
             for (int64_t k = 0; k < K; ++k) {
-              const int32_t g = sgrp[k * m + j];
+              const int32_t g = grp[k * n + c];
               if (g < 0) continue;
               bool seen = false;  // a case coded twice for one group counts once
-              for (int64_t k2 = 0; k2 < k; ++k2) seen = seen || sgrp[k2 * m + j] == g;
-              if (!seen) acc.add(g, wt, sc.pos[j]);
+              for (int64_t k2 = 0; k2 < k; ++k2) seen = seen || grp[k2 * n + c] == g;
+              if (!seen) acc.add(g, row, sc.pos[j]);
             }
           }
           acc.close_tie_group();
         }
-        acc.finish(auc_p + b * n_groups, ap_p + b * n_groups);
+        for (int64_t b = 0; b < kBlock && b0 + b < B; ++b) {
+          const int64_t o = (r * B + b0 + b) * n_groups;
+          acc.finish(b, auc_p + o, ap_p + o);
+        }
       }
     });
   }
@@ -192,7 +257,8 @@ py::tuple boot_auc_ap(F64Array scores, F64Array labels, I32Array weights, I32Arr
 
 // Paired permutation: swaps[r, i] = 1 exchanges the two models' scores of case
 // i. Returns auc, ap of shape (R, 2): column 0 the permuted model A, 1 model B.
-// One sort of the 2n pooled scores serves every permutation.
+// One sort of the 2n pooled scores serves every permutation; each pooled case
+// goes to A or B with weight 1 per permutation.
 py::tuple perm_auc_ap(F64Array scores_a, F64Array scores_b, F64Array labels, U8Array swaps) {
   auto ab = scores_a.request(), bb = scores_b.request(), lb = labels.request(), wb = swaps.request();
   if (ab.ndim != 1) throw std::invalid_argument("scores_a must be 1-D");
@@ -219,22 +285,42 @@ py::tuple perm_auc_ap(F64Array scores_a, F64Array scores_b, F64Array labels, U8A
       plabel[i] = plabel[n + i] = y[i];
     }
     SortedCases sc = sort_cases(pooled.data(), plabel.data(), 2 * n, "perm_auc_ap");
-    parallel_for(R, 1, [&](int64_t r0, int64_t r1) {
-      Accumulator acc(2);
-      for (int64_t r = r0; r < r1; ++r) {
-        const uint8_t* sr = sw + r * n;
+    // swap indicators transposed to (n, R padded) as double
+    std::vector<int32_t> sw32(static_cast<size_t>(R * n));
+    for (int64_t i = 0; i < R * n; ++i) sw32[i] = sw[i] ? 1 : 0;
+    int64_t blocks = 0;
+    std::vector<float> st = block_transpose(sw32.data(), R, n, blocks);
+    const int64_t m = static_cast<int64_t>(sc.idx.size());
+    parallel_for(blocks, 1, [&](int64_t t0, int64_t t1) {
+      BlockAccumulator acc(2);
+      float to_a[kBlock], to_b[kBlock];
+      for (int64_t blk = t0; blk < t1; ++blk) {
+        const int64_t b0 = blk * kBlock;
+        const float* sblk = st.data() + blk * n * kBlock;
         acc.reset();
         int64_t j = 0;
         for (int64_t end : sc.tie_end) {
           for (; j < end; ++j) {
             const int64_t e = sc.idx[j];
-            const int64_t src = e >= n ? 1 : 0;
-            const int64_t c = e - src * n;
-            acc.add(src ^ (sr[c] ? 1 : 0), 1, sc.pos[j]);
+            const bool from_b = e >= n;
+            if (j + kPrefetch < m) {
+              const int64_t e2 = sc.idx[j + kPrefetch];
+              prefetch(sblk + (e2 >= n ? e2 - n : e2) * kBlock);
+            }
+            const float* row = sblk + (from_b ? e - n : e) * kBlock;
+            // A's own score goes to A unless swapped; B's goes to A when swapped
+            for (int64_t b = 0; b < kBlock; ++b) {
+              to_a[b] = from_b ? row[b] : 1.0f - row[b];
+              to_b[b] = 1.0f - to_a[b];
+            }
+            acc.add(0, to_a, sc.pos[j]);
+            acc.add(1, to_b, sc.pos[j]);
           }
           acc.close_tie_group();
         }
-        acc.finish(auc_p + r * 2, ap_p + r * 2);
+        for (int64_t b = 0; b < kBlock && b0 + b < R; ++b) {
+          acc.finish(b, auc_p + (b0 + b) * 2, ap_p + (b0 + b) * 2);
+        }
       }
     });
   }
@@ -302,8 +388,8 @@ py::tuple delong_placements(F64Array scores, F64Array labels) {
 void register_stats(py::module_& m) {
   m.def("boot_auc_ap", &boot_auc_ap, py::arg("scores"), py::arg("labels"), py::arg("weights"),
         py::arg("groups"), py::arg("n_groups"),
-        "Weighted AUROC and average precision, (B, G) each, for B weight rows and G case groups "
-        "(groups: (K, n) int32 codes, -1 = none) from one sort.");
+        "Weighted AUROC and average precision, (S, B, G) each, for S score rows (labels (S, n)), "
+        "B weight rows and G case groups (groups: (K, n) int32 codes, -1 = none), one sort per row.");
   m.def("perm_auc_ap", &perm_auc_ap, py::arg("scores_a"), py::arg("scores_b"), py::arg("labels"),
         py::arg("swaps"),
         "AUROC and AP, (R, 2) each, of both models after case-wise score swaps (R, n) uint8.");

@@ -2,7 +2,7 @@
 
 Resampling n cases with replacement is the same as weighting each case by how
 often it was drawn (bincount of the draws). The weights come in chunks of rows
-(memory stays bounded: rows * n * 12 bytes per chunk, never a B x n float64
+(memory stays bounded: rows * n * 16 bytes per chunk, never a B x n float64
 matrix) from one seeded numpy Generator, so the same seed gives the same
 resamples for every label, every model of a paired comparison and every
 subgroup. Resamples where a metric is undefined stay NaN; CIs use the
@@ -22,8 +22,9 @@ CHUNK_BYTES = 128 << 20
 
 
 def chunk_rows(n: int, total: int, budget: int = CHUNK_BYTES) -> int:
-    """Resamples per chunk so that draws (int64) and weights (int32) fit `budget`."""
-    return int(max(1, min(total, budget // max(1, 12 * n))))
+    """Resamples per chunk: draws (int64), counts (int32) and the native kernel's
+    transposed float32 copy, 16 bytes per case and resample, fit `budget`."""
+    return int(max(1, min(total, budget // max(1, 16 * n))))
 
 
 def resample_indices(n: int, n_boot: int, seed: int = 0, chunk: int | None = None
@@ -125,12 +126,12 @@ def resample_auc_ap(labels: np.ndarray, scores: Sequence[np.ndarray], *, n_boot:
     groups = np.ascontiguousarray(np.atleast_2d(groups), np.int32)
     counts = counts or {}
     ones = np.ones((1, n), np.int32)
-    point_auc = np.empty((M, L, n_groups))
-    point_ap = np.empty((M, L, n_groups))
-    for m, s in enumerate(scores):
-        for j in range(L):
-            a, p = boot_auc_ap(s[:, j], labels[:, j], ones, groups, n_groups, native=native)
-            point_auc[m, j], point_ap[m, j] = a[0], p[0]
+    # all models x labels in one kernel call per chunk: row m * L + j
+    S_scores = np.ascontiguousarray(np.concatenate([np.asarray(s, np.float64).T for s in scores]))
+    S_labels = np.ascontiguousarray(np.tile(labels.T, (M, 1)))
+    a, p = boot_auc_ap(S_scores, S_labels, ones, groups, n_groups, native=native)
+    point_auc = a[:, 0].reshape(M, L, n_groups)
+    point_ap = p[:, 0].reshape(M, L, n_groups)
     auc = np.empty((M, n_boot, L, n_groups))
     ap = np.empty((M, n_boot, L, n_groups))
     mats = {k: np.asarray(v, np.float32) for k, v in counts.items()}
@@ -144,10 +145,9 @@ def resample_auc_ap(labels: np.ndarray, scores: Sequence[np.ndarray], *, n_boot:
     b0 = 0
     for w in bootstrap_weights(n, n_boot, seed, chunk):
         b1 = b0 + w.shape[0]
-        for m, s in enumerate(scores):
-            for j in range(L):
-                a, p = boot_auc_ap(s[:, j], labels[:, j], w, groups, n_groups, native=native)
-                auc[m, b0:b1, j], ap[m, b0:b1, j] = a, p
+        a, p = boot_auc_ap(S_scores, S_labels, w, groups, n_groups, native=native)
+        auc[:, b0:b1] = a.reshape(M, L, b1 - b0, n_groups).transpose(0, 2, 1, 3)
+        ap[:, b0:b1] = p.reshape(M, L, b1 - b0, n_groups).transpose(0, 2, 1, 3)
         if mats:
             wf = w.astype(np.float32)
             for k, v in mats.items():

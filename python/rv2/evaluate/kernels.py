@@ -65,15 +65,7 @@ def _auc_ap_from_groups(gp: np.ndarray, gn: np.ndarray) -> tuple[np.ndarray, np.
     return auc, ap
 
 
-def boot_auc_ap_py(scores, labels, weights, groups, n_groups):
-    """Twin of _C.boot_auc_ap: (auc, ap), each (B, n_groups)."""
-    scores = np.asarray(scores, np.float64)
-    labels = np.asarray(labels, np.float64)
-    weights = np.asarray(weights, np.int32)
-    groups = np.asarray(groups, np.int32)
-    _check_finite(scores, labels, "boot_auc_ap")
-    if (weights < 0).any():
-        raise ValueError("weights must be >= 0")
+def _boot_one_py(scores, labels, weights, groups, n_groups):
     B = weights.shape[0]
     known = np.flatnonzero(_known(labels))
     order = known[np.argsort(-scores[known], kind="stable")]
@@ -95,29 +87,54 @@ def boot_auc_ap_py(scores, labels, weights, groups, n_groups):
     return auc, ap
 
 
+def boot_auc_ap_py(scores, labels, weights, groups, n_groups):
+    """Twin of _C.boot_auc_ap: scores, labels (S, n) -> (auc, ap), each (S, B, n_groups)."""
+    scores = np.atleast_2d(np.asarray(scores, np.float64))
+    labels = np.atleast_2d(np.asarray(labels, np.float64))
+    weights = np.asarray(weights, np.int32)
+    groups = np.asarray(groups, np.int32)
+    if (weights < 0).any() or (weights >= 1 << 24).any():
+        raise ValueError("weights must be counts in [0, 2^24)")
+    for s, y in zip(scores, labels):
+        _check_finite(s, y, "boot_auc_ap")
+    out = [_boot_one_py(s, y, weights, groups, n_groups) for s, y in zip(scores, labels)]
+    shape = (scores.shape[0], weights.shape[0], n_groups)
+    if not out:
+        return np.empty(shape), np.empty(shape)
+    return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
+
+
 def boot_auc_ap(scores, labels, weights, groups=None, n_groups: int = 1, *,
                 native: bool | None = None):
-    """Weighted AUROC and AP of one label for B weight rows and G case groups.
+    """Weighted AUROC and AP for B weight rows and G case groups.
 
-    scores, labels: (n,); weights: (B, n) non-negative integer counts (a row of
-    ones is the point estimate); groups: (K, n) int32 codes in [0, n_groups) or
-    -1, a case belongs to every group it is coded for (None: one group of all
-    cases). Returns (auc, ap), each (B, n_groups) float64, NaN where undefined.
+    scores: (n,) or (S, n) score rows; labels: (n,) or (S, n) (a 1-D label
+    vector is shared by all rows); weights: (B, n) non-negative integer counts
+    (a row of ones is the point estimate); groups: (K, n) int32 codes in
+    [0, n_groups) or -1 (each row one family of groups; a case belongs to every
+    group it is coded for; None: one group of all cases). Returns (auc, ap),
+    each (B, n_groups) for 1-D scores, else (S, B, n_groups); NaN where undefined.
     """
-    scores = np.ascontiguousarray(scores, np.float64)
-    labels = np.ascontiguousarray(labels, np.float64)
-    n = scores.shape[0]
+    one = np.ndim(scores) == 1
+    scores = np.ascontiguousarray(np.atleast_2d(scores), np.float64)
+    S, n = scores.shape
+    labels = np.asarray(labels, np.float64)
+    if labels.ndim == 1:
+        labels = np.broadcast_to(labels, (S, labels.shape[0]))
+    labels = np.ascontiguousarray(labels)
     weights = np.ascontiguousarray(np.atleast_2d(weights), np.int32)
     if groups is None:
         groups, n_groups = np.zeros((1, n), np.int32), 1
     groups = np.ascontiguousarray(np.atleast_2d(groups), np.int32)
-    if labels.shape != (n,) or weights.shape[1] != n or groups.shape[1] != n:
+    if labels.shape != (S, n) or weights.shape[1] != n or groups.shape[1] != n:
         raise ValueError(f"boot_auc_ap: shapes disagree: scores {scores.shape}, labels "
                          f"{labels.shape}, weights {weights.shape}, groups {groups.shape}")
     op = _native_op("boot_auc_ap", native)
     if op is None:
-        return boot_auc_ap_py(scores, labels, weights, groups, int(n_groups))
-    return op(scores, labels, weights, groups, int(n_groups))
+        auc, ap = boot_auc_ap_py(scores, labels, weights, groups, int(n_groups))
+    else:
+        auc, ap = op(scores, labels, weights, groups, int(n_groups))
+    return (auc[0], ap[0]) if one else (auc, ap)
 
 
 def perm_auc_ap_py(scores_a, scores_b, labels, swaps):
