@@ -157,6 +157,8 @@ def build_prompts(manifest_df: pd.DataFrame, cfg: PromptsConfig | None = None, *
 
         it = tqdm(rows, desc="prompts", unit="row")
     out = []
+    prefix_costs: dict = {}
+    imp_costs: dict[str, int] = {}
     for row in it:
         raw = _source_impression(row, cfg.impression_source)
         text = clean_impression(raw, cfg.deid) if raw else ""
@@ -177,12 +179,22 @@ def build_prompts(manifest_df: pd.DataFrame, cfg: PromptsConfig | None = None, *
                 stats["dropped"]["missing_demographics"] += 1
                 continue
             stats["impression_only"] += 1
-        cost = _prefix_cost(template, age, race, sex)
+        dkey = (age, race, sex) if complete else None
+        if dkey not in prefix_costs:
+            prefix_costs[dkey] = _prefix_cost(template, age, race, sex)
+        cost = prefix_costs[dkey]
         budget = max_tokens - max(cost if cost is not None else 0, reserve if complete else 0)
         while True:
             short, method = fitter.fit(text, budget)
             prompt = template.render(short, age, race, sex) if short else ""
-            n = count_tokens(prompt) if prompt else 0
+            if not prompt:
+                n = 0
+            elif cost is not None:  # separable template: counts add up (tested against exact)
+                if short not in imp_costs:
+                    imp_costs[short] = count_tokens(short)
+                n = cost + imp_costs[short]
+            else:
+                n = count_tokens(prompt)
             if n <= max_tokens or budget <= 2:
                 break
             budget -= n - max_tokens  # a template whose parts do not add up exactly

@@ -34,9 +34,10 @@ def variant_prompt_id(source_prompt_id: str, variant: str) -> str:
 
 def draw_age(age: int, jitter: int, seed: int, source_prompt_id: str, variant: str,
              lo: int = 18, hi: int = 90) -> int:
+    # Uniform over the 2*jitter+1 whole years from 64 hashed bits (bias < 1e-17).
     digest = hashlib.sha256(f"{seed}\0{source_prompt_id}\0{variant}".encode()).digest()
-    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-    return int(np.clip(rng.integers(age - jitter, age + jitter + 1), lo, hi))
+    drawn = age - jitter + int.from_bytes(digest[:8], "little") % (2 * jitter + 1)
+    return min(max(drawn, lo), hi)
 
 
 def expand_prompts(df: pd.DataFrame, cfg: PromptsConfig | None = None, *,
