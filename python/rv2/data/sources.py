@@ -176,9 +176,9 @@ def index_nih(files, root, cfg: IndexConfig, *, progress=True):
     for c in CHEXPERT_LABELS:
         df[c] = labs[c].to_numpy()
     if test_list is not None or trainval is not None:
-        n = names.to_numpy()
-        df["split"] = np.where(np.isin(n, list(test_list or [])), "test",
-                               np.where(np.isin(n, list(trainval or [])), "train", None))
+        # hash-based lookups (np.isin on object arrays is quadratic)
+        df["split"] = np.where(names.isin(test_list or set()).to_numpy(), "test",
+                               np.where(names.isin(trainval or set()).to_numpy(), "train", None))
         split_src = "test_list.txt / train_val_list.txt"
     else:
         df["split"] = cfg.default_split
