@@ -112,3 +112,12 @@ def test_openi_with_demographics_reserves_room_for_expansion(openi_reports, make
         for race in ("Asian", "Black", "Hispanic", "White"):
             for sex in ("F", "M"):
                 assert count_tokens(t.render(r["impression_short"], 90, race, sex)) <= 77
+
+
+@pytest.mark.parametrize("deid, reason", [("keep", "nondescriptive"), ("remove", "no_impression")])
+def test_placeholder_only_impression_is_left_out(make_manifest, deid, reason):
+    rows = [{"image_id": "n", "sex": "F", "age": 50.0, "race": "White", "report": REPORT.replace(
+        "No acute cardiopulmonary process.", "___")},
+        {"image_id": "s", "sex": "F", "age": 50.0, "race": "White", "impression": "See findings."}]
+    df, stats = build_prompts(make_manifest(rows), PromptsConfig(deid=deid))
+    assert len(df) == 0 and stats["dropped"][reason] >= 1 and stats["dropped"]["nondescriptive"] >= 1

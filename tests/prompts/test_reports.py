@@ -96,3 +96,20 @@ def test_openi_xml_string(openi_reports):
     s = extract_sections(xml)
     assert s["indication"] == "XXXX, right sided rib pain after falling on the XXXX."
     assert extract_impression(xml) == "No acute cardiopulmonary process. No obvious rib fractures. ."
+
+
+def test_phantom_world_mimic_reports():
+    """The demo world's reports are written in the MIMIC layout; the impression comes back."""
+    world = pytest.importorskip("rv2.demo.world")
+    reports = pytest.importorskip("rv2.demo.reports")
+    from rv2.prompts.reports import normalize_whitespace
+
+    n_nondescriptive = 0
+    for site in ("mimic", "chexpert"):
+        for subject in range(60):
+            case = world.sample_case(0, site, subject)
+            text = reports.write_report(case)
+            assert extract_impression(text) == normalize_whitespace(reports.impression(case))
+            assert extract_sections(text)["comparison"] == "___"
+            n_nondescriptive += case.nondescriptive
+    assert n_nondescriptive >= 1  # "___" impressions are among them

@@ -15,6 +15,8 @@ NONDESCRIPTIVE_DEFAULT = (
     r"^(?:see|as)(?: (?:above|below|findings?|report|comment|discussed))+$",
     r"^(?:none|n/?a|no impression|no comment|deferred|pending|addendum|see note)$",
     r"^(?:please )?(?:refer|see) to (?:the )?(?:findings|report|body of (?:the )?report)(?: above)?$",
+    # Nothing but de-identification placeholders (with deid=keep).
+    r"^(?:_{2,}|x{3,}|[\s.,;:-])*$",
 )
 
 
