@@ -93,3 +93,26 @@ def test_rows_without_age_skipped_and_bad_input(built):
         expand_prompts(built.drop(columns=["impression_short"]))
     with pytest.raises(ValueError, match="unknown values"):
         expand_prompts(built, PromptsConfig().override(["expand.races=[Martian]"]))
+
+
+def test_ids_and_draws_are_pinned():
+    """Resuming a regeneration relies on these never changing between rv2 versions."""
+    from rv2.prompts.build import prompt_id
+    from rv2.prompts.expand import draw_age
+
+    assert prompt_id("demo0002", "86 year old BLACK female. No evidence of acute "
+                     "cardiopulmonary process .") == "ec316bc72e7bd49f"
+    assert variant_prompt_id("0123456789abcdef", "female-Asian") == "da2a7e83af9c8f49"
+    assert [draw_age(60, 5, 0, "0123456789abcdef", v) for v in ("female-Asian", "male-White")] \
+        == [55, 60]
+    assert draw_age(20, 5, 1, "x", "male-Black") == 18 and draw_age(89, 5, 1, "x", "male-Black") == 86
+
+
+def test_age_draws_are_uniform_over_the_window():
+    from rv2.prompts.expand import draw_age
+
+    offsets = [draw_age(50, 5, 0, f"src{i}", v) - 50 for i in range(500) for v in VARIANTS]
+    counts = np.bincount(np.array(offsets) + 5, minlength=11)
+    assert len(counts) == 11 and counts.sum() == 4000
+    expected = 4000 / 11
+    assert (np.abs(counts - expected) < 0.25 * expected).all(), counts

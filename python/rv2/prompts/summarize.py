@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from rv2.config import atomic_write_text
 from rv2.prompts.reports import normalize_whitespace
@@ -206,7 +206,7 @@ class LLMSettings:
     # Empty: ~/.cache/rv2/llm-summaries.
     cache_dir: str = ""
     # What to do when the endpoint fails after its retries: use the rule shortener, or stop.
-    on_error: str = "fallback"
+    on_error: Literal["fallback", "raise"] = "fallback"
 
 
 class HttpSummarizer:
