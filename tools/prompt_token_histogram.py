@@ -29,7 +29,7 @@ def histogram(name: str, n: np.ndarray, width: int = 40) -> str:
     top = max(counts) or 1
     lines.append(f"{'tokens':>9} {'count':>6} {'share':>6}")
     for (lo, hi), c in zip(bins, counts):
-        label = f"{lo}-{hi}" if lo < 78 else f">77"
+        label = f"{lo}-{hi}" if lo < 78 else ">77"
         lines.append(f"{label:>9} {c:>6} {100 * c / len(n):>5.1f}% {'#' * round(width * c / top)}")
     return "\n".join(lines)
 
@@ -50,7 +50,6 @@ def main(argv=None) -> int:
         return 0
 
     import pandas as pd
-
     from rv2.data.manifest import conform
     from rv2.prompts.build import build_prompts
     from rv2.prompts.config import PromptsConfig

@@ -29,7 +29,6 @@ def make_manifest():
     """Build a schema-conformant manifest from short row dicts (image_id, text, demographics)."""
     import numpy as np
     import pandas as pd
-
     from rv2.data.manifest import conform
     from rv2.data.schema import CHEXPERT_LABELS
 

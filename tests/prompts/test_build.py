@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
-
 from rv2.data.manifest import ManifestError
-from rv2.data.schema import CHEXPERT_LABELS
 from rv2.prompts.build import OUTPUT_COLUMNS, build_prompts, prompt_id
 from rv2.prompts.config import PromptsConfig
 from rv2.prompts.template import PromptTemplate, clean_impression

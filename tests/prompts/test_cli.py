@@ -5,7 +5,6 @@ import json
 
 import pandas as pd
 from click.testing import CliRunner
-
 from rv2.cli import main
 from rv2.config import read_artifact_meta
 from rv2.prompts.authors_csv import export_authors_csv, import_authors_csv

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from rv2.data.schema import age_bin
 from rv2.prompts.build import build_prompts
 from rv2.prompts.config import PromptsConfig

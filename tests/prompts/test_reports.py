@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-
 from rv2.prompts.reports import extract_impression, extract_sections, has_placeholder
 
 MIMIC = """                                 FINAL REPORT

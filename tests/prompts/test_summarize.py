@@ -8,9 +8,13 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
-from rv2.prompts.summarize import (PAPER_INSTRUCTION, HttpSummarizer, LLMSettings, RuleShortener,
-                                   SummarizerError)
+from rv2.prompts.summarize import (
+    PAPER_INSTRUCTION,
+    HttpSummarizer,
+    LLMSettings,
+    RuleShortener,
+    SummarizerError,
+)
 from rv2.prompts.template import PromptTemplate, clean_impression
 from rv2.prompts.tokenizer import count_tokens
 

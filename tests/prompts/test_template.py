@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-
 from rv2.prompts.template import PromptTemplate, clean_impression, split_sentences
 
 

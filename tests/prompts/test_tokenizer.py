@@ -6,7 +6,6 @@ import html
 import importlib.util
 
 import pytest
-
 from rv2.prompts.tokenizer import clip_tokenizer, count_tokens, count_tokens_batch
 
 PINNED = {
@@ -47,7 +46,7 @@ def test_matches_open_clip_reference_bpe(openi_reports):
     """open_clip's SimpleTokenizer (pure-Python BPE, the one CLIP was trained with) gives the
     same ids for every distinct OpenI impression."""
     spec = importlib.util.find_spec("open_clip")
-    path = list(spec.submodule_search_locations)[0] + "/tokenizer.py"
+    path = next(iter(spec.submodule_search_locations)) + "/tokenizer.py"
     mod_spec = importlib.util.spec_from_file_location("_oc_tokenizer", path)
     mod = importlib.util.module_from_spec(mod_spec)
     mod_spec.loader.exec_module(mod)  # the module alone, not open_clip's model zoo

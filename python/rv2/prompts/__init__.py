@@ -21,7 +21,26 @@ _EXPORTS = {
     "import_authors_csv": "rv2.prompts.authors_csv", "export_authors_csv": "rv2.prompts.authors_csv",
     "clip_tokenizer": "rv2.prompts.tokenizer", "count_tokens": "rv2.prompts.tokenizer",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "EXPAND_COLUMNS",
+    "OUTPUT_COLUMNS",
+    "HttpSummarizer",
+    "LLMSettings",
+    "PromptTemplate",
+    "PromptsConfig",
+    "RuleShortener",
+    "build_prompts",
+    "clean_impression",
+    "clip_tokenizer",
+    "count_tokens",
+    "expand_prompts",
+    "export_authors_csv",
+    "extract_impression",
+    "extract_sections",
+    "import_authors_csv",
+    "prompt_id",
+    "variant_prompt_id",
+]
 
 
 def __getattr__(name: str):

@@ -10,7 +10,12 @@ import pandas as pd
 
 from rv2.data.schema import CHEXPERT_LABELS, age_bin
 from rv2.prompts.build import OUTPUT_COLUMNS, prompt_id
-from rv2.prompts.template import (PromptTemplate, canonical_age, canonical_race, canonical_sex)
+from rv2.prompts.template import (
+    PromptTemplate,
+    canonical_age,
+    canonical_race,
+    canonical_sex,
+)
 from rv2.prompts.tokenizer import count_tokens
 
 AUTHORS_COLUMNS: tuple[str, ...] = ("dicom_id", "gender", "anchor_age", "race", "impression_short",
@@ -54,7 +59,7 @@ def import_authors_csv(path: str | os.PathLike, *, split: str = "train", dataset
     df = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
     df["n_tokens"] = df["n_tokens"].astype("int64")
     df["age"] = df["age"].astype("float64")
-    counts = {"rows": int(len(df)), "template_mismatch": mismatch,
+    counts = {"rows": len(df), "template_mismatch": mismatch,
               "over_limit": int((df["n_tokens"] > 77).sum()) if len(df) else 0}
     return df, counts
 

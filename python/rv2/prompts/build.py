@@ -20,9 +20,19 @@ import pandas as pd
 from rv2.data.schema import CHEXPERT_LABELS
 from rv2.prompts.config import PromptsConfig
 from rv2.prompts.reports import extract_impression, normalize_whitespace
-from rv2.prompts.summarize import (RuleShortener, Summarizer, SummarizerError, make_summarizer)
-from rv2.prompts.template import (PromptTemplate, canonical_age, canonical_race, canonical_sex,
-                                  clean_impression)
+from rv2.prompts.summarize import (
+    RuleShortener,
+    Summarizer,
+    SummarizerError,
+    make_summarizer,
+)
+from rv2.prompts.template import (
+    PromptTemplate,
+    canonical_age,
+    canonical_race,
+    canonical_sex,
+    clean_impression,
+)
 from rv2.prompts.tokenizer import count_tokens
 
 log = logging.getLogger(__name__)
@@ -147,7 +157,7 @@ def build_prompts(manifest_df: pd.DataFrame, cfg: PromptsConfig | None = None, *
     reserve = expansion_reserve(cfg) if cfg.fit.reserve_for_expansion else 0
     max_tokens = cfg.fit.max_tokens
 
-    stats: dict = {"rows_in": int(len(manifest_df)), "dropped": {
+    stats: dict = {"rows_in": len(manifest_df), "dropped": {
         "no_impression": 0, "nondescriptive": 0, "missing_demographics": 0},
         "missing": {"sex": 0, "age": 0, "race": 0}, "impression_only": 0}
     rows = manifest_df.to_dict("records")
@@ -211,7 +221,7 @@ def build_prompts(manifest_df: pd.DataFrame, cfg: PromptsConfig | None = None, *
     for c in CHEXPERT_LABELS:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     df["age"] = pd.to_numeric(df["age"], errors="coerce").astype("float64")
-    stats["rows_out"] = int(len(df))
+    stats["rows_out"] = len(df)
     stats["shortened_by"] = {m: int((df["shortened_by"] == m).sum()) for m in SHORTENED_BY}
     stats.update(fitter.stats)
     stats["n_tokens"] = token_summary(df["n_tokens"].to_numpy())

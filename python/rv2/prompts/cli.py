@@ -28,7 +28,7 @@ def _read_prompts(path: Path):
         raise click.ClickException(f"prompts table not found: {path}")
     try:
         return pd.read_parquet(path)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
+    except Exception as exc:
         raise click.ClickException(f"{path}: not a readable Parquet file: {exc}") from exc
 
 

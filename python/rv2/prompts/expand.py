@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 
-import numpy as np
 import pandas as pd
 
 from rv2.data.schema import age_bin
@@ -60,7 +59,7 @@ def expand_prompts(df: pd.DataFrame, cfg: PromptsConfig | None = None, *,
     if bad_sex or bad_race:
         raise ValueError(f"expand.sexes/races hold unknown values {bad_sex + bad_race}")
     src = df if not e.splits else df[df["split"].isin(list(e.splits))]
-    counts = {"rows_in": int(len(df)), "selected": int(len(src)), "skipped_no_age": 0,
+    counts = {"rows_in": len(df), "selected": len(src), "skipped_no_age": 0,
               "refitted": 0}
     fitter = ImpressionFitter(template)
     variants = [(canonical_sex(s), canonical_race(r)) for s in e.sexes for r in e.races]
@@ -113,7 +112,7 @@ def expand_prompts(df: pd.DataFrame, cfg: PromptsConfig | None = None, *,
     result = pd.DataFrame(out, columns=list(EXPAND_COLUMNS) + extra)
     result["age"] = result["age"].astype("int64")
     result["n_tokens"] = result["n_tokens"].astype("int64")
-    counts["rows_out"] = int(len(result))
+    counts["rows_out"] = len(result)
     counts["per_variant"] = {n: int((result["variant"] == n).sum()) for n in names}
     if stats is not None:
         stats.update(counts)

@@ -21,8 +21,8 @@ import io
 import re
 import tarfile
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 # Upper-case header name -> canonical section. Unknown headers keep their own
 # lower-cased name.
@@ -212,7 +212,7 @@ def openi_reports_archive() -> Path:
     spec = importlib.util.find_spec("torchxrayvision")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("torchxrayvision is not installed; it ships NLMCXR_reports.tgz")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "NLMCXR_reports.tgz"
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "NLMCXR_reports.tgz"
     if not path.is_file():
         raise FileNotFoundError(f"torchxrayvision is installed but {path} is missing")
     return path

@@ -181,7 +181,7 @@ class RuleShortener:
                 chosen = trial
             elif scores[i] > 0:
                 rest = dict(chosen)
-                part = _trim(sentences[i], lambda s: fits(joined({**rest, i: s})), words=False)
+                part = _trim(sentences[i], lambda s, r=rest, k=i: fits(joined({**r, k: s})), words=False)
                 if part:
                     chosen[i] = part
         return joined(chosen)

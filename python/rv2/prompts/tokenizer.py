@@ -39,7 +39,7 @@ def bpe_file() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("the CLIP tokenizer needs open-clip-torch (pip install open-clip-torch), "
                            "whose wheel ships the BPE vocabulary file")
-    path = Path(list(spec.submodule_search_locations)[0]).resolve() / "bpe_simple_vocab_16e6.txt.gz"
+    path = Path(next(iter(spec.submodule_search_locations))).resolve() / "bpe_simple_vocab_16e6.txt.gz"
     if not path.is_file():
         raise RuntimeError(f"open_clip is installed but its BPE file is missing: {path}")
     return path
