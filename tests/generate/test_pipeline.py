@@ -158,3 +158,25 @@ def test_resume_after_torn_journal_and_orphans(tmp_path, comp):
     files = {p.relative_to(out).as_posix() for p in (out / "images").rglob("*") if p.is_file()}
     assert files == set(man2["path"]) and all(f.endswith(".jpg") for f in files)
     assert (out / first["path"]).read_bytes() == data_before
+
+
+def test_nonfinite_images_never_pass(tmp_path, comp, monkeypatch):
+    import rv2.generate.sampler as sampler
+
+    real = sampler.decode
+
+    def broken(components, latents):  # fp16 overflow in a VAE looks like this
+        img = real(components, latents).clone()
+        img[0] = float("nan")
+        return img
+
+    monkeypatch.setattr(sampler, "decode", broken)
+    cfg = _cfg(max_attempts=2, batch_size=4)
+    cfg.qc.enabled = False
+    s = generate_dataset(prompts_table(2), None, tmp_path / "o", cfg, qc_models=None,
+                         components=comp, progress=False)
+    log = pd.read_parquet(tmp_path / "o" / "qc_log.parquet")
+    # batch 1 = both prompts (the first one NaN); batch 2 = its retry alone (NaN again)
+    assert s["accepted"] == 1 and s["failed"] == 1
+    assert s["failed_by_attribute"] == {"nonfinite": 1}
+    assert (log["qc_fail_reasons"] == "nonfinite").sum() == 2

@@ -187,6 +187,12 @@ class Stages:
         verdicts = run_qc(self.qc_models, images, [b["sex"] for b in bases],
                           [b["race"] for b in bases], [b["age"] for b in bases],
                           self.cfg.qc.age_tolerance)
+        # NaN/inf pixels (e.g. fp16 overflow in the VAE) never pass, whatever the QC says
+        finite = torch.isfinite(images).flatten(1).all(dim=1).tolist()
+        for v, ok in zip(verdicts, finite):
+            if not ok:
+                v["qc_pass"] = False
+                v["qc_fail_reasons"] = ";".join(x for x in (v["qc_fail_reasons"], "nonfinite") if x)
         t4 = time.perf_counter()
         arr = images.detach().to("cpu", torch.float32).numpy()
         records, u8 = [], []

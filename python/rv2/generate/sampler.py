@@ -49,11 +49,12 @@ def initial_latents(seeds: Sequence[int], shape: tuple[int, int, int],
                     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """One CPU generator per image (as diffusers does with a list of generators), so an
     image's noise depends on its seed only, never on its batch or the device."""
+    # Drawn in fp32 and then cast, so fp16/bf16 runs start from the same noise as fp32 ones.
     out = [torch.randn((1, *shape), generator=torch.Generator("cpu").manual_seed(int(s)),
-                       dtype=dtype) for s in seeds]
+                       dtype=torch.float32) for s in seeds]
     if not out:
         return torch.zeros((0, *shape), dtype=dtype, device=device)
-    return torch.cat(out).to(device)
+    return torch.cat(out).to(device=device, dtype=dtype)
 
 
 def latents_for(prompt_ids: Sequence[str], attempts: Sequence[int], shape, base_seed: int = 0,

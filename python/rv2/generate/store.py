@@ -34,6 +34,8 @@ MANIFEST = "manifest.parquet"
 QC_LOG = "qc_log.parquet"
 RUN_INFO = "run.json"
 IMAGES = "images"
+# What the store keeps in memory of a rejected attempt (accepted ones are kept whole).
+LOG_KEYS = ("prompt_id", "attempt", "seed", "image_id", "path", "sex", "race", "age")
 # Settings that must not change between a run and its resumption.
 RUN_KEYS = ("model_hash", "qc_hash", "steps", "guidance", "height", "width", "base_seed",
             "dtype", "qc_enabled", "qc_convention", "age_tolerance", "image_format", "channels")
@@ -189,7 +191,7 @@ class ShardedStore:
                         "the journal, those prompts will be regenerated", jpath, len(lost),
                         len(records) - len(kept) - len(lost))
             self._rewrite_journal(kept)
-        self.records = kept
+        self.records = [self._compact(r) for r in kept]
         self.accepted = {}
         self.last_attempt = {}
         for r in kept:
@@ -225,6 +227,13 @@ class ShardedStore:
             os.fsync(f.fileno())
         os.replace(tmp, self.root / JOURNAL)
         _fsync_dir(self.root)
+
+    @staticmethod
+    def _compact(r: dict) -> dict:
+        """A rejected attempt without its prompt's static fields (memory at 500k prompts)."""
+        if r.get("qc_pass"):
+            return r
+        return {k: v for k, v in r.items() if k in LOG_KEYS or k.startswith("qc_")}
 
     # ---------------------------------------------------------------- state
     def is_done(self, prompt_id: str, max_attempts: int) -> bool:
@@ -265,7 +274,7 @@ class ShardedStore:
         self._journal.flush()
         os.fsync(self._journal.fileno())
         for r in records:
-            self.records.append(r)
+            self.records.append(self._compact(r))
             pid = r["prompt_id"]
             self.last_attempt[pid] = max(self.last_attempt.get(pid, -1), int(r["attempt"]))
             if r.get("qc_pass"):
@@ -288,8 +297,8 @@ class ShardedStore:
     def qc_log_frame(self):
         import pandas as pd
 
-        keep = ("prompt_id", "attempt", "seed", "image_id", "path", "sex", "race", "age")
-        rows = [{k: v for k, v in r.items() if k in keep or k.startswith("qc_")} for r in self.records]
+        rows = [{k: v for k, v in r.items() if k in LOG_KEYS or k.startswith("qc_")}
+                for r in self.records]
         return pd.DataFrame(rows)
 
     def _atomic_parquet(self, df, name: str) -> Path:
