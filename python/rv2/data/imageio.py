@@ -23,7 +23,8 @@ The three downstream value conventions: [0, 1] (diffusion VAE input after
 `*2-1`, DALI parity), torchxrayvision's [-1024, 1024] (`to_xrv_range`) and a
 dataset mean/std (`normalize`). Transforms: `pad_to_square`, `center_crop`,
 `resize` (bilinear with antialias when shrinking: Pillow's triangle filter
-scaled by the reduction factor, which DALI's `resize(antialias=True)` matches).
+scaled by the reduction factor, edges replicated, which DALI's
+`resize(antialias=True)` matches; see `rv2.data.dali`).
 """
 from __future__ import annotations
 
@@ -358,7 +359,9 @@ def center_crop(img: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
 def resize(img: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
     """Bilinear resize to `size` (int: square, or (h, w)), antialiased when shrinking.
 
-    Float32 in, float32 out (values are not clipped beyond what the filter gives).
+    Pillow's triangle filter widened by the reduction factor; pixels beyond the
+    border are the edge pixels repeated (as DALI's and OpenCV's resize do, so the
+    DALI path matches this one to ~0.003/255). Float32 in, float32 out.
     """
     from PIL import Image
 
@@ -368,8 +371,13 @@ def resize(img: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
         raise ValueError(f"resize target must be positive, got {th}x{tw}")
     if img.shape == (th, tw):
         return img.astype(np.float32, copy=False)
-    im = Image.fromarray(np.ascontiguousarray(img, dtype=np.float32))  # mode F
-    return np.asarray(im.resize((tw, th), Image.Resampling.BILINEAR), dtype=np.float32)
+    h, w = img.shape
+    # the filter reaches scale+1 source pixels out; replicate the edge that far
+    p = int(np.ceil(max(h / th, w / tw, 1.0))) + 2
+    padded = np.pad(np.asarray(img, dtype=np.float32), p, mode="edge")
+    im = Image.fromarray(padded)  # mode F
+    out = im.resize((tw, th), Image.Resampling.BILINEAR, box=(p, p, p + w, p + h))
+    return np.asarray(out, dtype=np.float32)
 
 
 def to_xrv_range(img01: np.ndarray) -> np.ndarray:
