@@ -115,3 +115,20 @@ def test_age_draws_are_uniform_over_the_window():
     assert len(counts) == 11 and counts.sum() == 4000
     expected = 4000 / 11
     assert (np.abs(counts - expected) < 0.25 * expected).all(), counts
+
+
+def test_non_separable_template_is_counted_exactly(make_manifest):
+    # The impression in the middle: token counts are not additive; every prompt still fits.
+    imp = " ".join(f"Finding {i} small nodule left lung." for i in range(11))
+    from rv2.prompts.template import PromptTemplate
+
+    cfg = PromptsConfig(template=PromptTemplate(
+        text="Chest radiograph: {impression} Patient: {age} year old {race} {sex}."))
+    df, _ = build_prompts(make_manifest([{"image_id": "x", "sex": "F", "age": 50.0,
+                                          "race": "White", "impression": imp}]), cfg)
+    assert df["prompt"].iloc[0].startswith("Chest radiograph: Finding 0 small nodule")
+    assert df["prompt"].iloc[0].endswith("Patient: 50 year old WHITE female.")
+    ex = expand_prompts(df, cfg)
+    assert len(ex) == 8
+    assert ex["n_tokens"].tolist() == [count_tokens(p) for p in ex["prompt"]]
+    assert (ex["n_tokens"] <= 77).all()

@@ -98,10 +98,14 @@ def expand_prompts(df: pd.DataFrame, cfg: PromptsConfig | None = None, *,
             if n > cfg.fit.max_tokens:
                 # Built without the expansion reserve: shorten for this variant.
                 budget = cfg.fit.max_tokens - (pre_cost[key] or 0)
-                short, m = fitter.fit(short0, budget)
+                while True:
+                    short, m = fitter.fit(short0, budget)
+                    prompt = template.render(short, age, race, sex)
+                    n = count_tokens(prompt)
+                    if n <= cfg.fit.max_tokens or budget <= 2:
+                        break
+                    budget -= n - cfg.fit.max_tokens  # a template whose parts do not add up
                 method = m if m != "none" else method
-                prompt = template.render(short, age, race, sex)
-                n = count_tokens(prompt)
                 counts["refitted"] += 1
             rec = dict(row)
             rec.update(sex=sex, race=race, age=age, age_bin=age_bin(age), impression_short=short,
