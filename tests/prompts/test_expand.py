@@ -132,3 +132,11 @@ def test_non_separable_template_is_counted_exactly(make_manifest):
     assert len(ex) == 8
     assert ex["n_tokens"].tolist() == [count_tokens(p) for p in ex["prompt"]]
     assert (ex["n_tokens"] <= 77).all()
+
+
+def test_expanded_table_is_what_generation_reads(built):
+    """Contract with the generate stage: its loader accepts the expanded table as written."""
+    pipeline = pytest.importorskip("rv2.generate.pipeline")
+    ex = expand_prompts(built, PromptsConfig())
+    loaded = pipeline.load_prompts(ex)
+    assert len(loaded) == 24 and set(loaded["race"]) == {"Asian", "Black", "Hispanic", "White"}
