@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <limits>
 #include <numeric>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -33,6 +34,7 @@ namespace {
 using F64Array = py::array_t<double, py::array::c_style | py::array::forcecast>;
 using I32Array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
 using U8Array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+using I64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
@@ -59,6 +61,37 @@ SortedCases sort_cases(const double* score, const double* label, int64_t n, cons
   }
   std::stable_sort(s.idx.begin(), s.idx.end(),
                    [&](int64_t a, int64_t b) { return score[a] > score[b]; });
+  const size_t m = s.idx.size();
+  s.pos.resize(m);
+  for (size_t k = 0; k < m; ++k) s.pos[k] = is_pos(label[s.idx[k]]) ? 1 : 0;
+  for (size_t k = 1; k <= m; ++k)
+    if (k == m || score[s.idx[k]] != score[s.idx[k - 1]]) s.tie_end.push_back(static_cast<int64_t>(k));
+  return s;
+}
+
+// The same structure from a caller's order (known cases by descending score,
+// then -1 padding), checked, so repeated calls on one label skip the sort.
+SortedCases cases_from_order(const double* score, const double* label, const int64_t* order,
+                             int64_t n, const char* what) {
+  SortedCases s;
+  int64_t known = 0;
+  for (int64_t i = 0; i < n; ++i) known += is_known(label[i]) ? 1 : 0;
+  s.idx.reserve(static_cast<size_t>(known));
+  for (int64_t k = 0; k < n && order[k] >= 0; ++k) {
+    const int64_t i = order[k];
+    if (i >= n || !is_known(label[i]) ||
+        (k > 0 && !(score[i] <= score[order[k - 1]])))
+      throw std::invalid_argument(std::string(what) +
+                                  ": order is not the known cases by descending score");
+    if (!std::isfinite(score[i]))
+      throw std::invalid_argument(std::string(what) + ": score of case " + std::to_string(i) +
+                                  " is not finite (NaN or infinity)");
+    s.idx.push_back(i);
+  }
+  if (static_cast<int64_t>(s.idx.size()) != known)
+    throw std::invalid_argument(std::string(what) + ": order lists " +
+                                std::to_string(s.idx.size()) + " cases, labels have " +
+                                std::to_string(known) + " known");
   const size_t m = s.idx.size();
   s.pos.resize(m);
   for (size_t k = 0; k < m; ++k) s.pos[k] = is_pos(label[s.idx[k]]) ? 1 : 0;
@@ -183,11 +216,41 @@ inline void prefetch(const void* p) {
 #endif
 }
 
+// One pass over the sorted cases for one block of resamples. Compiled twice
+// (AVX2 and baseline) where the compiler supports target_clones.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define RV2_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#else
+#define RV2_MULTIVERSION
+#endif
+
+RV2_MULTIVERSION
+void walk_boot(const SortedCases& sc, const float* wblk, const int32_t* grp, int64_t K,
+               int64_t n, int64_t m, BlockAccumulator& acc) {
+  acc.reset();
+  int64_t j = 0;
+  for (int64_t end : sc.tie_end) {
+    for (; j < end; ++j) {
+      const int64_t c = sc.idx[j];
+      if (j + kPrefetch < m) prefetch(wblk + sc.idx[j + kPrefetch] * kBlock);
+      const float* row = wblk + c * kBlock;
+      for (int64_t k = 0; k < K; ++k) {
+        const int32_t g = grp[k * n + c];
+        if (g < 0) continue;
+        bool seen = false;  // a case coded twice for one group counts once
+        for (int64_t k2 = 0; k2 < k; ++k2) seen = seen || grp[k2 * n + c] == g;
+        if (!seen) acc.add(g, row, sc.pos[j]);
+      }
+    }
+    acc.close_tie_group();
+  }
+}
+
 // auc, ap of shape (S, B, G): for each score row s, weight row b and group g,
 // the metric over cases with groups[k, i] == g for some k, each case counted
 // weights[b, i] times. labels: (S, n) (one row per score row).
 py::tuple boot_auc_ap(F64Array scores, F64Array labels, I32Array weights, I32Array groups,
-                      int64_t n_groups) {
+                      int64_t n_groups, std::optional<I64Array> order) {
   auto sb = scores.request(), lb = labels.request(), wb = weights.request(), gb = groups.request();
   if (sb.ndim != 2) throw std::invalid_argument("scores must be (S, n)");
   const int64_t S = sb.shape[0], n = sb.shape[1];
@@ -209,6 +272,14 @@ py::tuple boot_auc_ap(F64Array scores, F64Array labels, I32Array weights, I32Arr
     if (w[i] < 0 || w[i] >= (1 << 24))
       throw std::invalid_argument("weights must be counts in [0, 2^24)");
 
+  const int64_t* ord = nullptr;
+  py::buffer_info ob;
+  if (order) {
+    ob = order->request();
+    if (ob.ndim != 2 || ob.shape[0] != S || ob.shape[1] != n)
+      throw std::invalid_argument("order must be (S, n) int64 like scores");
+    ord = static_cast<const int64_t*>(ob.ptr);
+  }
   py::array_t<double> auc({S, B, n_groups}), ap({S, B, n_groups});
   double* auc_p = static_cast<double*>(auc.request().ptr);
   double* ap_p = static_cast<double*>(ap.request().ptr);
@@ -216,7 +287,9 @@ py::tuple boot_auc_ap(F64Array scores, F64Array labels, I32Array weights, I32Arr
     py::gil_scoped_release release;
     std::vector<SortedCases> sorted(static_cast<size_t>(S));
     parallel_for(S, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) sorted[r] = sort_cases(s + r * n, y + r * n, n, "boot_auc_ap");
+      for (int64_t r = r0; r < r1; ++r)
+        sorted[r] = ord ? cases_from_order(s + r * n, y + r * n, ord + r * n, n, "boot_auc_ap")
+                        : sort_cases(s + r * n, y + r * n, n, "boot_auc_ap");
     });
     int64_t blocks = 0;
     std::vector<float> wt = block_transpose(w, B, n, blocks);
@@ -228,23 +301,7 @@ py::tuple boot_auc_ap(F64Array scores, F64Array labels, I32Array weights, I32Arr
         const SortedCases& sc = sorted[r];
         const float* wblk = wt.data() + blk * n * kBlock;
         const int64_t m = static_cast<int64_t>(sc.idx.size());
-        acc.reset();
-        int64_t j = 0;
-        for (int64_t end : sc.tie_end) {
-          for (; j < end; ++j) {
-            const int64_t c = sc.idx[j];
-            if (j + kPrefetch < m) prefetch(wblk + sc.idx[j + kPrefetch] * kBlock);
-            const float* row = wblk + c * kBlock;
-            for (int64_t k = 0; k < K; ++k) {
-              const int32_t g = grp[k * n + c];
-              if (g < 0) continue;
-              bool seen = false;  // a case coded twice for one group counts once
-              for (int64_t k2 = 0; k2 < k; ++k2) seen = seen || grp[k2 * n + c] == g;
-              if (!seen) acc.add(g, row, sc.pos[j]);
-            }
-          }
-          acc.close_tie_group();
-        }
+        walk_boot(sc, wblk, grp, K, n, m, acc);
         for (int64_t b = 0; b < kBlock && b0 + b < B; ++b) {
           const int64_t o = (r * B + b0 + b) * n_groups;
           acc.finish(b, auc_p + o, ap_p + o);
@@ -327,6 +384,33 @@ py::tuple perm_auc_ap(F64Array scores_a, F64Array scores_b, F64Array labels, U8A
   return py::make_tuple(auc, ap);
 }
 
+// Bootstrap draws (rows, n) int64 -> counts (rows, n) int32: how often each
+// case was drawn in each resample (a row-wise bincount).
+py::array_t<int32_t> bootstrap_counts(I64Array draws) {
+  auto db = draws.request();
+  if (db.ndim != 2) throw std::invalid_argument("draws must be (rows, n)");
+  const int64_t rows = db.shape[0], n = db.shape[1];
+  const int64_t* d = static_cast<const int64_t*>(db.ptr);
+  py::array_t<int32_t> out({rows, n});
+  int32_t* o = static_cast<int32_t*>(out.request().ptr);
+  {
+    py::gil_scoped_release release;
+    parallel_for(rows, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        int32_t* dst = o + r * n;
+        std::fill(dst, dst + n, 0);
+        const int64_t* src = d + r * n;
+        for (int64_t i = 0; i < n; ++i) {
+          if (src[i] < 0 || src[i] >= n)
+            throw std::invalid_argument("draws must lie in [0, n)");
+          ++dst[src[i]];
+        }
+      }
+    });
+  }
+  return out;
+}
+
 // DeLong placements (Sun and Xu 2014) for each row of scores (k, n):
 // v10[r, i] = (#neg below X_i + #neg tied / 2) / n_neg over positives in
 // input order, v01[r, j] = 1 - (#pos below Y_j + #pos tied / 2) / n_pos.
@@ -387,9 +471,12 @@ py::tuple delong_placements(F64Array scores, F64Array labels) {
 
 void register_stats(py::module_& m) {
   m.def("boot_auc_ap", &boot_auc_ap, py::arg("scores"), py::arg("labels"), py::arg("weights"),
-        py::arg("groups"), py::arg("n_groups"),
+        py::arg("groups"), py::arg("n_groups"), py::arg("order") = py::none(),
         "Weighted AUROC and average precision, (S, B, G) each, for S score rows (labels (S, n)), "
-        "B weight rows and G case groups (groups: (K, n) int32 codes, -1 = none), one sort per row.");
+        "B weight rows and G case groups (groups: (K, n) int32 codes, -1 = none), one sort per row "
+        "(or the caller's order: (S, n) int64, known cases by descending score, then -1).");
+  m.def("bootstrap_counts", &bootstrap_counts, py::arg("draws"),
+        "Row-wise bincount of bootstrap draws (rows, n) int64 -> (rows, n) int32 counts.");
   m.def("perm_auc_ap", &perm_auc_ap, py::arg("scores_a"), py::arg("scores_b"), py::arg("labels"),
         py::arg("swaps"),
         "AUROC and AP, (R, 2) each, of both models after case-wise score swaps (R, n) uint8.");

@@ -160,3 +160,32 @@ def test_threads_do_not_change_results():
         m.set_num_threads(0)
     np.testing.assert_array_equal(one[0], three[0])
     np.testing.assert_array_equal(one[1], three[1])
+
+
+@needs_native
+def test_caller_order_gives_same_result_and_is_checked():
+    y, s = _data(1000, 14, decimals=2)
+    w = weights_from_indices(np.random.default_rng(2).integers(0, y.size, (20, y.size)), y.size)
+    order = K.rank_order(s, y)
+    assert (order[0, : int(_known(y).sum())] >= 0).all() and (order[0, int(_known(y).sum()):] == -1).all()
+    a1, p1 = K.boot_auc_ap(s[None], y, w, order=order, native=True)
+    a2, p2 = K.boot_auc_ap(s[None], y, w, native=True)
+    np.testing.assert_array_equal(a1, a2)
+    np.testing.assert_array_equal(p1, p2)
+    m = int(_known(y).sum())
+    bad = order.copy()
+    bad[0, :m] = order[0, :m][::-1]  # ascending: not the contract
+    short = order.copy()
+    short[0, m - 1] = -1  # one known case missing
+    for b in (bad, short):
+        with pytest.raises(ValueError, match="order"):
+            K.boot_auc_ap(s[None], y, w, order=b, native=True)
+
+
+@needs_native
+def test_bootstrap_counts_native_equals_numpy():
+    idx = np.random.default_rng(3).integers(0, 500, (7, 500))
+    np.testing.assert_array_equal(weights_from_indices(idx, 500, native=True),
+                                  weights_from_indices(idx, 500, native=False))
+    with pytest.raises(ValueError, match=r"\[0, n\)"):
+        weights_from_indices(np.full((1, 5), 5), 5, native=True)

@@ -3,9 +3,9 @@
 Resampling n cases with replacement is the same as weighting each case by how
 often it was drawn (bincount of the draws). The weights come in chunks of rows
 (memory stays bounded: rows * n * 16 bytes per chunk, never a B x n float64
-matrix) from one seeded numpy Generator, so the same seed gives the same
-resamples for every label, every model of a paired comparison and every
-subgroup. Resamples where a metric is undefined stay NaN; CIs use the
+matrix) from seeded numpy streams (one per block of 16 resamples), so the
+same seed gives the same resamples for every label, every model of a paired
+comparison and every subgroup, whatever the chunk size. Resamples where a metric is undefined stay NaN; CIs use the
 percentile method over the valid resamples and report their share.
 """
 from __future__ import annotations
@@ -15,32 +15,62 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from rv2.evaluate.kernels import boot_auc_ap
+from rv2.evaluate.kernels import _native_op, boot_auc_ap, rank_order
 from rv2.evaluate.validate import as_binary_labels, as_scores
 
-CHUNK_BYTES = 128 << 20
+CHUNK_BYTES = 64 << 20
+
+
+BLOCK = 16  # resamples per random stream (and per native SIMD block)
 
 
 def chunk_rows(n: int, total: int, budget: int = CHUNK_BYTES) -> int:
     """Resamples per chunk: draws (int64), counts (int32) and the native kernel's
-    transposed float32 copy, 16 bytes per case and resample, fit `budget`."""
-    return int(max(1, min(total, budget // max(1, 16 * n))))
+    transposed float32 copy, 16 bytes per case and resample, fit `budget`; a
+    multiple of BLOCK where possible."""
+    rows = max(1, budget // max(1, 16 * n))
+    if rows >= BLOCK:
+        rows = rows // BLOCK * BLOCK
+    return int(min(total, rows))
+
+
+def _block_draws(seed: int, block: int, rows: int, n: int) -> np.ndarray:
+    # Resample block k has its own stream (SeedSequence spawn key k), so the
+    # draws do not depend on chunking or on the threads that make them.
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block,)))
+    return rng.integers(0, n, size=(rows, n))
 
 
 def resample_indices(n: int, n_boot: int, seed: int = 0, chunk: int | None = None
                      ) -> Iterator[np.ndarray]:
-    """Bootstrap draws as (rows, n) int64 index arrays, chunk by chunk."""
-    rng = np.random.default_rng(seed)
+    """Bootstrap draws as (rows, n) int64 index arrays, chunk by chunk.
+
+    Resample r is row r % 16 of block r // 16, drawn from its own seeded stream;
+    blocks of a chunk are drawn on two threads (numpy releases the GIL).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     chunk = chunk or chunk_rows(n, n_boot)
-    done = 0
-    while done < n_boot:
-        c = min(chunk, n_boot - done)
-        yield rng.integers(0, n, size=(c, n))
-        done += c
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = 0
+        while done < n_boot:
+            c = min(chunk, n_boot - done)
+            first, last = done // BLOCK, (done + c - 1) // BLOCK
+            blocks = list(pool.map(
+                lambda k: _block_draws(seed, k, min(BLOCK, n_boot - k * BLOCK), n),
+                range(first, last + 1)))
+            draws = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+            off = done - first * BLOCK
+            yield draws[off:off + c]
+            done += c
 
 
-def weights_from_indices(idx: np.ndarray, n: int) -> np.ndarray:
-    """(rows, n) draws -> (rows, n) int32 counts of each case."""
+def weights_from_indices(idx: np.ndarray, n: int, *, native: bool | None = None) -> np.ndarray:
+    """(rows, n) draws -> (rows, n) int32 counts of each case (native row-wise bincount)."""
+    op = _native_op("bootstrap_counts", native)
+    idx = np.ascontiguousarray(idx, np.int64)
+    if op is not None and idx.ndim == 2 and idx.shape[1] == n:
+        return op(idx)
     rows = idx.shape[0]
     flat = (idx + (np.arange(rows, dtype=np.int64) * n)[:, None]).ravel()
     return np.bincount(flat, minlength=rows * n).astype(np.int32).reshape(rows, n)
@@ -129,7 +159,8 @@ def resample_auc_ap(labels: np.ndarray, scores: Sequence[np.ndarray], *, n_boot:
     # all models x labels in one kernel call per chunk: row m * L + j
     S_scores = np.ascontiguousarray(np.concatenate([np.asarray(s, np.float64).T for s in scores]))
     S_labels = np.ascontiguousarray(np.tile(labels.T, (M, 1)))
-    a, p = boot_auc_ap(S_scores, S_labels, ones, groups, n_groups, native=native)
+    order = rank_order(S_scores, S_labels)  # one sort per row for all chunks
+    a, p = boot_auc_ap(S_scores, S_labels, ones, groups, n_groups, order=order, native=native)
     point_auc = a[:, 0].reshape(M, L, n_groups)
     point_ap = p[:, 0].reshape(M, L, n_groups)
     auc = np.empty((M, n_boot, L, n_groups))
@@ -145,7 +176,7 @@ def resample_auc_ap(labels: np.ndarray, scores: Sequence[np.ndarray], *, n_boot:
     b0 = 0
     for w in bootstrap_weights(n, n_boot, seed, chunk):
         b1 = b0 + w.shape[0]
-        a, p = boot_auc_ap(S_scores, S_labels, w, groups, n_groups, native=native)
+        a, p = boot_auc_ap(S_scores, S_labels, w, groups, n_groups, order=order, native=native)
         auc[:, b0:b1] = a.reshape(M, L, b1 - b0, n_groups).transpose(0, 2, 1, 3)
         ap[:, b0:b1] = p.reshape(M, L, b1 - b0, n_groups).transpose(0, 2, 1, 3)
         if mats:
