@@ -4,8 +4,9 @@
 
 - PNG, 8 bit (divided by 255) and 16 bit (divided by 65535, as torchxrayvision
   does for PadChest), palette / RGB(A) PNGs converted to luma;
-- JPEG, grayscale or RGB/CMYK (RGB -> luma with ITU-R 601 weights
-  0.299/0.587/0.114, in float, no intermediate rounding);
+- JPEG, grayscale or colour: a YCbCr/RGB JPEG is decoded to its luma (Y)
+  channel only (ITU-R 601 weights, as the encoder stored it); CMYK and other
+  colour images go to luma with 0.299/0.587/0.114 in float;
 - DICOM, any transfer syntax pydicom has a pixel handler for (JPEG baseline
   goes through Pillow): the modality LUT (Rescale Slope/Intercept or a Modality
   LUT Sequence), then the VOI transform (a VOI LUT Sequence, else the first
@@ -113,6 +114,10 @@ def _decode_pillow(data: bytes, name: str, max_pixels: int) -> np.ndarray:
                                    "(decompression bomb guard; raise max_pixels if genuine)")
     if w == 0 or h == 0:
         raise ImageReadError(name, f"image has zero size {w}x{h}")
+    if im.format == "JPEG" and im.mode in ("RGB", "YCbCr"):
+        # Decode only the luma channel (libjpeg's grayscale output): the Y the encoder
+        # stored, 5x faster than RGB + conversion, and what DALI's GRAY decode gives.
+        im.draft("L", im.size)
     try:
         im.load()
     except Exception as exc:  # noqa: BLE001 - Pillow raises OSError/SyntaxError/zlib errors
