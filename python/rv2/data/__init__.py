@@ -1,1 +1,12 @@
-"""Datasets: adapters to one manifest schema, image IO, statistics."""
+"""Datasets: adapters to one manifest schema, image IO, statistics.
+
+- `schema`: the manifest contract (columns, label order, demographics levels).
+- `imageio`: PNG/JPEG/DICOM -> float32 [0, 1] grayscale; transforms; `save_png`.
+- `dali`: the same decode + resize with NVIDIA DALI (extra [dali]).
+- `index`: `index_dataset(dataset, metadata_files, root)` and `IndexConfig`
+  (`rv2 data index`); adapters in `mimic` and `sources`; rules in `labels`.
+- `manifest`: `write_manifest` / `read_manifest` / `read_sidecar`.
+- `stats`: the paper's Supplementary Tables 2 and 3 (`rv2 data stats`).
+
+Importing this package imports none of them (no pandas, no torch).
+"""
