@@ -190,14 +190,15 @@ void check_1d(const py::buffer_info& b, int64_t n, const char* name) {
 // (rows, n) -> (blocks, n, kBlock) as float (exact for counts < 2^24), zero
 // padding: the kBlock weights of one case in one block are one cache line, and
 // one block of all cases (n * 64 bytes) stays in cache while it is walked.
-std::vector<float> block_transpose(const int32_t* w, int64_t rows, int64_t n, int64_t& blocks) {
+template <typename T>
+std::vector<float> block_transpose(const T* w, int64_t rows, int64_t n, int64_t& blocks) {
   blocks = (rows + kBlock - 1) / kBlock;
   std::vector<float> out(static_cast<size_t>(blocks * n * kBlock), 0.0f);
   parallel_for(blocks, 1, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       float* dst = out.data() + k * n * kBlock;
       for (int64_t r = k * kBlock; r < std::min(rows, (k + 1) * kBlock); ++r) {
-        const int32_t* src = w + r * n;
+        const T* src = w + r * n;
         const int64_t b = r - k * kBlock;
         for (int64_t i = 0; i < n; ++i) dst[i * kBlock + b] = static_cast<float>(src[i]);
       }
@@ -343,10 +344,10 @@ py::tuple perm_auc_ap(F64Array scores_a, F64Array scores_b, F64Array labels, U8A
     }
     SortedCases sc = sort_cases(pooled.data(), plabel.data(), 2 * n, "perm_auc_ap");
     // swap indicators transposed to (n, R padded) as double
-    std::vector<int32_t> sw32(static_cast<size_t>(R * n));
-    for (int64_t i = 0; i < R * n; ++i) sw32[i] = sw[i] ? 1 : 0;
+    for (int64_t i = 0; i < R * n; ++i)
+      if (sw[i] > 1) throw std::invalid_argument("swaps must be 0 or 1");
     int64_t blocks = 0;
-    std::vector<float> st = block_transpose(sw32.data(), R, n, blocks);
+    std::vector<float> st = block_transpose(sw, R, n, blocks);
     const int64_t m = static_cast<int64_t>(sc.idx.size());
     parallel_for(blocks, 1, [&](int64_t t0, int64_t t1) {
       BlockAccumulator acc(2);

@@ -195,6 +195,8 @@ def perm_auc_ap(scores_a, scores_b, labels, swaps, *, native: bool | None = None
     if b.shape != (n,) or labels.shape != (n,) or swaps.shape[1] != n:
         raise ValueError(f"perm_auc_ap: shapes disagree: a {a.shape}, b {b.shape}, labels "
                          f"{labels.shape}, swaps {swaps.shape}")
+    if swaps.size and swaps.max() > 1:
+        raise ValueError("perm_auc_ap: swaps must be 0 or 1")
     op = _native_op("perm_auc_ap", native)
     if op is None:
         return perm_auc_ap_py(a, b, labels, swaps)

@@ -37,7 +37,8 @@ class PermutationResult:
 def swap_chunks(n: int, n_perm: int, seed: int, chunk: int | None = None):
     """Seeded (rows, n) uint8 swap indicators, chunk by chunk."""
     rng = np.random.default_rng(seed)
-    chunk = chunk or max(1, min(n_perm, (64 << 20) // max(n, 1)))
+    # uint8 swaps + the native kernel's float32 transposed copy: 5 bytes each
+    chunk = chunk or max(1, min(n_perm, (64 << 20) // max(5 * n, 1)))
     done = 0
     while done < n_perm:
         c = min(chunk, n_perm - done)
