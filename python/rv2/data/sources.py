@@ -219,8 +219,15 @@ def index_padchest(files, root, cfg: IndexConfig, *, progress=True):
         raise ValueError(f"padchest: {files[0]} lacks columns {sorted(need - set(raw.columns))}")
     birth = pd.to_numeric(raw.get("PatientBirth"), errors="coerce")
     year = pd.to_numeric(raw.get("StudyDate_DICOM"), errors="coerce") // 10000
-    items = [parse_padchest_labels(s) for s in raw["Labels"].to_numpy(dtype=object)]
-    sets = [padchest_findings(x) for x in items]
+    # many rows share a Labels string (a third are ['normal']): parse each distinct one once
+    cells = raw["Labels"].to_numpy(dtype=object)
+    cache: dict = {}
+    sets = []
+    for cell in cells:
+        key = None if cell is None or (isinstance(cell, float) and cell != cell) else cell
+        if key not in cache:
+            cache[key] = padchest_findings(parse_padchest_labels(key))
+        sets.append(cache[key])
     labs = lab.labels_from_sets(sets, tuple(lab.PADCHEST_PATTERNS) + ("No Finding",))
     imgdir = pd.to_numeric(raw["ImageDir"], errors="coerce").astype("Int64").astype(str)
     df = pd.DataFrame({
