@@ -3,8 +3,8 @@
 // statistics from one sort of the pooled scores, and DeLong placements.
 //
 // Labels are float64: 1 = positive, 0 = negative, anything else (-1, NaN) =
-// unknown, left out. AUROC counts discordant pairs in exact int64 arithmetic
-// (ties count 1/2) and divides once; AP = (1 / P) sum over distinct thresholds
+// unknown, left out. AUROC counts discordant pairs exactly (integer counts
+// held in double, exact below 2^53; ties count 1/2) and divides once; AP = (1 / P) sum over distinct thresholds
 // (descending) of P_g * TP / (TP + FP), the step-wise definition of
 // scikit-learn's average_precision_score. A metric whose set has no positives
 // or no negatives is NaN. Python twins: rv2/evaluate/kernels.py.

@@ -4,8 +4,8 @@ Contracts (the native ops in csrc/stats/ranking.cpp follow them exactly):
 
 - labels are float64: 1 = positive, 0 = negative, anything else (-1, NaN) is
   unknown and left out;
-- AUROC = 1 - (discordant pairs + ties / 2) / (P N), counted in exact int64
-  and divided once; AP = (1 / P) sum over distinct thresholds, descending, of
+- AUROC = 1 - (discordant pairs + ties / 2) / (P N), counted exactly (int64
+  here, integer-valued float64 below 2^53 in the native op) and divided once; AP = (1 / P) sum over distinct thresholds, descending, of
   P_g * TP / (TP + FP) (scikit-learn's step-wise average precision);
 - a metric whose set lacks positives or negatives is NaN (never 0).
 
