@@ -67,6 +67,8 @@ def intersectional_table(df: pd.DataFrame) -> pd.DataFrame:
             for s in [x for x in SEXES + (MISSING,) if x in counts.index]:
                 for lv in [x for x in tuple(order) + (MISSING,) if x in counts.columns]:
                     k = int(counts.at[s, lv])
+                    if k == 0 and MISSING in (s, lv):
+                        continue
                     rows.append((split, f"sex x {var}", s, lv, k, 100.0 * k / n if n else np.nan))
     return pd.DataFrame(rows, columns=["split", "pair", "sex", "level", "n", "pct"])
 
@@ -76,6 +78,7 @@ def format_wide(table: pd.DataFrame, keys: list[str]) -> str:
     t = table.copy()
     t["cell"] = [f"{n} ({p:.1f}%)" if p == p else f"{n}" for n, p in zip(t["n"], t["pct"])]
     wide = t.pivot_table(index=keys, columns="split", values="cell", aggfunc="first", sort=False)
+    wide = wide.reindex(pd.MultiIndex.from_frame(t[keys].drop_duplicates()))  # table order
     order = [s for s in list(SPLIT_ORDER) + [MISSING, "all"] if s in wide.columns] + \
         [s for s in wide.columns if s not in SPLIT_ORDER + (MISSING, "all")]
     wide = wide[order].fillna("")
