@@ -174,6 +174,19 @@ def test_dicom_signed_and_rle_compressed(tmp_path):
     np.testing.assert_allclose(iio.load_image(q), GRAD12 / 4095.0, atol=1e-6)
 
 
+def test_dicom_multiframe_gives_first_frame(tmp_path):
+    frames = np.stack([GRAD12, 4095 - GRAD12]).astype(np.uint16)
+    p = write_dicom(tmp_path / "mf.dcm", frames[0], bits_stored=12)
+    import pydicom
+    ds = pydicom.dcmread(p)
+    ds.NumberOfFrames = 2
+    ds.PixelData = frames.tobytes()
+    ds.save_as(p)
+    np.testing.assert_allclose(iio.load_image(p), GRAD12 / 4095.0, atol=1e-6)
+    with pytest.raises(ImageReadError, match="frame"):
+        iio.load_image(p, max_pixels=GRAD12.size + 1)
+
+
 def test_dicom_without_preamble_magic_by_suffix(tmp_path):
     p = write_dicom(tmp_path / "m2.dcm", GRAD12, bits_stored=12)
     data = p.read_bytes()

@@ -180,13 +180,16 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         rows, cols = int(ds.Rows), int(ds.Columns)
     except (AttributeError, TypeError, ValueError):
         raise ImageReadError(name, "DICOM lacks Rows/Columns") from None
-    if rows * cols > max_pixels:
-        raise ImageReadError(name, f"{cols}x{rows} = {rows * cols} pixels exceeds the limit of "
-                                   f"{max_pixels} (decompression bomb guard)")
-    _ensure_transfer_syntax(ds)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if rows * cols * frames > max_pixels:
+        raise ImageReadError(name, f"{cols}x{rows}x{frames} frame(s) = {rows * cols * frames} "
+                                   f"pixels exceeds the limit of {max_pixels} "
+                                   "(decompression bomb guard)")
+    _ensure_transfer_syntax(ds)
     try:
-        arr = ds.pixel_array if frames == 1 else _first_frame(ds)
+        arr = ds.pixel_array
+        if frames > 1:
+            arr = arr[0]  # multi-frame: the first frame
     except (NotImplementedError, RuntimeError) as exc:
         tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "?")
         raise ImageReadError(name, f"no usable pixel handler for transfer syntax {tsyntax} "
@@ -216,12 +219,6 @@ def _ensure_transfer_syntax(ds) -> None:
 
 # (7FE0,0010) Pixel Data tag, little endian: present in the bytes of a cut-off image file.
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
-
-
-def _first_frame(ds):
-    from pydicom.pixels import pixel_array
-
-    return pixel_array(ds, index=0)
 
 
 def dicom_to_float(ds, arr: np.ndarray, name: str = "<dicom>") -> np.ndarray:
