@@ -123,7 +123,8 @@ def test_cli_evaluate_and_compare(world, tmp_path):
     runner = CliRunner()
     res = runner.invoke(main, ["evaluate", "--pred", str(world["preds"][0]), "--manifest",
                                str(world["manifest"]), "--model", str(world["models"][0]),
-                               "--out", str(tmp_path / "e"), "--set", "n_boot=20"])
+                               "--out", str(tmp_path / "e"), "--set", "n_boot=20",
+                               "--split", "test"])
     assert res.exit_code == 0, res.output
     assert "macro AUROC" in res.output and (tmp_path / "e" / "report.html").is_file()
     sweep = pd.DataFrame({"strategy": ["real"] * 4 + ["pretrain-finetune"] * 4,
@@ -142,3 +143,7 @@ def test_cli_evaluate_and_compare(world, tmp_path):
     res = runner.invoke(main, ["compare", "--pred", str(world["preds"][0]), "--manifest",
                                str(world["manifest"]), "--out", str(tmp_path / "x")])
     assert res.exit_code != 0 and "at least two --pred" in res.output
+    res = runner.invoke(main, ["evaluate", "--pred", str(world["preds"][0]), "--manifest",
+                               str(world["manifest"]), "--out", str(tmp_path / "y"),
+                               "--split", "val"])
+    assert res.exit_code != 0 and "no rows with split == 'val'" in res.output

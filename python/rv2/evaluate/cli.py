@@ -4,10 +4,11 @@ from __future__ import annotations
 import click
 
 
-def _config(config, sets):
+def _config(config, sets, split=None):
     from rv2.evaluate.evaluation import EvaluateConfig
 
-    return EvaluateConfig.load(config, list(sets))
+    cfg = EvaluateConfig.load(config, list(sets))
+    return cfg.override([f"split={split}"]) if split else cfg
 
 
 def _summary(result):
@@ -28,6 +29,7 @@ _common = [
                  help="Report folder (report.json, report.md, report.html, figures/)."),
     click.option("--sweep", type=click.Path(exists=True, dir_okay=False),
                  help="Sweep table (CSV/Parquet) for label-efficiency curves."),
+    click.option("--split", help="Evaluate only the manifest rows of this split (e.g. test)."),
     click.option("--config", type=click.Path(exists=True, dir_okay=False),
                  help="EvaluateConfig file (YAML/TOML/JSON)."),
     click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
@@ -52,14 +54,14 @@ def _apply(options):
               help="thresholds.json to use instead of the model folder's.")
 @click.option("--name", help="Model name in the report (default: model folder or file name).")
 @_apply(_common)
-def evaluate(pred, model_dir, thresholds, name, manifest, out, sweep, config, sets):
+def evaluate(pred, model_dir, thresholds, name, manifest, out, sweep, split, config, sets):
     """AUROC/AP with bootstrap CIs, subgroup AUROC, fairness and underdiagnosis gaps."""
     from rv2.evaluate.evaluation import evaluate_predictions
     from rv2.evaluate.io import EvaluationInputError
 
     try:
         result = evaluate_predictions(pred, manifest, model_dir=model_dir, thresholds=thresholds,
-                                      out=out, config=_config(config, sets), sweep=sweep,
+                                      out=out, config=_config(config, sets, split), sweep=sweep,
                                       name=name)
     except (EvaluationInputError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -78,7 +80,7 @@ def evaluate(pred, model_dir, thresholds, name, manifest, out, sweep, config, se
               help="thresholds.json per --pred, instead of --model.")
 @click.option("--name", "names", multiple=True, help="Model name per --pred.")
 @_apply(_common)
-def compare(preds, model_dirs, thresholds, names, manifest, out, sweep, config, sets):
+def compare(preds, model_dirs, thresholds, names, manifest, out, sweep, split, config, sets):
     """Paired comparisons: DeLong, bootstrap and permutation tests, CIs of differences."""
     from rv2.evaluate.evaluation import compare_predictions
     from rv2.evaluate.io import EvaluationInputError
@@ -90,7 +92,7 @@ def compare(preds, model_dirs, thresholds, names, manifest, out, sweep, config, 
         result = compare_predictions(list(preds), manifest, model_dirs=list(model_dirs) or None,
                                      thresholds=list(thresholds) or None,
                                      names=list(names) or None, out=out,
-                                     config=_config(config, sets), sweep=sweep)
+                                     config=_config(config, sets, split), sweep=sweep)
     except (EvaluationInputError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(_summary(result))
