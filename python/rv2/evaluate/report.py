@@ -107,6 +107,13 @@ def _err(c):
     return e, max(e - lo, 0.0), max(hi - e, 0.0)
 
 
+def _ylim(ax):
+    """0.4 to 1 (the paper's range) unless a bar or its CI goes below."""
+    lows = [p.get_height() for p in ax.patches if np.isfinite(p.get_height())]
+    lo = min([0.4] + [v - 0.05 for v in lows])
+    ax.set_ylim(max(0.0, lo), 1.0)
+
+
 def fig_auroc(result, path):
     """Macro AUROC with CIs per model (bars) and test set (groups)."""
     plt = _plt()
@@ -122,7 +129,7 @@ def fig_auroc(result, path):
                capsize=3, label=m)
     ax.set_xticks(np.arange(len(sets)), sets)
     ax.set_ylabel("macro AUROC (95% CI)")
-    ax.set_ylim(0.4, 1.0)
+    _ylim(ax)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -145,7 +152,7 @@ def fig_subgroups(result, test_set, family, path):
                yerr=np.array([[v[1] for v in vals], [v[2] for v in vals]]))
     ax.set_xticks(np.arange(len(groups)), groups, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("subgroup macro AUROC")
-    ax.set_ylim(0.4, 1.0)
+    _ylim(ax)
     ax.set_title(f"{test_set}: {FAMILIES[family]}")
     ax.legend(fontsize=8)
     fig.tight_layout()
