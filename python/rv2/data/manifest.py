@@ -41,7 +41,8 @@ def _missing(v) -> bool:
 def conform(df: pd.DataFrame, dataset: str | None = None) -> pd.DataFrame:
     """Columns in schema order with schema dtypes: strings (nullable), age float, labels float.
 
-    Missing schema columns are added empty; `age_bin` is recomputed from `age`;
+    Missing schema columns are added empty; `age_bin` is recomputed from `age`
+    (kept as given where the age is missing);
     extra columns are kept after the schema columns.
     """
     out = df.copy()
@@ -52,7 +53,10 @@ def conform(df: pd.DataFrame, dataset: str | None = None) -> pd.DataFrame:
         if c not in out:
             out[c] = np.nan if c in CHEXPERT_LABELS or c == "age" else None
     out["age"] = pd.to_numeric(out["age"], errors="coerce").astype("float64")
-    out["age_bin"] = [age_bin(a) for a in out["age"].to_numpy()]
+    # the bin follows the age; a row with a bin but no exact age keeps its bin
+    given = out["age_bin"].to_numpy(dtype=object)
+    out["age_bin"] = [age_bin(a) if a == a else (None if _missing(b) else b)
+                      for a, b in zip(out["age"].to_numpy(), given)]
     for c in CHEXPERT_LABELS:
         out[c] = pd.to_numeric(out[c], errors="coerce").astype("float64")
     for c in STRING_COLUMNS:
