@@ -183,3 +183,21 @@ def test_openi_xml_folder(tmp_path):
     assert side["reports_without_images"] == 1
     assert (df["Cardiomegaly"] == 1).all() and (df["Pleural Effusion"] == 1).all()
     assert (df["No Finding"] == 0).all() and df["impression"].eq("Cardiomegaly.").all()
+
+
+def test_conform_types_empty_and_age_bin():
+    from rv2.data.manifest import conform, validate
+    from rv2.data.schema import REQUIRED_COLUMNS
+
+    empty = conform(pd.DataFrame(columns=list(REQUIRED_COLUMNS)))
+    validate(empty)
+    assert len(empty) == 0 and list(empty.columns[:len(REQUIRED_COLUMNS)]) == \
+        list(REQUIRED_COLUMNS)
+    df = conform(pd.DataFrame({"image_id": ["a", "b", "c"], "age": [17.9, np.nan, "80"],
+                               "age_bin": [None, "60-80", None], "sex": ["F", None, np.nan],
+                               "extra": [1, 2, 3]}), dataset="x")
+    assert df["age_bin"].tolist()[0] == "<18" and df["age_bin"][1] == "60-80"
+    assert df["age_bin"][2] == "80+" and df["age"].dtype == np.float64
+    assert df["sex"].isna().tolist() == [False, True, True]
+    assert list(df.columns)[-1] == "extra" and (df["dataset"] == "x").all()
+    assert str(df["image_id"].dtype) == "string"
