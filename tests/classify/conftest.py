@@ -46,6 +46,18 @@ def make_manifest(folder: Path, n: int, *, seed: int, size: int = 32, split: str
     return path
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread: the tiny convolutions here gain nothing from two, and on a
+    shared 2-core machine two spinning OpenMP threads run several times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """Real (train), synthetic and validation manifests of visible-label images."""

@@ -15,6 +15,6 @@ def __getattr__(name):  # torch-heavy parts load on first use
         from rv2.classify.train import train_classifier
         return train_classifier
     if name in ("predict", "load_model_dir"):
-        from rv2.classify import predict as _p
+        from rv2.classify import inference as _p
         return getattr(_p, name)
     raise AttributeError(name)

@@ -132,7 +132,7 @@ def sweep(config_file, overrides, out, strategies, n_real_list, real_fractions, 
 @_friendly
 def predict(model_dir, manifest, out, root, batch_size, num_workers, device):
     """Probabilities per image and label; unreadable images are reported in OUT's .skipped.csv."""
-    from rv2.classify.predict import predict as run, write_predictions
+    from rv2.classify.inference import predict as run, write_predictions
 
     preds = run(model_dir, manifest, root, batch_size=batch_size, device=device, num_workers=num_workers)
     settings = {"model_dir": model_dir, "manifest": manifest, "root": root, "batch_size": batch_size,

@@ -76,7 +76,6 @@ def train_classifier(cfg: ClassifierConfig, *, on_epoch_end: Callable | None = N
     _check_same_run(out, cfg)
     cfg.save(out / md.CONFIG)
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     device = resolve_device(cfg.device)
     sets = load_datasets(cfg, out)
     phases = plan_phases(cfg, out, sets)
@@ -105,8 +104,8 @@ def _validate(cfg: ClassifierConfig) -> None:
         raise ValueError(f"strategy {cfg.strategy!r} needs a synthetic manifest (--synthetic)")
     if not cfg.val and not cfg.real:
         raise ValueError("a validation manifest is required (--val), or a real manifest with a val split")
-    if cfg.image_size < 16:
-        raise ValueError(f"image_size must be at least 16, got {cfg.image_size}")
+    if cfg.image_size < 32:  # DenseNet-121 downsamples by 32
+        raise ValueError(f"image_size must be at least 32, got {cfg.image_size}")
     for name in ("epochs", "patience", "batch_size"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")

@@ -122,12 +122,12 @@ class ManifestDataset(Dataset):
     def pixels(self, i: int) -> np.ndarray:
         """The preprocessed [0,1] image (S x S); raises ImageReadError for a bad file."""
         if self._cache is not None and i in self._cache:
-            return self._cache[i].astype(np.float32)
+            return self._cache[i]
         from rv2.data.imageio import load_image
 
         img = preprocess(load_image(self.path(i)), self.image_size)
         if self._cache is not None:
-            self._cache[i] = img.astype(np.float16)
+            self._cache[i] = img  # float32: a cached image must equal a freshly decoded one
         return img
 
     def __getitem__(self, i: int) -> dict:

@@ -18,7 +18,7 @@ ARCH = "densenet121"
 
 # torchvision's published file predates a rename: `denselayer1.norm.1.weight`
 # is now `denselayer1.norm1.weight`.
-_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 def densenet121(num_classes: int = len(CHEXPERT_LABELS), init: str = "scratch",
@@ -42,7 +42,9 @@ def densenet121(num_classes: int = len(CHEXPERT_LABELS), init: str = "scratch",
             weights_path = find_weights(["densenet_imagenet"], [weights_dir])["densenet_imagenet"]
         state = load_imagenet_state(weights_path)
         missing, unexpected = model.load_state_dict(state, strict=False)
-        bad_missing = [k for k in missing if not k.startswith("classifier.")]
+        # the published file predates BatchNorm's num_batches_tracked buffers
+        bad_missing = [k for k in missing
+                       if not k.startswith("classifier.") and not k.endswith("num_batches_tracked")]
         if bad_missing or unexpected:
             raise ValueError(
                 f"{weights_path}: not a torchvision DenseNet-121 state dict "

@@ -1,0 +1,198 @@
+"""Training that learns, resumes exactly, and runs every strategy end to end."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+from sklearn.metrics import roc_auc_score
+
+from rv2 import cli
+from rv2.classify import ClassifierConfig, best_f1_thresholds, predict, train_classifier
+from rv2.classify.train import TrainingStateError
+from rv2.data.schema import CHEXPERT_LABELS
+
+from .conftest import make_manifest
+
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory):
+    """A short CPU training on images whose labels are visible."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module fixtures run before the function-level one in conftest
+    base = tmp_path_factory.mktemp("learn")
+    real = make_manifest(base / "real", 160, seed=11, prefix="r")
+    val = make_manifest(base / "val", 64, seed=12, prefix="v", split="val", uncertain_rate=0, unknown_rate=0)
+    cfg = ClassifierConfig(strategy="real", real=str(real), val=str(val), out=str(base / "model"),
+                           image_size=32, init="scratch", epochs=5, batch_size=16, lr=1e-3,
+                           num_workers=0, cache_images=True, progress=False)
+    try:
+        return train_classifier(cfg), val
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_short_training_learns_visible_labels(learned):
+    out, _ = learned
+    meta = json.loads((out / "rv2_meta.json").read_text())
+    s = meta["summary"]
+    assert s["n_auroc_labels"] == 14
+    assert s["val_auroc_mean"] > 0.9, s
+    hist = pd.read_csv(out / "history.csv")
+    assert len(hist) == s["epochs_run"] == 5
+    assert hist.val_auroc_mean.max() == pytest.approx(s["val_auroc_mean"], abs=1e-6)  # best kept
+    assert hist.train_loss.iloc[-1] < hist.train_loss.iloc[0]
+    for f in ("model.safetensors", "thresholds.json", "model_config.json", "normalization.json",
+              "config.json", "rv2_meta.json"):
+        assert (out / f).is_file(), f
+    assert not (out / "state").exists()
+    mcfg = json.loads((out / "model_config.json").read_text())
+    assert mcfg["labels"] == list(CHEXPERT_LABELS) and mcfg["image_size"] == 32
+    assert 0.2 < mcfg["normalization"]["mean"] < 0.6
+    assert meta["inputs"][0]["sha256"]
+
+
+def test_predict_and_thresholds_match_validation(learned):
+    out, val = learned
+    preds = predict(out, val, progress=False, device="cpu", batch_size=32)  # as validation ran
+    assert list(preds.columns) == ["image_id", *CHEXPERT_LABELS]
+    assert len(preds) == 64 and preds.attrs["skipped"].empty
+    truth = pd.read_parquet(val).set_index("image_id").loc[preds.image_id]
+    aucs = [roc_auc_score(truth[c], preds[c]) for c in CHEXPERT_LABELS]
+    assert np.mean(aucs) > 0.9
+    saved = json.loads((out / "thresholds.json").read_text())
+    assert saved["labels"] == list(CHEXPERT_LABELS) and saved["rule"] == ">="
+    again = best_f1_thresholds(truth[list(CHEXPERT_LABELS)].to_numpy(float),
+                               preds[list(CHEXPERT_LABELS)].to_numpy(float), CHEXPERT_LABELS)
+    for c in CHEXPERT_LABELS:  # the saved thresholds are the F1 optimum on validation
+        assert saved["thresholds"][c] == pytest.approx(again["thresholds"][c], abs=1e-6)
+
+
+def test_predict_cli_reports_unreadable_images(learned, tmp_path):
+    out, val = learned
+    df = pd.read_parquet(val).head(5)
+    df.loc[1, "path"] = "images/missing.png"
+    df.loc[3, "path"] = "images/broken.png"
+    (val.parent / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    m = val.parent / "bad.parquet"
+    df.to_parquet(m)
+    dest = tmp_path / "p.parquet"
+    res = CliRunner().invoke(cli.main, ["predict", "--model", str(out), "--manifest", str(m),
+                                        "--out", str(dest), "--device", "cpu", "--batch-size", "2"])
+    assert res.exit_code == 0, res.output
+    p = pd.read_parquet(dest)
+    assert p.image_id.tolist() == [df.image_id[i] for i in (0, 2, 4)]
+    skipped = pd.read_csv(tmp_path / "p.skipped.csv")
+    assert skipped.image_id.tolist() == [df.image_id[1], df.image_id[3]]
+    assert "not found" in skipped.reason[0] and "broken.png" in skipped.reason[1]
+    meta = json.loads((tmp_path / "p.parquet.rv2.json").read_text())
+    assert meta["n_skipped"] == 2 and meta["n_predicted"] == 3
+    res = CliRunner().invoke(cli.main, ["predict", "--model", str(tmp_path), "--manifest", str(m),
+                                        "--out", str(dest)])
+    assert res.exit_code != 0 and "not a complete classifier folder" in res.output
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_resume_after_crash_reproduces_uninterrupted_run(tiny_data, tmp_path):
+    def cfg(out):
+        return ClassifierConfig(strategy="real", real=str(tiny_data["real"]), val=str(tiny_data["val"]),
+                                out=str(out), image_size=32, init="scratch", epochs=3, batch_size=16,
+                                lr=1e-3, num_workers=0, progress=False)
+
+    full = train_classifier(cfg(tmp_path / "full"))
+
+    def crash_after_2(phase, epoch, row):
+        if epoch == 2:
+            raise Crash("simulated crash")
+    with pytest.raises(Crash):
+        train_classifier(cfg(tmp_path / "crashed"), on_epoch_end=crash_after_2)
+    assert (tmp_path / "crashed" / "state" / "last.pt").is_file()
+    with pytest.raises(TrainingStateError, match="other settings"):
+        train_classifier(ClassifierConfig(**{**cfg(tmp_path / "crashed").__dict__, "lr": 5e-4}))
+    seen = []
+    resumed = train_classifier(cfg(tmp_path / "crashed"), on_epoch_end=lambda p, e, r: seen.append(e))
+    assert seen == [3]  # only the missing epoch ran
+    a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ha, hb = pd.read_csv(full / "history.csv"), pd.read_csv(resumed / "history.csv")
+    pd.testing.assert_series_equal(ha.val_loss, hb.val_loss)
+    assert json.loads((full / "thresholds.json").read_text())["thresholds"] == \
+        json.loads((resumed / "thresholds.json").read_text())["thresholds"]
+
+
+@pytest.mark.parametrize("strategy", ["real", "synthetic", "mixed", "pretrain-finetune"])
+def test_strategies_end_to_end_cli(strategy, tiny_data, tmp_path):
+    out = tmp_path / "m"
+    args = ["train-classifier", "--strategy", strategy, "--real", str(tiny_data["real"]),
+            "--synthetic", str(tiny_data["synthetic"]), "--val", str(tiny_data["val"]), "--out", str(out),
+            "--image-size", "32", "--epochs", "2", "--max-steps", "2", "--batch-size", "8",
+            "--num-workers", "0", "--init", "scratch", "--n-real", "20", "--n-synthetic", "16",
+            "--set", "progress=false"]
+    res = CliRunner().invoke(cli.main, args)
+    assert res.exit_code == 0, res.output
+    assert "validation mean AUROC" in res.output
+    s = json.loads((out / "rv2_meta.json").read_text())["summary"]
+    assert s["steps"] == 2 and s["stop_reason"] == "max_steps 2 reached"
+    data = s["data"]
+    if strategy in ("real", "mixed", "pretrain-finetune"):
+        assert 20 <= data["real_used"]["images"] <= 21  # whole patients of 2 images
+    if strategy in ("synthetic", "mixed", "pretrain-finetune"):
+        assert data["synthetic_used"]["images"] == 16
+    if strategy == "pretrain-finetune":
+        pre = json.loads((out / "pretrain" / "rv2_meta.json").read_text())["summary"]
+        assert pre["phase"] == "pretrain" and s["phase"] == "finetune"
+        assert json.loads((out / "config.json").read_text())["finetune_lr"] == 5e-5
+        assert any(i["path"].endswith("pretrain/model.safetensors")
+                   for i in json.loads((out / "rv2_meta.json").read_text())["inputs"])
+    # rerunning a finished run is a no-op
+    res = CliRunner().invoke(cli.main, args)
+    assert res.exit_code == 0, res.output
+
+
+def test_sweep_table_with_shared_pretraining(tiny_data, tmp_path):
+    res = CliRunner().invoke(cli.main, [
+        "train-classifier", "sweep", "--strategies", "real,pretrain-finetune", "--n-real", "10,all",
+        "--seeds", "0", "--real", str(tiny_data["real"]), "--synthetic", str(tiny_data["synthetic"]),
+        "--val", str(tiny_data["val"]), "--out", str(tmp_path), "--image-size", "32", "--epochs", "1",
+        "--max-steps", "1", "--batch-size", "8", "--num-workers", "0", "--init", "scratch",
+        "--set", "progress=false"])
+    assert res.exit_code == 0, res.output
+    t = pd.read_csv(tmp_path / "sweep.csv")
+    assert t.strategy.tolist() == ["real", "real", "pretrain-finetune", "pretrain-finetune"]
+    assert t.n_real_images.tolist()[:2] == [10, 48] and t.n_real_images.tolist()[2:] == [10, 48]
+    assert (tmp_path / "pretrain_s0" / "model.safetensors").is_file()
+    assert not (tmp_path / "runs" / "pretrain-finetune_n10_s0" / "pretrain").exists()
+    assert (tmp_path / "sweep.csv.rv2.json").is_file()
+
+
+def test_clear_errors(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("RV2_WEIGHTS_DIR", str(tmp_path))
+    base = ["train-classifier", "--real", str(tiny_data["real"]), "--val", str(tiny_data["val"]),
+            "--image-size", "32", "--num-workers", "0"]
+    res = CliRunner().invoke(cli.main, base + ["--out", str(tmp_path / "a"), "--init", "imagenet"])
+    assert res.exit_code != 0 and "densenet121-a639ec97.pth" in res.output
+    res = CliRunner().invoke(cli.main, base + ["--out", str(tmp_path / "b"), "--strategy", "mixed"])
+    assert res.exit_code != 0 and "needs a synthetic manifest" in res.output
+    res = CliRunner().invoke(cli.main, ["train-classifier", "--real", str(tmp_path / "nope.parquet"),
+                                        "--val", str(tiny_data["val"]), "--out", str(tmp_path / "c")])
+    assert res.exit_code != 0 and "manifest not found" in res.output
+
+
+def test_bad_training_image_stops_or_is_skipped(tiny_data, tmp_path):
+    df = pd.read_parquet(tiny_data["real"])
+    df.loc[3, "path"] = "images/does_not_exist.png"
+    m = tiny_data["real"].parent / "with_missing.parquet"
+    df.to_parquet(m)
+    kw = dict(real=str(m), val=str(tiny_data["val"]), image_size=32, init="scratch", epochs=1,
+              max_steps=1, batch_size=64, num_workers=0, progress=False)
+    with pytest.raises(ValueError, match="does_not_exist.png"):
+        train_classifier(ClassifierConfig(out=str(tmp_path / "a"), **kw))
+    out = train_classifier(ClassifierConfig(out=str(tmp_path / "b"), on_bad_image="skip", **kw))
+    sk = pd.read_csv(out / "skipped_images.csv")
+    assert sk.image_id.tolist() == [df.image_id[3]]
