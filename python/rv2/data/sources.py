@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import io
-import re
 import tarfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
