@@ -120,3 +120,5 @@ def test_split_selection(tmp_path):
     assert uncertain_policy_of(p) is None
     (tmp_path / "m.parquet.rv2.json").write_text('{"config": {"uncertain_policy": "ones"}}')
     assert uncertain_policy_of(p) == "ones"
+    (tmp_path / "m.sidecar.json").write_text('{"uncertain_label_policy": "zeros"}')  # rv2 data index
+    assert uncertain_policy_of(p) == "zeros"

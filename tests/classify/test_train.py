@@ -196,3 +196,15 @@ def test_bad_training_image_stops_or_is_skipped(tiny_data, tmp_path):
     out = train_classifier(ClassifierConfig(out=str(tmp_path / "b"), on_bad_image="skip", **kw))
     sk = pd.read_csv(out / "skipped_images.csv")
     assert sk.image_id.tolist() == [df.image_id[3]]
+
+
+def test_policy_from_a_manifest_written_by_the_data_stage(tiny_data, tmp_path):
+    from rv2.data.manifest import write_manifest
+
+    m = write_manifest(pd.read_parquet(tiny_data["real"]), tiny_data["real"].parent / "indexed.parquet",
+                       {"uncertain_label_policy": "ones"})
+    out = train_classifier(ClassifierConfig(real=str(m), val=str(tiny_data["val"]), out=str(tmp_path / "m"),
+                                            image_size=32, init="scratch", epochs=1, max_steps=1,
+                                            batch_size=16, num_workers=0, progress=False))
+    s = json.loads((out / "rv2_meta.json").read_text())["summary"]
+    assert s["data"]["uncertain_policy"] == "ones" and s["data"]["real_used"]["images"] == 48

@@ -16,19 +16,19 @@ log = logging.getLogger(__name__)
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
-    """A manifest as a DataFrame, with a clear error for a missing or unreadable file."""
+    """A manifest as a DataFrame; the data stage's validating reader when present."""
     path = Path(path)
+    try:
+        from rv2.data.manifest import read_manifest as _read
+    except ImportError:
+        _read = None
+    if _read is not None:
+        return _read(path)  # ManifestError (a ValueError) names the file and the problem
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
     try:
-        from rv2.data.manifest import read_manifest as _read  # the data stage's reader, when present
-    except ImportError:
-        _read = None
-    try:
-        return _read(path) if _read is not None else pd.read_parquet(path)
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
+        return pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for non-Parquet
         raise ValueError(f"{path}: not a readable Parquet manifest: {exc}") from exc
 
 
@@ -41,21 +41,24 @@ def manifest_root(manifest: str | Path, *roots: str | None) -> Path:
 
 
 def uncertain_policy_of(manifest: str | Path) -> str | None:
-    """The uncertain-label policy recorded in a manifest's sidecar, if any."""
+    """The uncertain-label policy recorded with a manifest: its sidecar
+    (`<stem>.sidecar.json`, key uncertain_label_policy) or its rv2 metadata."""
     from rv2.config import meta_path_for
 
-    meta_file = meta_path_for(manifest)
-    if not meta_file.is_file():
-        return None
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    for section in (meta, meta.get("config") or {}, meta.get("labels") or {}):
-        if isinstance(section, dict):
-            v = section.get("uncertain_policy")
-            if isinstance(v, str):
-                return v
+    p = Path(manifest)
+    for f in (p.with_name(p.stem + ".sidecar.json"), meta_path_for(p)):
+        if not f.is_file():
+            continue
+        try:
+            meta = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        for section in (meta, meta.get("config") or {}):
+            if isinstance(section, dict):
+                for key in ("uncertain_label_policy", "uncertain_policy"):
+                    v = section.get(key)
+                    if isinstance(v, str):
+                        return v
     return None
 
 
