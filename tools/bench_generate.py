@@ -188,6 +188,7 @@ def main(argv=None) -> int:
                          "on CPU with a tiny model, real otherwise)")
     ap.add_argument("--image-size", type=int, default=32, help="tiny model image size")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=2, help="alternating runs of each; best kept")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -228,8 +229,13 @@ def main(argv=None) -> int:
         warm = df.iloc[: args.batch_size]
         ours(comp, warm, qc_dir, cfg, device, tmp / "w1")
         authors_approach(comp, warm, qc_dir, cfg, device, tmp / "w2")
-        a = authors_approach(comp, df, qc_dir, cfg, device, tmp)
-        o = ours(comp, df, qc_dir, cfg, device, tmp)
+        # alternate the two, keep each one's fastest run (a shared machine's load drifts)
+        a = o = None
+        for rep in range(args.repeats):
+            ra = authors_approach(comp, df, qc_dir, cfg, device, tmp / f"a{rep}")
+            ro = ours(comp, df, qc_dir, cfg, device, tmp / f"o{rep}")
+            a = ra if a is None or ra["wall_s"] < a["wall_s"] else a
+            o = ro if o is None or ro["wall_s"] < o["wall_s"] else o
     rows = []
     for name, r in (("authors' approach (pipeline + per-batch QC rebuild, batch-1 QC)", a),
                     ("rv2 generate (batched stages, QC built once, batched)", o)):
@@ -238,7 +244,7 @@ def main(argv=None) -> int:
     ratio = rows[1]["images_per_s"] / rows[0]["images_per_s"]
     print(f"\nbench_generate: device={device} dtype={dtype} size={args.size} steps={args.steps} "
           f"guidance={args.guidance} n={args.n} batch={args.batch_size} qc={qc_kind} "
-          f"threads={torch.get_num_threads()}")
+          f"threads={torch.get_num_threads()} repeats={args.repeats} (best of each)")
     print(f"{'approach':<66} {'images':>6} {'wall s':>9} {'img/s':>9} {'ratio':>7}")
     for r in rows:
         print(f"{r['approach']:<66} {r['images']:>6} {r['wall_s']:>9.2f} {r['images_per_s']:>9.3f} "

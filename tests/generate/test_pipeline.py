@@ -127,6 +127,12 @@ def test_generate_with_retries_and_valid_manifest(tmp_path, comp):
     # rerun on a finished store: nothing to do, nothing duplicated
     s3 = generate_dataset(df, None, out, _cfg(), qc_models=mean_qc(), components=comp, progress=False)
     assert s3["this_run"]["attempts"] == 0 and s3["accepted"] == s["accepted"]
+    # the same prompt ids with other texts are refused
+    edited = df.copy()
+    edited["prompt"] = edited["prompt"] + " edited"
+    with pytest.raises(StoreError, match="text differs"):
+        generate_dataset(edited, None, out, _cfg(), qc_models=mean_qc(), components=comp,
+                         progress=False)
     # other sampler settings on the same store are refused
     with pytest.raises(StoreError, match="other settings"):
         cfg = _cfg()

@@ -362,6 +362,14 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
         rows = df.to_dict("records")
         bases = {str(r["prompt_id"]): base_record(r, __version__, model_id, model_hash, qc_id)
                  for r in rows}
+        changed = [pid for pid, r in store.accepted.items()
+                   if pid in bases and r.get("prompt") != bases[pid]["prompt"]]
+        if changed:
+            from rv2.generate.store import StoreError
+
+            raise StoreError(f"store {out_dir} holds images for {len(changed)} prompt id(s) whose "
+                             f"text differs in this prompts table (e.g. {changed[:3]}); prompt ids "
+                             "must keep their text. Use another --out.")
         work = [(pid, store.next_attempt(pid)) for pid in bases
                 if not store.is_done(pid, cfg.max_attempts)]
         stages = Stages(components, qc_models, store, cfg, device, dtype, bases, shape)
