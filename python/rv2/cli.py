@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("rv2.generate.cli:generate", "Generate a QC'd synthetic dataset from expanded prompts (retries, crash-safe resumable store)."),
     "evaluate": ("rv2.evaluate.cli:evaluate", "AUROC/AP with bootstrap CIs, subgroup AUROC, fairness and underdiagnosis gaps; Markdown/HTML report."),
     "compare": ("rv2.evaluate.cli:compare", "Paired model comparison: DeLong, bootstrap and permutation tests, CIs of differences; report."),
+    "demo": ("rv2.demo.cli:demo", "The main job end to end on a built-in phantom world with bundled tiny models."),
 }
 
 
