@@ -136,6 +136,11 @@ def test_real_file_formats_load(tmp_path):
         np.testing.assert_allclose(out["p_female"], sex(pre_s).softmax(1)[:, 1].numpy(), atol=1e-5)
         np.testing.assert_allclose(out["age"], age(models.age.preprocess(x))[:, 0].numpy(), atol=1e-4)
     assert models.race.input_size == 320 and models.sex.input_size == 224
+    # torchxrayvision's copy of the sex model is used when the chexploration file is absent
+    (tmp_path / KNOWN_BY_KEY["sex"].filename).rename(tmp_path / KNOWN_BY_KEY["sex_xrv"].filename)
+    again = qc.load_qc_models(tmp_path)
+    np.testing.assert_allclose(again.predict(x)["p_female"], out["p_female"], atol=1e-6)
+    assert KNOWN_BY_KEY["sex_xrv"].filename in again.model_id
 
 
 def test_missing_weights_error_lists_files_and_places(tmp_path, monkeypatch):
