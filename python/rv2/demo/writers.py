@@ -18,7 +18,9 @@ outside the four groups), so that the adapter's exclusions have work to do.
 
 External site (`<out>/chexpert/`): CheXpert-v1.0-small's `train.csv` layout
 (Path, Sex, Age, Frontal/Lateral, AP/PA, 14 labels in CheXpert order) with the
-images under `CheXpert-v1.0-small/train/patientNNNNN/studyN/viewN_frontal.jpg`.
+images under `CheXpert-v1.0-small/train/patientNNNNN/studyN/viewN_frontal.jpg`,
+and the CheXpert demographics table as CSV (`chexpert_demographics.csv`:
+PATIENT, GENDER, AGE_AT_CXR, PRIMARY_RACE, ETHNICITY).
 
 `world_truth.csv` next to them lists every image with the parameters it was
 drawn from (the answer key for tests).
@@ -51,6 +53,16 @@ ADMISSIONS_COLUMNS = ("subject_id", "hadm_id", "admittime", "dischtime", "deatht
                       "discharge_location", "insurance", "language", "marital_status", "race",
                       "edregtime", "edouttime", "hospital_expire_flag")
 CHEXPERT_COLUMNS = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA") + CHEXPERT_LABELS
+CHEXPERT_DEMO_COLUMNS = ("PATIENT", "GENDER", "AGE_AT_CXR", "PRIMARY_RACE", "ETHNICITY")
+# CheXpert demographics (PRIMARY_RACE, ETHNICITY) per group; Hispanic is an ethnicity there.
+CHEXPERT_RACE = {
+    "Asian": (("Asian", "Non-Hispanic/Non-Latino"), ("Asian, non-Hispanic", "Non-Hispanic/Non-Latino")),
+    "Black": (("Black or African American", "Non-Hispanic/Non-Latino"),
+              ("Black, non-Hispanic", "Non-Hispanic/Non-Latino")),
+    "Hispanic": (("Other", "Hispanic/Latino"), ("White, Hispanic", "Hispanic/Latino")),
+    "White": (("White", "Non-Hispanic/Non-Latino"), ("White, non-Hispanic", "Non-Hispanic/Non-Latino")),
+    None: (("Unknown", "Unknown"), ("Patient Refused", "Patient Refused")),
+}
 
 # MIMIC-IV race strings per group (per admission; several spellings per group).
 RACE_STRINGS = {
@@ -90,6 +102,7 @@ class WorldPaths:
     admissions: Path
     chexpert_root: Path        # the folder holding CheXpert-v1.0-small/
     chexpert_csv: Path
+    chexpert_demographics: Path
     truth: Path
 
     @classmethod
@@ -101,7 +114,8 @@ class WorldPaths:
         return cls(root=r, mimic_root=m, mimic_metadata=m / MIMIC_METADATA,
                    mimic_chexpert=m / MIMIC_CHEXPERT, mimic_split=m / MIMIC_SPLIT,
                    patients=h / "patients.csv", admissions=h / "admissions.csv", chexpert_root=c,
-                   chexpert_csv=c / "CheXpert-v1.0-small" / "train.csv", truth=r / "world_truth.csv")
+                   chexpert_csv=c / "CheXpert-v1.0-small" / "train.csv",
+                   chexpert_demographics=c / "chexpert_demographics.csv", truth=r / "world_truth.csv")
 
 
 def _fmt(v: float) -> str:
@@ -219,10 +233,13 @@ def write_mimic(cfg: WorldConfig, paths: WorldPaths, progress=None) -> list[dict
 def write_chexpert(cfg: WorldConfig, paths: WorldPaths, progress=None) -> list[dict]:
     site = get_site("chexpert")
     rng = np.random.default_rng(_seed(cfg.seed, "chexpert-ids"))
-    rows, truth = [], []
+    rows, truth, demo_rows = [], [], []
     base = paths.chexpert_root
     for i in range(cfg.chexpert_subjects):
         demo = sample_subject(cfg.seed, site, i)
+        race, eth = CHEXPERT_RACE[demo["group"]][int(rng.integers(0, 2))]
+        demo_rows.append([f"patient{i + 1:05d}", "Female" if demo["sex"] == "F" else "Male",
+                          demo["age"], race, eth])
         for k in range(int(rng.integers(1, cfg.max_studies + 1))):
             case = sample_case(cfg.seed, site, i, k, demographics=demo)
             lab = labels(case)
@@ -240,6 +257,7 @@ def write_chexpert(cfg: WorldConfig, paths: WorldPaths, progress=None) -> list[d
                 if progress:
                     progress.update(1)
     _write_csv(paths.chexpert_csv, CHEXPERT_COLUMNS, rows)
+    _write_csv(paths.chexpert_demographics, CHEXPERT_DEMO_COLUMNS, demo_rows)
     return truth
 
 
