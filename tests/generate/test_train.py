@@ -162,7 +162,11 @@ def test_cli_trains_from_a_model_folder_and_writes_a_loadable_pipeline(tmp_path)
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
-    """2 CPU processes (accelerate launch, gloo) x batch 2 == 1 process x batch 4."""
+    """2 CPU processes (accelerate launch, gloo) x batch 2 == 1 process x batch 4.
+
+    The 2-process run also builds the latent cache together (each process encodes every
+    other image into one file); the 1-process run reads pixels.
+    """
     base = sd.save_pipeline(sd.tiny_components(seed=0, sample_size=RES), tmp_path / "base")
     images = _images(tmp_path / "img", 5)
     common = ["--set", f"model.base={base}", "--set", "data.source=folder",
@@ -172,10 +176,12 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
               "--set", "checkpoint.every=2", "--set", "logging.every=1",
               "--set", "logging.progress=false"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    # --multi_gpu selects the torchrun launcher; with no GPU our Accelerator(cpu=True) then runs
+    # gloo across CPU processes (`accelerate launch --cpu` alone would start one process).
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "-m", "rv2.cli", "train-generator", "--set", f"output_dir={tmp_path / 'two'}",
-              "--set", "optim.batch_size=2", *common]
+              "--set", "optim.batch_size=2", "--set", "data.latent_cache=true", *common]
     r = subprocess.run(launch, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     one = [sys.executable, "-m", "rv2.cli", "train-generator", "--set",
