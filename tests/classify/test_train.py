@@ -208,3 +208,81 @@ def test_policy_from_a_manifest_written_by_the_data_stage(tiny_data, tmp_path):
                                             batch_size=16, num_workers=0, progress=False))
     s = json.loads((out / "rv2_meta.json").read_text())["summary"]
     assert s["data"]["uncertain_policy"] == "ones" and s["data"]["real_used"]["images"] == 48
+
+
+def test_early_stop_on_val_loss_and_best_checkpoint_by_auroc(tiny_data, tmp_path, monkeypatch):
+    """Validation loss best at epoch 2, AUROC best at epoch 3, patience 2: stops after epoch 4
+    and keeps epoch 3's weights."""
+    import rv2.classify.train as tr
+
+    losses = {1: 1.0, 2: 0.8, 3: 0.9, 4: 0.95, 5: 0.5}
+    quality = {1: 0.2, 2: 0.5, 3: 3.0, 4: 1.0, 5: 0.1}
+    real_evaluate = tr.evaluate
+    calls = {"n": 0}
+    saved = {}
+
+    def fake_evaluate(model, ds, cfg, device, skipped=None):
+        _, probs, target, mask = real_evaluate(model, ds, cfg, device, skipped)
+        calls["n"] += 1
+        e = calls["n"]
+        if e not in losses:  # finalize's pass over the best weights
+            return _, probs, target, mask
+        rng = np.random.default_rng(e)
+        p = 1 / (1 + np.exp(-(quality[e] * (2 * target - 1) + rng.normal(0, 1, target.shape))))
+        saved[e] = {k: v.clone() for k, v in model.state_dict().items()}
+        return losses[e], p.astype(np.float32), target, mask
+
+    monkeypatch.setattr(tr, "evaluate", fake_evaluate)
+    out = train_classifier(ClassifierConfig(real=str(tiny_data["real"]), val=str(tiny_data["val"]),
+                                            out=str(tmp_path / "m"), image_size=32, init="scratch",
+                                            epochs=5, patience=2, batch_size=24, num_workers=0,
+                                            progress=False))
+    s = json.loads((out / "rv2_meta.json").read_text())["summary"]
+    assert s["epochs_run"] == 4 and s["best_epoch"] == 3
+    assert "early stop" in s["stop_reason"]
+    best = load_file(out / "model.safetensors")
+    for k, v in best.items():
+        assert torch.equal(v, saved[3][k]), k
+    hist = pd.read_csv(out / "history.csv")
+    assert hist.best.tolist() == [True, True, True, False]
+
+
+def test_pretrain_finetune_resumes_in_the_finetune_phase(tiny_data, tmp_path):
+    def cfg():
+        return ClassifierConfig(strategy="pretrain-finetune", real=str(tiny_data["real"]),
+                                synthetic=str(tiny_data["synthetic"]), val=str(tiny_data["val"]),
+                                out=str(tmp_path / "m"), image_size=32, init="scratch", epochs=2,
+                                batch_size=16, num_workers=0, progress=False)
+
+    def crash(phase, epoch, row):
+        if phase == "finetune" and epoch == 1:
+            raise Crash("simulated crash")
+    with pytest.raises(Crash):
+        train_classifier(cfg(), on_epoch_end=crash)
+    assert (tmp_path / "m" / "pretrain" / "model.safetensors").is_file()
+    seen = []
+    train_classifier(cfg(), on_epoch_end=lambda p, e, r: seen.append((p, e)))
+    assert seen == [("finetune", 2)]
+    hist = pd.read_csv(tmp_path / "m" / "history.csv")
+    assert hist.phase.tolist() == ["finetune", "finetune"]
+    assert hist.lr.iloc[0] < 5e-5  # cosine from the fine-tuning rate
+
+
+def test_time_limit_stops_the_phase(tiny_data, tmp_path):
+    out = train_classifier(ClassifierConfig(real=str(tiny_data["real"]), val=str(tiny_data["val"]),
+                                            out=str(tmp_path / "m"), image_size=32, init="scratch",
+                                            epochs=50, time_limit_s=1e-3, batch_size=8, num_workers=0,
+                                            progress=False))
+    s = json.loads((out / "rv2_meta.json").read_text())["summary"]
+    assert s["steps"] == 1 and "time limit" in s["stop_reason"]
+
+
+def test_sweep_grid():
+    from rv2.classify.sweep import grid, run_name
+
+    g = grid(["real", "synthetic", "mixed"], [100], [0.5], seeds=[0, 1])
+    assert len(g) == 2 * (2 + 1 + 2)
+    assert {"strategy": "synthetic", "n_real": None, "real_fraction": None, "seed": 1} in g
+    assert run_name("mixed", None, 0.5, 1) == "mixed_f0.5_s1"
+    with pytest.raises(ValueError, match="unknown strategies"):
+        grid(["nope"], [], [], [0])
