@@ -192,7 +192,6 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
 
-    import pandas as pd
     import torch
 
     from rv2.generate.config import GenerateConfig

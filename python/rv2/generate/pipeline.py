@@ -295,7 +295,6 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
     qc_models: a `rv2.models.qc.QCModels`; "auto" loads them from
       `cfg.qc.weights_dir` (a QC bundle or the real files); None disables QC.
     """
-    import torch
     from tqdm.auto import tqdm
 
     from rv2 import __version__
