@@ -328,7 +328,12 @@ def train_generator(cfg: TrainGeneratorConfig, components=None,
     if cfg.model.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if cfg.model.train_text_encoder:
-            text_encoder.gradient_checkpointing_enable()
+            # Non-reentrant checkpointing works under DDP without find_unused_parameters.
+            kw = {"use_reentrant": False}
+            if hasattr(text_encoder, "activation_checkpointing_enable"):  # transformers >= 5.x
+                text_encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+            else:
+                text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
 
     model = _denoiser_cls()(unet, text_encoder, cfg.model.train_text_encoder)
     params = [p for p in model.parameters() if p.requires_grad]
