@@ -363,6 +363,8 @@ def train_generator(cfg: TrainGeneratorConfig, components=None,
     resume_from = _resolve_resume(cfg, ckpt_root)
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
+        if ema is not None:
+            ema.to(dev)  # loaded shadow weights may land on the CPU
         log.info("resumed from %s at step %d (%d samples)", resume_from, state.step, state.samples)
     elif main and find_checkpoints(ckpt_root):
         log.warning("checkpoint.resume=none: existing checkpoints in %s will be replaced", ckpt_root)
