@@ -30,8 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 WARMUP = 3
 
@@ -82,10 +82,9 @@ def table(title: str, rows: list[tuple[str, float]]) -> None:
 def sd21_components():
     """SD 2.1-base-sized UNet, VAE and text encoder with random weights (no download)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     from rv2.models.sd import SDComponents, pndm_scheduler
     from rv2.prompts.tokenizer import clip_tokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(

@@ -8,7 +8,6 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-
 from rv2.config import ConfigError
 from rv2.generate import train_data as td
 from rv2.generate.train_config import TrainGeneratorConfig, load_train_config
@@ -76,7 +75,6 @@ def test_wds_refuses_code_and_names_broken_samples(tmp_path):
 
 def test_prompts_table_and_folder_sources(tmp_path):
     import pandas as pd
-
     from rv2.data.imageio import save_png
 
     root = tmp_path / "root"

@@ -30,8 +30,8 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from rv2.config import ConfigError, atomic_write_text, write_artifact_meta
 from rv2.generate.train_config import TrainGeneratorConfig
@@ -49,15 +49,20 @@ def sample_seed(seed: int, position: int) -> int:
 class TrainState:
     """Counters saved with each checkpoint (registered with accelerate)."""
 
-    def __init__(self):
+    def __init__(self, items: int = 0, seed: int = 0):
         self.step = 0  # optimizer steps done
         self.samples = 0  # global samples consumed = next sample number
+        self.items, self.seed = items, seed  # what the data order depends on
 
     def state_dict(self):
-        return {"step": self.step, "samples": self.samples}
+        return {"step": self.step, "samples": self.samples, "items": self.items, "seed": self.seed}
 
     def load_state_dict(self, d):
         self.step, self.samples = int(d["step"]), int(d["samples"])
+        if (d.get("items", self.items), d.get("seed", self.seed)) != (self.items, self.seed):
+            log.warning("resuming with a different dataset size or seed (checkpoint: %s items, "
+                        "seed %s; now: %s items, seed %s): the data order will not continue "
+                        "the interrupted run's", d.get("items"), d.get("seed"), self.items, self.seed)
 
 
 def _denoiser_cls():
@@ -352,7 +357,7 @@ def train_generator(cfg: TrainGeneratorConfig, components=None,
 
         ema = EMAModel([p for p in raw.parameters() if p.requires_grad], decay=cfg.model.ema_decay)
         ema.to(dev)
-    state = TrainState()
+    state = TrainState(len(dataset), cfg.seed)
     # The LR schedule is stepped by hand once per optimizer step (not prepared: accelerate
     # would step it once per process), and saved with the state like the counters and EMA.
     accelerator.register_for_checkpointing(lr_sched, state)
@@ -548,7 +553,7 @@ def _inputs(cfg) -> list:
     return [p for p in items if Path(p).exists()] if items else []
 
 
-__all__ = ["train_generator", "find_checkpoints", "sample_seed", "build_latent_cache"]
+__all__ = ["build_latent_cache", "find_checkpoints", "sample_seed", "train_generator"]
 
 
 def denoising_loss(components, pixels, prompts: list[str], seed: int = 0, draws: int = 8) -> float:

@@ -102,10 +102,10 @@ class TrainGeneratorConfig(Config):
     validation: ValidationSection = field(default_factory=ValidationSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
 
-    def override(self, overrides) -> "TrainGeneratorConfig":
+    def override(self, overrides) -> TrainGeneratorConfig:
         return super().override(fix_overrides(overrides))
 
-    def validate(self) -> "TrainGeneratorConfig":
+    def validate(self) -> TrainGeneratorConfig:
         o = self.optim
         checks = [
             (o.batch_size >= 1, "optim.batch_size must be >= 1"),

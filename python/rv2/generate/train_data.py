@@ -256,7 +256,7 @@ class _TensorUnpickler(pickle.Unpickler):
 def _tensor_from_pickle(data: bytes, where: str) -> np.ndarray:
     try:
         t = _TensorUnpickler(io.BytesIO(data)).load()
-    except Exception as exc:  # noqa: BLE001 - any decode failure names the sample
+    except Exception as exc:
         raise TrainDataError(f"{where}: not a pickled torch tensor ({exc})") from exc
     if not isinstance(t, torch.Tensor):
         raise TrainDataError(f"{where}: expected a tensor, got {type(t).__name__}")
