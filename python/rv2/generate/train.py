@@ -381,9 +381,9 @@ def train_generator(cfg: TrainGeneratorConfig, components=None,
         cache_dir = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else out / "latent_cache"
         moments = build_latent_cache(accelerator, dataset, vae, cache_dir, B, vae_dtype)
         train_ds = td.LatentCacheDataset(moments, [r.prompt for r in dataset.records])
-        collate = td.collate_latents
+        collate = td.Collate(tokenizer, "moments")
     else:
-        train_ds, collate = dataset, td.collate
+        train_ds, collate = dataset, td.Collate(tokenizer, "pixels")
     sampler = td.StreamSampler(len(train_ds), B, cfg.seed, start=state.samples,
                                rank=accelerator.process_index, world=W)
     nw = cfg.data.num_workers
@@ -425,7 +425,7 @@ def train_generator(cfg: TrainGeneratorConfig, components=None,
             noise, t = noise.to(dev), t.to(dev)
             noisy = noise_sched.add_noise(latents, noise, t)
             target = noise if pred_type == "epsilon" else noise_sched.get_velocity(latents, noise, t)
-            ids = td.tokenize(tokenizer, batch["prompt"]).to(dev)
+            ids = batch["input_ids"].to(dev, non_blocking=True)
         pred = model(noisy, t, ids)
         return F.mse_loss(pred.float(), target.float())
 

@@ -323,10 +323,17 @@ class StreamSampler(torch.utils.data.Sampler):
         return 2 ** 62
 
 
-def collate(items: list[dict]) -> dict:
-    return {"pixels": torch.stack([it["pixels"] for it in items]),
-            "prompt": [it["prompt"] for it in items],
-            "index": torch.tensor([it["index"] for it in items])}
+class Collate:
+    """Stack a batch and tokenize its prompts (in the loader's workers, off the training loop)."""
+
+    def __init__(self, tokenizer, key: str = "pixels"):
+        self.tokenizer, self.key = tokenizer, key
+
+    def __call__(self, items: list[dict]) -> dict:
+        prompts = [it["prompt"] for it in items]
+        return {self.key: torch.stack([it[self.key] for it in items]), "prompt": prompts,
+                "input_ids": tokenize(self.tokenizer, prompts),
+                "index": torch.tensor([it["index"] for it in items])}
 
 
 class LatentCacheDataset(torch.utils.data.Dataset):
@@ -341,9 +348,3 @@ class LatentCacheDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         return {"moments": torch.from_numpy(np.array(self.moments[i], dtype=np.float32)),
                 "prompt": self.prompts[i], "index": i}
-
-
-def collate_latents(items: list[dict]) -> dict:
-    return {"moments": torch.stack([it["moments"] for it in items]),
-            "prompt": [it["prompt"] for it in items],
-            "index": torch.tensor([it["index"] for it in items])}
