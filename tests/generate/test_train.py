@@ -106,16 +106,18 @@ def test_interrupted_and_resumed_run_follows_the_same_trajectory(tmp_path):
     assert all(torch.equal(ua[k], ub[k]) for k in ua)  # same (EMA) weights at the end
 
 
-def test_latent_cache_and_gradient_checkpointing_train_like_the_baseline(tmp_path):
+def test_workers_latent_cache_and_gradient_checkpointing_train_like_the_baseline(tmp_path):
     images = _images(tmp_path / "img", 3)
     runs = {}
-    for name, extra in [("pixels", []), ("cache", ["data.latent_cache=true"]),
+    for name, extra in [("pixels", []), ("workers", ["data.num_workers=2"]),
+                        ("cache", ["data.latent_cache=true"]),
                         ("cache+ckpt", ["data.latent_cache=true",
                                         "model.gradient_checkpointing=true"])]:
         run = tmp_path / name
         train_generator(_cfg(run, images, "optim.max_steps=3", *extra),
                         sd.tiny_components(seed=0, sample_size=RES))
         runs[name] = [float(r["loss"]) for r in _log(run)]
+    assert runs["workers"] == runs["pixels"]  # loader workers do not change the order
     # same draws per sample number: only float summation order differs
     np.testing.assert_allclose(runs["cache"], runs["pixels"], rtol=1e-4)
     np.testing.assert_allclose(runs["cache+ckpt"], runs["pixels"], rtol=1e-4)
