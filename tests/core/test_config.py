@@ -34,6 +34,12 @@ def test_yaml_toml_and_overrides(tmp_path):
     assert (a.name, a.sampler.steps, a.sampler.guidance) == ("a", 50, 4.0)
     assert (b.name, b.sampler.steps, b.sampler.guidance, b.seeds) == ("b", 10, 3.0, [1, 2])
     assert b.out == Path("/x") and isinstance(b.sampler.guidance, float)
+    # YAML reads 1e-5 as a string; float fields still take it, in files and overrides
+    y.write_text("sampler:\n  guidance: 1e-5\n")
+    assert Job.load(y).sampler.guidance == 1e-5
+    assert Job().override(["sampler.guidance=2e-3"]).sampler.guidance == 2e-3
+    with pytest.raises(ConfigError, match="expected a number"):
+        Job().override(["sampler.guidance=fast"])
 
 
 def test_round_trip_and_version(tmp_path):
