@@ -54,9 +54,11 @@ class QCSection:
     width: int = 8
     depth: int = 3
     steps: int = 300
+    age_steps: int = 900          # age regression needs longer than the two classifiers
     batch_size: int = 64
     lr: float = 3e-3
     input_size: int = 64
+    n_reconstructed: int = 1500   # training images also seen through the VAE
 
 
 @dataclasses.dataclass
@@ -247,23 +249,27 @@ def stage_qc(cfg, work: Path, out: Path) -> dict:
     from rv2.models import qc as Q
 
     torch.manual_seed(cfg.seed + 1)
+    q = cfg.qc
     df = pd.read_parquet(work / "phantoms.parquet")
     tr = df[df.part != "holdout"].reset_index(drop=True)
     ho = df[df.part == "holdout"].reset_index(drop=True)
     x_tr, x_ho = _load_images(work, tr), _load_images(work, ho)
-    # Also learn from VAE reconstructions: generations come out of the same decoder.
+    # Also learn from VAE reconstructions (generations come out of the same decoder); a
+    # subset is enough, and decoding all of them would dominate this stage's time.
     vae = AutoencoderKL.from_pretrained(work / "vae").eval()
+    n_rec = min(len(x_tr), q.n_reconstructed)
+    rec_idx = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(cfg.seed))[:n_rec]
     with torch.no_grad():
         recs = []
-        for i in range(0, len(x_tr), 128):
-            x = x_tr[i:i + 128].expand(-1, 3, -1, -1) * 2 - 1
+        for i in range(0, n_rec, 128):
+            x = x_tr[rec_idx[i:i + 128]].expand(-1, 3, -1, -1) * 2 - 1
             recs.append(((vae.decode(vae.encode(x).latent_dist.mean).sample[:, :1] + 1) / 2).clamp(0, 1))
-        x_rec = torch.cat(recs)
+        x_rec = x_tr.clone()
+        x_rec[rec_idx] = torch.cat(recs)
     sex = torch.tensor((tr.sex == "F").to_numpy(), dtype=torch.long)
     race_idx = tr.race.map({r: i for i, r in enumerate(Q.RACE_CLASSES)})
     race = torch.tensor(race_idx.fillna(-1).to_numpy(), dtype=torch.long)  # -1: Hispanic, not trained
     age = torch.tensor(tr.age.to_numpy(), dtype=torch.float32)
-    q = cfg.qc
     spec = {k: {"arch": "SmallCNN", "kwargs": {"in_ch": 3, "width": q.width, "n_out": Q.N_OUT[k],
                                                "depth": q.depth}, "input_size": q.input_size}
             for k in ("sex", "race", "age")}
@@ -285,9 +291,10 @@ def stage_qc(cfg, work: Path, out: Path) -> dict:
         w = wrappers[kind]
         w.net.train()
         opt = torch.optim.AdamW(w.net.parameters(), lr=q.lr, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=q.lr, total_steps=q.steps)
+        steps = q.age_steps if kind == "age" else q.steps
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=q.lr, total_steps=steps)
         pool = torch.arange(len(tr)) if kind != "race" else torch.nonzero(race >= 0)[:, 0]
-        bar = tqdm(range(q.steps), desc=f"qc: {kind}", unit="step")
+        bar = tqdm(range(steps), desc=f"qc: {kind}", unit="step")
         for _ in bar:
             idx = pool[torch.randint(0, len(pool), (q.batch_size,), generator=g)]
             use_rec = torch.rand(len(idx), 1, 1, 1, generator=g) < 0.5
@@ -474,6 +481,10 @@ def stage_eval(cfg, work: Path, out: Path) -> dict:
             "sex": float(chance.qc_sex_ok.mean()),
             "race": float(chance.qc_race_ok[chance.qc_race_checked].astype(bool).mean()),
             "age": float(chance.qc_age_ok.mean()), "all": float(chance.qc_pass.mean())},
+        "age_mae_years": {
+            "qc_model": float(np.mean(np.abs(pred["age"] - np.asarray(age)))),
+            "qc_model_shuffled_requests": float(np.mean(np.abs(pred["age"] - np.asarray(age)[perm]))),
+            "marker_reader": float(np.mean([abs(m["age"] - a) for m, a in zip(marks, age)]))},
         "marker_reader_agreement": {
             "sex": float(np.mean([m["sex"] == s for m, s in zip(marks, sex)])),
             "group": float(np.mean([m["group"] == r for m, r in zip(marks, race)])),
@@ -481,6 +492,15 @@ def stage_eval(cfg, work: Path, out: Path) -> dict:
         "race_classes_checked": list(RACE_CLASSES),
         "samples_png": "generator_samples.png",
     }
+
+
+def _relative_paths(out: Path) -> None:
+    """Paths in the bundled configs and metadata are written relative to the repository."""
+    for p in list(out.rglob("*.json")) + list(out.rglob("*.yaml")):
+        text = p.read_text()
+        fixed = text.replace(str(REPO) + "/", "").replace(str(REPO), ".")
+        if fixed != text:
+            atomic_write_text(p, fixed)
 
 
 def main(argv=None) -> int:
@@ -539,9 +559,12 @@ def main(argv=None) -> int:
             metrics = stage_eval(cfg, work, out)
         wall = time.perf_counter() - t0
         record["stages"][stage] = {"wall_s": round(wall, 1), "load_avg_1min_at_start": load0,
+                                   "torch_threads": torch.get_num_threads(),
+                                   "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                    "metrics": metrics}
         atomic_write_text(record_path, json.dumps(record, indent=2, default=str))
         _log(f"{stage}: done in {wall:.0f}s: {json.dumps(metrics, default=str)[:600]}")
+    _relative_paths(out)
     record["total_wall_s"] = round(sum(s["wall_s"] for s in record["stages"].values()), 1)
     sizes = {str(p.relative_to(out)): p.stat().st_size for p in out.rglob("*") if p.is_file()}
     record["bundle_bytes"] = sum(sizes.values())
