@@ -24,7 +24,7 @@ def _common(f):
         click.option("--synthetic", type=click.Path(dir_okay=False), help="Synthetic manifest (store)."),
         click.option("--val", type=click.Path(dir_okay=False), help="Validation manifest."),
         click.option("--root", type=click.Path(file_okay=False),
-                     help="Folder image paths are relative to (default: each manifest's folder)."),
+                     help="Folder image paths are relative to (default: the root in each manifest's sidecar, else its folder)."),
         click.option("--n-synthetic", type=int, help="Synthetic images to use (seeded sample)."),
         click.option("--image-size", type=int, help="Input size (paper: 224)."),
         click.option("--epochs", type=int, help="Maximum epochs (paper: 100)."),
@@ -125,18 +125,21 @@ def sweep(config_file, overrides, out, strategies, n_real_list, real_fractions, 
 @click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False), help="Model folder.")
 @click.option("--manifest", required=True, type=click.Path(dir_okay=False), help="Manifest (Parquet).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Predictions (Parquet).")
-@click.option("--root", type=click.Path(file_okay=False), help="Image root (default: the manifest's folder).")
+@click.option("--root", type=click.Path(file_okay=False), help="Image root (default: the root in the manifest's sidecar, else its folder).")
 @click.option("--batch-size", default=64, show_default=True, type=int)
 @click.option("--num-workers", default=0, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--decoder", type=click.Choice(["pil", "dali"]), default="pil", show_default=True,
+              help="Image decoding: Pillow/pydicom, or batched DALI (rv2[dali]).")
 @_friendly
-def predict(model_dir, manifest, out, root, batch_size, num_workers, device):
+def predict(model_dir, manifest, out, root, batch_size, num_workers, device, decoder):
     """Probabilities per image and label; unreadable images are reported in OUT's .skipped.csv."""
     from rv2.classify.inference import predict as run, write_predictions
 
-    preds = run(model_dir, manifest, root, batch_size=batch_size, device=device, num_workers=num_workers)
+    preds = run(model_dir, manifest, root, batch_size=batch_size, device=device, num_workers=num_workers,
+                decoder=decoder)
     settings = {"model_dir": model_dir, "manifest": manifest, "root": root, "batch_size": batch_size,
-                "device": device}
+                "device": device, "decoder": decoder}
     path, skipped = write_predictions(preds, out, model_dir=model_dir, manifest=manifest, config=settings)
     n_skip = len(preds.attrs["skipped"])
     click.echo(f"{len(preds)} images predicted -> {path}")

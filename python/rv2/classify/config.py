@@ -19,7 +19,8 @@ class ClassifierConfig(Config):
     synthetic: str | None = None   # manifest (store) of synthetic images
     val: str | None = None         # validation manifest; default: the real manifest's val split
     out: str | None = None         # model dir
-    # Image roots (manifest `path`s are relative to them); default: the manifest's folder.
+    # Image roots (manifest `path`s are relative to them); default: the root recorded in the
+    # manifest's sidecar by `rv2 data index`, else the manifest's folder.
     root: str | None = None        # for every manifest, unless one of the next three is set
     real_root: str | None = None
     synthetic_root: str | None = None
@@ -68,5 +69,8 @@ class ClassifierConfig(Config):
     channels_last: bool = True    # on CUDA only
     num_workers: int = 4
     cache_images: bool = False    # keep preprocessed images in memory (num_workers=0 only)
+    # Image decoding: "pil" (Pillow / pydicom), or "dali" (rv2[dali]; batched, on the GPU
+    # when training on CUDA, CPU operators otherwise).
+    decoder: Literal["pil", "dali"] = "pil"
     on_bad_image: Literal["error", "skip"] = "error"
     progress: bool = True

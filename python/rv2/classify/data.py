@@ -33,10 +33,19 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
 
 
 def manifest_root(manifest: str | Path, *roots: str | None) -> Path:
-    """The first explicit root, else the manifest's folder."""
+    """The first explicit root, else the image root recorded in the manifest's
+    sidecar (by `rv2 data index`) when that folder exists, else the manifest's folder."""
     for r in roots:
         if r:
             return Path(r)
+    side = Path(manifest).with_name(Path(manifest).stem + ".sidecar.json")
+    if side.is_file():
+        try:
+            recorded = json.loads(side.read_text()).get("root")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            recorded = None
+        if recorded and Path(recorded).is_dir():
+            return Path(recorded)
     return Path(manifest).resolve().parent
 
 

@@ -27,10 +27,11 @@ def load_model_dir(model_dir: str | os.PathLike, device: str = "cpu"):
 
 def predict(model_dir: str | os.PathLike, manifest: str | os.PathLike | pd.DataFrame,
             root: str | os.PathLike | None = None, *, batch_size: int = 64, device: str = "auto",
-            num_workers: int = 0, amp: bool = True, progress: bool = True) -> pd.DataFrame:
+            num_workers: int = 0, amp: bool = True, progress: bool = True,
+            decoder: str = "pil") -> pd.DataFrame:
     """A DataFrame with `image_id` and one probability column per label (model order).
 
-    root: folder the manifest's paths are relative to (default: the manifest's folder;
+    root: folder the manifest's paths are relative to (default: the root in the manifest's sidecar, else its folder;
     required when a DataFrame is passed). Skipped images: `result.attrs["skipped"]`.
     """
     import torch
@@ -38,7 +39,7 @@ def predict(model_dir: str | os.PathLike, manifest: str | os.PathLike | pd.DataF
     from tqdm.auto import tqdm
 
     from rv2.classify.data import manifest_root, read_manifest
-    from rv2.classify.train import resolve_device
+    from rv2.classify.train import dali_device, resolve_device
     from rv2.data.torch_dataset import ManifestDataset
 
     dev = resolve_device(device)
@@ -53,7 +54,8 @@ def predict(model_dir: str | os.PathLike, manifest: str | os.PathLike | pd.DataF
         root = manifest_root(manifest, root)
     norm = mcfg["normalization"]
     ds = ManifestDataset(df, root, image_size=int(mcfg["image_size"]), labels=labels,
-                         mean=norm["mean"], std=norm["std"], require_labels=False, name=name)
+                         mean=norm["mean"], std=norm["std"], require_labels=False, name=name,
+                         decoder=decoder, dali_device_id=dali_device(decoder, dev, num_workers))
     ids = df["image_id"].astype("string")
     if ids.duplicated().any():
         dup = ids[ids.duplicated()].unique()[:5].tolist()

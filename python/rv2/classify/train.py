@@ -187,7 +187,8 @@ def load_datasets(cfg: ClassifierConfig, out: Path) -> dict:
     summary["unknown_policy"] = cfg.unknown_policy
 
     common = dict(image_size=cfg.image_size, labels=CHEXPERT_LABELS, uncertain_policy=policy,
-                  unknown_policy=cfg.unknown_policy)
+                  unknown_policy=cfg.unknown_policy, decoder=cfg.decoder,
+                  dali_device_id=dali_device(cfg.decoder, resolve_device(cfg.device), cfg.num_workers))
     norm = _normalization(cfg, out, real_full, frames, common)
     summary["normalization"] = norm
     ds = {k: ManifestDataset(df, root, mean=norm["mean"], std=norm["std"], cache=cfg.cache_images,
@@ -199,6 +200,14 @@ def load_datasets(cfg: ClassifierConfig, out: Path) -> dict:
     ds["summary"] = summary
     ds["norm"] = norm
     return ds
+
+
+def dali_device(decoder: str, device, num_workers: int) -> int | None:
+    """DALI decodes with "mixed" (GPU) operators when training on CUDA in the main
+    process; in loader worker processes, and on the CPU, it uses CPU operators."""
+    if decoder != "dali" or device.type != "cuda" or num_workers > 0:
+        return None
+    return device.index or 0
 
 
 def _normalization(cfg, out: Path, real_full, frames, common) -> dict:

@@ -76,13 +76,17 @@ def preprocess(img: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(img, dtype=np.float32)
 
 
+DECODERS = ("pil", "dali")
+
+
 class ManifestDataset(Dataset):
     """Images and labels of a manifest (a DataFrame; `path` relative to `root`)."""
 
     def __init__(self, manifest: pd.DataFrame, root: str | os.PathLike, *, image_size: int = 224,
                  labels: Sequence[str] = CHEXPERT_LABELS, uncertain_policy: str = "ignore",
                  unknown_policy: str = "zeros", mean: float = 0.0, std: float = 1.0,
-                 require_labels: bool = True, cache: bool = False, name: str = "manifest"):
+                 require_labels: bool = True, cache: bool = False, name: str = "manifest",
+                 decoder: str = "pil", dali_device_id: int | None = None):
         missing = [c for c in ("image_id", "path") if c not in manifest.columns]
         if require_labels:
             missing += [c for c in labels if c not in manifest.columns]
@@ -91,7 +95,14 @@ class ManifestDataset(Dataset):
                              "`rv2 data index` or `rv2 generate` has them")
         if std <= 0 or not math.isfinite(std):
             raise ValueError(f"normalization std must be a positive number, got {std}")
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         self.name = name
+        # "dali": DataLoader batches are decoded in one DALI call (__getitems__);
+        # each worker process builds its own decoder on first use.
+        self.decoder = decoder
+        self.dali_device_id = dali_device_id
+        self._dali = None
         self.root = Path(root)
         self.image_size = int(image_size)
         self.labels = tuple(labels)
@@ -139,6 +150,37 @@ class ManifestDataset(Dataset):
         except (ImageReadError, OSError) as exc:
             ok, error = False, f"{type(exc).__name__}: {exc}"
             img = None
+        return self._item(i, img, error)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+        """A batch of items; with decoder="dali" the uncached images are decoded in one call."""
+        if self.decoder != "dali":
+            return [self[i] for i in indices]
+        from rv2.data.dali import DaliDecoder
+
+        todo = [i for i in indices if self._cache is None or i not in self._cache]
+        decoded, errors = {}, {}
+        if todo:
+            if self._dali is None:
+                self._dali = DaliDecoder(self.image_size, square="crop",
+                                         device_id=self.dali_device_id, batch_size=len(todo))
+            imgs = self._dali.decode_files([self.path(i) for i in todo], on_error="none")
+            for k, i in enumerate(todo):
+                if imgs[k] is None:
+                    exc = self._dali.errors[k]
+                    errors[i] = f"{type(exc).__name__}: {exc}"
+                else:
+                    decoded[i] = np.ascontiguousarray(imgs[k], dtype=np.float32)
+                    if self._cache is not None:
+                        self._cache[i] = decoded[i]
+        out = []
+        for i in indices:
+            img = self._cache[i] if (self._cache is not None and i in self._cache) else decoded.get(i)
+            out.append(self._item(i, img, errors.get(i, "")))
+        return out
+
+    def _item(self, i: int, img: np.ndarray | None, error: str) -> dict:
+        ok = img is not None
         if ok:
             x = torch.from_numpy((img - self.mean) / self.std).unsqueeze(0).expand(3, -1, -1)
             mask = torch.from_numpy(self.mask[i])
