@@ -124,3 +124,23 @@ def test_qc_summary_counts_add_up(demo_run):
     assert len(man) == s["accepted"] > 0
     assert s["attempts_total"] >= s["prompts_seen"]
     assert sum(s["failed_by_attribute"].values()) >= min(1, s["failed"])
+
+
+@pytest.mark.slow
+def test_same_seed_same_results(tmp_path, demo_run):
+    """A second small run with the same seed reproduces the first one's numbers."""
+    from rv2.demo.pipeline import run_demo
+
+    out1, _ = demo_run
+    out2 = tmp_path / "again"
+    run_demo(out2, demo_config("small", seed=0), quiet=True)
+    a = json.loads((out1 / "synthetic" / "summary.json").read_text())
+    b = json.loads((out2 / "synthetic" / "summary.json").read_text())
+    for k in ("accepted", "failed", "failed_by_attribute", "attempts_histogram"):
+        assert a[k] == b[k], k
+    ra = json.loads((out1 / "reports" / "compare" / "report.json").read_text())
+    rb = json.loads((out2 / "reports" / "compare" / "report.json").read_text())
+    for s, ts in ra["test_sets"].items():
+        for m, res in ts["models"].items():
+            assert res["macro"]["auroc"]["estimate"] == pytest.approx(
+                rb["test_sets"][s]["models"][m]["macro"]["auroc"]["estimate"], abs=1e-6)

@@ -63,10 +63,12 @@ class DemoConfig(Config):
 
 
 SIZES = {
-    "small": {},
-    "full": dict(mimic_subjects=1400, chexpert_subjects=400, n_generate=400, gen_steps=20,
-                 strategies=["real", "synthetic", "mixed", "pretrain-finetune"], clf_image_size=64,
-                 clf_epochs=6, clf_pretrain_epochs=4, n_boot=500, n_perm=500, min_count=16),
+    "small": dict(mimic_subjects=400, chexpert_subjects=120, n_generate=64, clf_epochs=5,
+                  clf_pretrain_epochs=3),
+    # about 5 minutes on two free cores (limit: 10)
+    "full": dict(mimic_subjects=1400, chexpert_subjects=400, n_generate=480, gen_steps=20,
+                 strategies=["real", "synthetic", "mixed", "pretrain-finetune"],
+                 clf_epochs=5, clf_pretrain_epochs=3, n_boot=500, n_perm=500, min_count=16),
 }
 
 
@@ -133,7 +135,16 @@ def _test_manifest(data: Path, world_root: Path, out: Path) -> Path:
     c["path"] = "chexpert/" + c["path"].astype(str)
     c["split"] = "test"
     df = pd.concat([m, c], ignore_index=True)
-    side = {"what": "rv2 demo test set: MIMIC p19 test split (in-distribution) + CheXpert-layout "
+    # The CheXpert labeler leaves No Finding blank (never 0) when a finding is present; the
+    # evaluation needs those negatives (No Finding AUROC, underdiagnosis), so they are set here.
+    from rv2.data.schema import CHEXPERT_LABELS
+
+    findings = [x for x in CHEXPERT_LABELS if x not in ("No Finding", "Support Devices")]
+    abnormal = (df[findings] == 1).any(axis=1) & df["No Finding"].isna()
+    df.loc[abnormal, "No Finding"] = 0.0
+    side = {"no_finding_rule": "blank No Finding with any positive finding (Support Devices "
+                              f"aside) set to 0 for evaluation ({int(abnormal.sum())} rows)",
+            "what": "rv2 demo test set: MIMIC p19 test split (in-distribution) + CheXpert-layout "
                     "site (out-of-distribution); paths relative to the world folder",
             "sources": {"mimic": read_sidecar(data / "mimic.parquet").get("config"),
                         "chexpert": read_sidecar(data / "chexpert.parquet").get("config")},
