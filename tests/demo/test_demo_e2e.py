@@ -144,3 +144,17 @@ def test_same_seed_same_results(tmp_path, demo_run):
         for m, res in ts["models"].items():
             assert res["macro"]["auroc"]["estimate"] == pytest.approx(
                 rb["test_sets"][s]["models"][m]["macro"]["auroc"]["estimate"], abs=1e-6)
+
+
+def test_refuses_to_mix_runs_with_other_settings(tmp_path):
+    from rv2.demo.pipeline import run_demo
+
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "unrelated.txt").write_text("keep me")
+    with pytest.raises(DemoError, match="not a demo run folder"):
+        run_demo(tmp_path / "x", demo_config("small"))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    demo_config("small", seed=1).save(run_dir / "demo_config.yaml")
+    with pytest.raises(DemoError, match="other settings"):
+        run_demo(run_dir, demo_config("small", seed=2))

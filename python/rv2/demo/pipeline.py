@@ -157,6 +157,13 @@ def run_demo(out: str | Path, cfg: DemoConfig, quiet: bool = False) -> Path:
     from rv2.demo.writers import WorldConfig, write_world
 
     out = Path(out).resolve()
+    previous = out / "demo_config.yaml"
+    if previous.is_file() and DemoConfig.load(previous).to_dict() != cfg.to_dict():
+        # Stages resume from what they find; a run with other settings must not be mixed in.
+        raise DemoError(f"{out} holds a demo run with other settings ({previous}); use another "
+                        "--out or delete that folder")
+    if not previous.is_file() and out.is_dir() and any(out.iterdir()):
+        raise DemoError(f"{out} exists and is not a demo run folder; use another --out")
     out.mkdir(parents=True, exist_ok=True)
     w = bundled_weights(cfg.weights_dir or None)
     r = _Runner(out, quiet)
