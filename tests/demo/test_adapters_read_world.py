@@ -13,7 +13,7 @@ index = pytest.importorskip("rv2.data.index")
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    return write_world(WorldConfig(seed=9, mimic_subjects=80, chexpert_subjects=30),
+    return write_world(WorldConfig(seed=9, mimic_subjects=80, chexpert_subjects=30, nih_subjects=30),
                        tmp_path_factory.mktemp("w"), show_progress=False)
 
 
@@ -57,3 +57,18 @@ def test_chexpert_adapter_reads_the_external_site_with_race(world):
     assert (df.sex.to_numpy() == t.sex.to_numpy()).all()
     for p in df.path[:10]:
         assert (world.chexpert_root / p).is_file()
+
+
+def test_nih_adapter_reads_the_nih_site(world):
+    df, _ = index.index_dataset("nih", [world.nih_csv], world.nih_root,
+                                config=index.IndexConfig(views="PA"), progress=False)
+    t = _truth(world, "nih").set_index("image_id")
+    assert set(df.image_id) == set(t.index)
+    t = t.loc[df.image_id]
+    assert (df.sex.to_numpy() == t.sex.to_numpy()).all()
+    assert df.race.isna().all()  # NIH records no race
+    for c in ("Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Edema"):
+        truth = (pd.to_numeric(t[c], errors="coerce") == 1).to_numpy()
+        assert np.array_equal(df[c].to_numpy(dtype=float) == 1, truth), c
+    for p in df.path[:10]:
+        assert (world.nih_root / p).is_file()

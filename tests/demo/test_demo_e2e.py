@@ -76,7 +76,8 @@ def test_every_stage_artifact_exists_with_its_config(demo_run):
     assert (out / "report.html").is_file() and (out / "report.json").is_file()
     expected_meta = [
         out / "world" / "mimic-cxr-jpg" / "rv2_meta.json",
-        out / "world" / "chexpert" / "rv2_meta.json",
+        out / "world" / "chexpert" / "rv2_meta.json", out / "world" / "nih" / "rv2_meta.json",
+        out / "data" / "nih.parquet.rv2.json",
         out / "data" / "mimic.parquet.rv2.json", out / "data" / "chexpert.parquet.rv2.json",
         out / "data" / "test.parquet.rv2.json",
         out / "prompts" / "prompts.parquet.rv2.json", out / "prompts" / "expanded.parquet.rv2.json",
@@ -103,7 +104,7 @@ def test_every_stage_artifact_exists_with_its_config(demo_run):
 def test_metrics_finite_and_aurocs_above_chance_on_both_sites(demo_run):
     out, _ = demo_run
     rep = json.loads((out / "reports" / "compare" / "report.json").read_text())
-    assert set(rep["test_sets"]) == {"mimic", "chexpert"}
+    assert set(rep["test_sets"]) == {"mimic", "chexpert", "nih"}
     for set_name, ts in rep["test_sets"].items():
         for model, res in ts["models"].items():
             auc = res["macro"]["auroc"]

@@ -15,7 +15,7 @@ from rv2.demo.writers import (ADMISSIONS_COLUMNS, METADATA_COLUMNS, PATIENTS_COL
                               RACE_STRINGS, WorldConfig, WorldPaths, write_world)
 from rv2.demo.world import read_markers
 
-SMALL = WorldConfig(seed=5, mimic_subjects=60, chexpert_subjects=20)
+SMALL = WorldConfig(seed=5, mimic_subjects=60, chexpert_subjects=20, nih_subjects=20)
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +140,26 @@ def test_writing_is_deterministic(tmp_path):
     c = write_world(WorldConfig(seed=3, mimic_subjects=8, chexpert_subjects=4), tmp_path / "c",
                     show_progress=False)
     assert not filecmp.cmp(a.mimic_metadata, c.mimic_metadata, shallow=False)
+
+
+def test_nih_site_layout(world):
+    from rv2.demo.writers import NIH_HEADER
+
+    text = world.nih_csv.read_text().splitlines()
+    assert text[0] == NIH_HEADER
+    known = {"Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Pneumonia",
+             "Pneumothorax", "No Finding"}
+    truth = _csv(world.truth).set_index("image_id")
+    for line in text[1:]:
+        cells = line.split(",")
+        assert len(cells) == 11
+        name, labels_, follow, pid, age, sex, view = cells[:7]
+        assert re.fullmatch(r"\d{8}_\d{3}\.png", name) and name.startswith(f"{int(pid):08d}_")
+        assert int(follow) == int(name[9:12])
+        assert set(labels_.split("|")) <= known and sex in ("M", "F") and view in ("PA", "AP")
+        img = Image.open(world.nih_root / "images" / name)
+        assert img.format == "PNG" and img.mode == "L"
+        t = truth.loc[name[:-4]]
+        assert (t.sex, int(t.age)) == (sex, int(age))
+        assert (t["Cardiomegaly"] == "1.0") == ("Cardiomegaly" in labels_)
+        assert (t["Pleural Effusion"] == "1.0") == ("Effusion" in labels_)

@@ -5,9 +5,9 @@ in-process through the click group, so the code path is exactly the CLI's);
 the commands are also written to `<out>/commands.sh`, so the same run can be
 repeated by hand, or on real data by swapping the paths and weights.
 
-    world      rv2.demo.writers.write_world -> MIMIC-CXR-JPG + MIMIC-IV tree, CheXpert site
-    data       rv2 data index (mimic, PA, paper split and exclusions; chexpert, PA)
-    test set   the MIMIC test split (p19) + the external site, one manifest (dataset column)
+    world      rv2.demo.writers.write_world -> MIMIC-CXR-JPG + MIMIC-IV tree, CheXpert and NIH sites
+    data       rv2 data index (mimic, PA, paper split and exclusions; chexpert, nih, PA)
+    test set   the MIMIC test split (p19) + the external sites, one manifest (dataset column)
     prompts    rv2 prompts build / expand (8 demographic variants of train impressions)
     generate   rv2 generate with the bundled generator and QC bundle, retries
     classify   rv2 train-classifier: real, pretrain-finetune (full size: + synthetic, mixed)
@@ -42,6 +42,7 @@ class DemoConfig(Config):
     size: str = "small"
     mimic_subjects: int = 260
     chexpert_subjects: int = 90
+    nih_subjects: int = 90            # second external site (NIH ChestX-ray14 layout, no race)
     image_size: int = 64
     val_fraction: float = 0.15        # of p10-p18 patients (the paper's 2% is too few here)
     n_generate: int = 48              # expanded prompts to generate (first N: whole 8-variant groups)
@@ -63,10 +64,12 @@ class DemoConfig(Config):
 
 
 SIZES = {
-    "small": dict(mimic_subjects=400, chexpert_subjects=120, n_generate=64, clf_epochs=5,
+    "small": dict(mimic_subjects=400, chexpert_subjects=120, nih_subjects=100, n_generate=64,
+                  clf_epochs=5,
                   clf_pretrain_epochs=3),
     # about 5 minutes on two free cores (limit: 10)
-    "full": dict(mimic_subjects=1400, chexpert_subjects=400, n_generate=480, gen_steps=20,
+    "full": dict(mimic_subjects=1400, chexpert_subjects=400, nih_subjects=400, n_generate=480,
+                 gen_steps=20,
                  strategies=["real", "synthetic", "mixed", "pretrain-finetune"],
                  clf_epochs=5, clf_pretrain_epochs=3, n_boot=500, n_perm=500, min_count=16),
 }
@@ -122,7 +125,7 @@ class _Runner:
 
 
 def _test_manifest(data: Path, world_root: Path, out: Path) -> Path:
-    """MIMIC's test split and the external site in one manifest, paths relative to the world."""
+    """MIMIC's test split and the external sites in one manifest, paths relative to the world."""
     import pandas as pd
 
     from rv2.data.manifest import read_manifest, read_sidecar, write_manifest
@@ -134,7 +137,13 @@ def _test_manifest(data: Path, world_root: Path, out: Path) -> Path:
     c = c.copy()
     c["path"] = "chexpert/" + c["path"].astype(str)
     c["split"] = "test"
-    df = pd.concat([m, c], ignore_index=True)
+    parts = [m, c]
+    if (data / "nih.parquet").is_file():
+        n = read_manifest(data / "nih.parquet").copy()
+        n["path"] = "nih/" + n["path"].astype(str)
+        n["split"] = "test"
+        parts.append(n)
+    df = pd.concat(parts, ignore_index=True)
     # The CheXpert labeler leaves No Finding blank (never 0) when a finding is present; the
     # evaluation needs those negatives (No Finding AUROC, underdiagnosis), so they are set here.
     from rv2.data.schema import CHEXPERT_LABELS
@@ -144,8 +153,8 @@ def _test_manifest(data: Path, world_root: Path, out: Path) -> Path:
     df.loc[abnormal, "No Finding"] = 0.0
     side = {"no_finding_rule": "blank No Finding with any positive finding (Support Devices "
                               f"aside) set to 0 for evaluation ({int(abnormal.sum())} rows)",
-            "what": "rv2 demo test set: MIMIC p19 test split (in-distribution) + CheXpert-layout "
-                    "site (out-of-distribution); paths relative to the world folder",
+            "what": "rv2 demo test set: MIMIC p19 test split (in-distribution) + the CheXpert- and "
+                    "NIH-layout sites (out-of-distribution); paths relative to the world folder",
             "sources": {"mimic": read_sidecar(data / "mimic.parquet").get("config"),
                         "chexpert": read_sidecar(data / "chexpert.parquet").get("config")},
             "root": str(world_root)}
@@ -178,14 +187,14 @@ def run_demo(out: str | Path, cfg: DemoConfig, quiet: bool = False) -> Path:
     # 1. world
     header("world: phantom radiographs in the MIMIC-CXR-JPG + MIMIC-IV and CheXpert layouts")
     wcfg = WorldConfig(seed=cfg.seed, image_size=cfg.image_size, mimic_subjects=cfg.mimic_subjects,
-                       chexpert_subjects=cfg.chexpert_subjects)
+                       chexpert_subjects=cfg.chexpert_subjects, nih_subjects=cfg.nih_subjects)
     t0 = time.perf_counter()
     wp = write_world(wcfg, out / "world", show_progress=not quiet)
     r.log.append({"stage": "world", "command": "rv2.demo.writers.write_world",
                   "wall_s": round(time.perf_counter() - t0, 2)})
 
     # 2. data index
-    header("data: rv2 data index (MIMIC with the paper's split and exclusions; CheXpert site)")
+    header("data: rv2 data index (MIMIC with the paper's split and exclusions; CheXpert, NIH sites)")
     data = out / "data"
     q = ["--quiet"] if quiet else []
     r.rv2("data", ["data", "index", "--dataset", "mimic", "--root", wp.mimic_root, "--views", "PA",
@@ -196,6 +205,9 @@ def run_demo(out: str | Path, cfg: DemoConfig, quiet: bool = False) -> Path:
     r.rv2("data", ["data", "index", "--dataset", "chexpert", "--root", wp.chexpert_root,
                    "--views", "PA", "--metadata", wp.chexpert_csv,
                    "--metadata", wp.chexpert_demographics, "--out", data / "chexpert.parquet", *q])
+    if cfg.nih_subjects:
+        r.rv2("data", ["data", "index", "--dataset", "nih", "--root", wp.nih_root, "--views", "PA",
+                       "--metadata", wp.nih_csv, "--out", data / "nih.parquet", *q])
     r.rv2("data", ["data", "stats", data / "mimic.parquet", "--out", data / "stats"])
     test = _test_manifest(data, wp.root, data / "test.parquet")
     r.say(f"  test set: {test}")
@@ -241,7 +253,7 @@ def run_demo(out: str | Path, cfg: DemoConfig, quiet: bool = False) -> Path:
                            *common, *extra])
 
     # 6. predict
-    header("predict: rv2 predict on the in-distribution (MIMIC p19) and external (CheXpert) sites")
+    header("predict: rv2 predict on the in-distribution (MIMIC p19) and external sites")
     preds = out / "predictions"
     for strategy in cfg.strategies:
         r.rv2("predict", ["predict", "--model", models / strategy, "--manifest", test,

@@ -43,7 +43,7 @@ def collect(out: Path) -> dict:
     """Everything the report shows, as a dict (also written as report.json)."""
     data = out / "data"
     res: dict = {}
-    for name in ("mimic", "chexpert", "test"):
+    for name in ("mimic", "chexpert", "nih", "test"):
         side = _read(data / f"{name}.sidecar.json")
         res[f"manifest_{name}"] = {"counts": side.get("counts", {}),
                                    "exclusions": side.get("exclusions", [])}
@@ -82,9 +82,12 @@ def write_demo_report(out: Path, cfg, stage_log: list[dict], weights: dict, tota
     # data
     L += ["## Data (`rv2 data index`)", ""]
     for name, title in (("mimic", "MIMIC layout (in-distribution)"),
-                        ("chexpert", "CheXpert layout (external site)")):
+                        ("chexpert", "CheXpert layout (external site)"),
+                        ("nih", "NIH ChestX-ray14 layout (external site, no race recorded)")):
         m = res[f"manifest_{name}"]
         c = m["counts"]
+        if not c:
+            continue
         L += [f"**{title}**: {c.get('rows', 'n/a')} PA images, {c.get('patients', 'n/a')} patients; "
               f"splits {c.get('by_split', {})}; race {c.get('by_race', {})}", ""]
         if m["exclusions"]:
@@ -93,7 +96,7 @@ def write_demo_report(out: Path, cfg, stage_log: list[dict], weights: dict, tota
                          for e in m["exclusions"]])
     t = res["manifest_test"]["counts"]
     L += [f"Test set: {t.get('rows', 'n/a')} images (`data/test.parquet`: MIMIC p19 + the "
-          "external site).", ""]
+          "external sites).", ""]
     # prompts + generation
     p = res["prompts"]
     L += ["## Prompts and QC'd generation (`rv2 prompts`, `rv2 generate`)", "",

@@ -60,6 +60,15 @@ SITES: dict[str, Site] = {
                                  ("Edema", 0.20), ("Atelectasis", 0.22),
                                  ("Support Devices", 0.18)),
                      p_normal=0.3, p_non_pa=0.1),
+    # Out-of-distribution, NIH layout: sharper, higher-contrast, less noisy scanners; younger
+    # outpatients. The dataset records no race (the world still draws its markers).
+    "nih": Site("nih", "nih", contrast=1.15, exposure=-0.03, gamma=1.05, blur=0.0, noise=0.015,
+                p_female=0.44, age_mean=50, age_sd=16, race_mix=(0.10, 0.25, 0.10, 0.55),
+                p_other_race=0.0,
+                prevalence=(("Cardiomegaly", 0.14), ("Pleural Effusion", 0.22),
+                            ("Pneumothorax", 0.14), ("Consolidation", 0.12),
+                            ("Edema", 0.10), ("Atelectasis", 0.22), ("Support Devices", 0.06)),
+                p_normal=0.45, p_non_pa=0.2, p_lateral=0.0),
 }
 
 

@@ -16,6 +16,11 @@ the real data, a few studies break the paper's inclusion rules (AP and lateral
 views, a non-descriptive impression, a subject missing from patients.csv, race
 outside the four groups), so that the adapter's exclusions have work to do.
 
+NIH site (`<out>/nih/`): ChestX-ray14's `Data_Entry_2017_v2020.csv` (Image Index,
+Finding Labels joined by "|", Follow-up #, Patient ID, Patient Age, Patient Gender,
+View Position, original size and pixel spacing) with 8-bit PNGs in `images/`;
+findings the report only calls possible are not listed (NIH has no uncertain label).
+
 External site (`<out>/chexpert/`): CheXpert-v1.0-small's `train.csv` layout
 (Path, Sex, Age, Frontal/Lateral, AP/PA, 14 labels in CheXpert order) with the
 images under `CheXpert-v1.0-small/train/patientNNNNN/studyN/viewN_frontal.jpg`,
@@ -53,6 +58,11 @@ ADMISSIONS_COLUMNS = ("subject_id", "hadm_id", "admittime", "dischtime", "deatht
                       "discharge_location", "insurance", "language", "marital_status", "race",
                       "edregtime", "edouttime", "hospital_expire_flag")
 CHEXPERT_COLUMNS = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA") + CHEXPERT_LABELS
+NIH_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+              "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
+NIH_NAMES = {"Atelectasis": "Atelectasis", "Cardiomegaly": "Cardiomegaly",
+             "Consolidation": "Consolidation", "Edema": "Edema", "Pleural Effusion": "Effusion",
+             "Pneumothorax": "Pneumothorax"}
 CHEXPERT_DEMO_COLUMNS = ("PATIENT", "GENDER", "AGE_AT_CXR", "PRIMARY_RACE", "ETHNICITY")
 # CheXpert demographics (PRIMARY_RACE, ETHNICITY) per group; Hispanic is an ethnicity there.
 CHEXPERT_RACE = {
@@ -85,6 +95,7 @@ class WorldConfig(Config):
     image_size: int = 64
     mimic_subjects: int = 400
     chexpert_subjects: int = 150
+    nih_subjects: int = 0             # the NIH-layout site (0: not written)
     max_studies: int = 2              # studies per subject: 1..max_studies
     p19_fraction: float = 0.2         # MIMIC subjects in folder p19 (the paper's test split)
     p_missing_demographics: float = 0.01  # subjects absent from patients.csv
@@ -103,6 +114,8 @@ class WorldPaths:
     chexpert_root: Path        # the folder holding CheXpert-v1.0-small/
     chexpert_csv: Path
     chexpert_demographics: Path
+    nih_root: Path
+    nih_csv: Path
     truth: Path
 
     @classmethod
@@ -115,7 +128,8 @@ class WorldPaths:
                    mimic_chexpert=m / MIMIC_CHEXPERT, mimic_split=m / MIMIC_SPLIT,
                    patients=h / "patients.csv", admissions=h / "admissions.csv", chexpert_root=c,
                    chexpert_csv=c / "CheXpert-v1.0-small" / "train.csv",
-                   chexpert_demographics=c / "chexpert_demographics.csv", truth=r / "world_truth.csv")
+                   chexpert_demographics=c / "chexpert_demographics.csv", nih_root=r / "nih",
+                   nih_csv=r / "nih" / "Data_Entry_2017_v2020.csv", truth=r / "world_truth.csv")
 
 
 def _fmt(v: float) -> str:
@@ -261,20 +275,50 @@ def write_chexpert(cfg: WorldConfig, paths: WorldPaths, progress=None) -> list[d
     return truth
 
 
+def write_nih(cfg: WorldConfig, paths: WorldPaths, progress=None) -> list[dict]:
+    from PIL import Image
+
+    site = get_site("nih")
+    rng = np.random.default_rng(_seed(cfg.seed, "nih-ids"))
+    lines, truth = [NIH_HEADER], []
+    (paths.nih_root / "images").mkdir(parents=True, exist_ok=True)
+    for i in range(cfg.nih_subjects):
+        demo = sample_subject(cfg.seed, site, i)
+        for k in range(int(rng.integers(1, cfg.max_studies + 1))):
+            case = sample_case(cfg.seed, site, i, k, demographics=demo)
+            name = f"{i + 1:08d}_{k:03d}.png"
+            Image.fromarray(render(case, cfg.image_size, site, seed=cfg.seed), mode="L").save(
+                paths.nih_root / "images" / name)
+            found = sorted({NIH_NAMES[f.name] for f in case.findings
+                            if f.name in NIH_NAMES and not f.uncertain}
+                           | ({"Pneumonia"} if case.pneumonia else set()))
+            lines.append(f"{name},{'|'.join(found) or 'No Finding'},{k},{i + 1},{case.age},"
+                         f"{case.sex},{case.view},{cfg.image_size},{cfg.image_size},0.143,0.143")
+            truth.append(_truth_row(case, "nih", f"images/{name}", name[:-4], case.view, "external"))
+            if progress:
+                progress.update(1)
+    paths.nih_csv.write_text("\n".join(lines) + "\n")
+    return truth
+
+
 def write_world(cfg: WorldConfig, out: str | Path, show_progress: bool = True) -> WorldPaths:
     """Render and write the whole world under `out`; returns where everything is."""
     from tqdm import tqdm
 
     paths = WorldPaths.under(out)
     paths.root.mkdir(parents=True, exist_ok=True)
-    expected = int((cfg.mimic_subjects + cfg.chexpert_subjects) * (1 + cfg.max_studies) / 2 * 1.27)
+    expected = int((cfg.mimic_subjects + cfg.chexpert_subjects + cfg.nih_subjects)
+                   * (1 + cfg.max_studies) / 2 * 1.2)
     with tqdm(total=expected, desc="world: rendering phantoms", unit="img",
               disable=not show_progress) as bar:
         truth = write_mimic(cfg, paths, bar) + write_chexpert(cfg, paths, bar)
+        if cfg.nih_subjects:
+            truth += write_nih(cfg, paths, bar)
         bar.total = bar.n
         bar.refresh()
     _write_csv(paths.truth, tuple(truth[0]), [list(r.values()) for r in truth])
-    for artifact in (paths.mimic_root, paths.patients.parent.parent, paths.chexpert_root):
+    for artifact in (paths.mimic_root, paths.patients.parent.parent, paths.chexpert_root,
+                     *([paths.nih_root] if cfg.nih_subjects else [])):
         write_artifact_meta(artifact, cfg, extra={"what": "rv2 demo phantom world",
                                                   "groups": list(GROUPS)})
     write_artifact_meta(paths.truth, cfg, extra={"images": len(truth)})
