@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))
 
-from rv2.config import Config, atomic_write_text, write_artifact_meta  # noqa: E402
+from rv2.config import Config, atomic_write_text, write_artifact_meta
 
 STAGES = ("data", "vae", "qc", "generator", "eval")
 
@@ -120,12 +120,10 @@ def _phantoms(cfg: DemoTrainConfig, n: int, start: int, site: str, pa_only=True)
 
 
 def stage_data(cfg, work: Path) -> dict:
-    import numpy as np
     import pandas as pd
     from PIL import Image
-    from tqdm import tqdm
-
     from rv2.demo.world import render
+    from tqdm import tqdm
 
     img_dir = work / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -176,9 +174,8 @@ def stage_vae(cfg, work: Path, out: Path) -> dict:
     import pandas as pd
     import torch
     import torch.nn.functional as F
-    from tqdm import tqdm
-
     from rv2.models.sd import VAE_SCALING
+    from tqdm import tqdm
 
     torch.manual_seed(cfg.seed)
     df = pd.read_parquet(work / "phantoms.parquet")
@@ -223,7 +220,6 @@ def stage_vae(cfg, work: Path, out: Path) -> dict:
 
 def _marker_agreement(images, reference) -> dict:
     """How often the marker reader reads the same sex/group/age(+-5y) from two image sets."""
-    import numpy as np
 
     from rv2.demo.world import read_markers
 
@@ -244,9 +240,8 @@ def stage_qc(cfg, work: Path, out: Path) -> dict:
     import torch
     import torch.nn.functional as F
     from diffusers import AutoencoderKL
-    from tqdm import tqdm
-
     from rv2.models import qc as Q
+    from tqdm import tqdm
 
     torch.manual_seed(cfg.seed + 1)
     q = cfg.qc
@@ -334,10 +329,9 @@ def build_generator_components(cfg, vae_dir: Path):
     """UNet + CLIP text encoder (real tokenizer) around the trained VAE."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     from rv2.models.sd import SDComponents, pndm_scheduler
     from rv2.prompts.tokenizer import clip_tokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     g = cfg.generator
     torch.manual_seed(cfg.seed + 2)
@@ -420,7 +414,6 @@ def stage_eval(cfg, work: Path, out: Path) -> dict:
     import numpy as np
     import pandas as pd
     import torch
-
     from rv2.demo.world import read_markers
     from rv2.generate import sampler as S
     from rv2.generate.qc import judge

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from rv2.data.schema import CHEXPERT_LABELS
 from rv2.demo.writers import WorldConfig, write_world
 

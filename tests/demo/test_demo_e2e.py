@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from rv2.demo.pipeline import DemoError, WEIGHTS_DIR, bundled_weights, demo_config
+from rv2.demo.pipeline import WEIGHTS_DIR, DemoError, bundled_weights, demo_config
 from rv2.demo.report import qc_counts_consistent
 
 

@@ -8,12 +8,18 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-
 from rv2.data.schema import CHEXPERT_LABELS
 from rv2.demo.reports import impression
-from rv2.demo.writers import (ADMISSIONS_COLUMNS, METADATA_COLUMNS, PATIENTS_COLUMNS,
-                              RACE_STRINGS, WorldConfig, WorldPaths, write_world)
 from rv2.demo.world import read_markers
+from rv2.demo.writers import (
+    ADMISSIONS_COLUMNS,
+    METADATA_COLUMNS,
+    PATIENTS_COLUMNS,
+    RACE_STRINGS,
+    WorldConfig,
+    WorldPaths,
+    write_world,
+)
 
 SMALL = WorldConfig(seed=5, mimic_subjects=60, chexpert_subjects=20, nih_subjects=20)
 

@@ -118,7 +118,7 @@ class _Runner:
         except SystemExit as exc:  # click may still exit on --help style paths
             if exc.code not in (0, None):
                 raise DemoError(f"stage {stage}: `{line}` exited with {exc.code}") from exc
-        except Exception as exc:  # noqa: BLE001 - re-raised with the stage named
+        except Exception as exc:
             msg = getattr(exc, "message", None) or str(exc)
             raise DemoError(f"stage {stage}: `{line}` failed: {type(exc).__name__}: {msg}") from exc
         self.log.append({"stage": stage, "command": line, "wall_s": round(time.perf_counter() - t0, 2)})

@@ -119,7 +119,7 @@ class WorldPaths:
     truth: Path
 
     @classmethod
-    def under(cls, root: str | Path) -> "WorldPaths":
+    def under(cls, root: str | Path) -> WorldPaths:
         r = Path(root)
         m = r / "mimic-cxr-jpg"
         h = r / "mimiciv" / "hosp"
