@@ -50,6 +50,14 @@ def test_no_finding_rule_fills_blanks_only():
     assert np.isnan(df["Edema"][2])                       # row without No Finding untouched
     assert info["positive_or_uncertain_findings_kept_despite_no_finding"] == 1
     assert info["blank_findings_set_to_0"] == 2 * 12 - 1
+    # the other direction: a positive finding makes a blank No Finding 0; devices do not
+    df = lab.empty_labels(4)
+    df["Edema"] = [1.0, -1.0, np.nan, np.nan]
+    df["Support Devices"] = [np.nan, np.nan, 1.0, np.nan]
+    info = lab.apply_no_finding_rule(df)
+    assert df["No Finding"].tolist()[0] == 0.0
+    assert np.isnan(df["No Finding"].tolist()[1:]).all()  # uncertain, device-only, empty rows
+    assert info["blank_no_finding_set_to_0_on_positive_finding"] == 1
 
 
 def test_chexpert_valid_and_demographics(tmp_path):

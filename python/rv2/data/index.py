@@ -69,7 +69,7 @@ class IndexConfig(Config):
     dataset: str = "mimic"
     views: str = "all"                    # "all" or a comma list: PA, AP, LATERAL, LL, ...
     uncertain_policy: str = "ignore"      # recorded for consumers: ignore | zeros | ones
-    no_finding_rule: bool = True          # No Finding = 1 -> blank findings become 0
+    no_finding_rule: bool = True          # No Finding = 1 -> blank findings 0; finding = 1 -> blank NF 0
     # MIMIC
     split_mode: str = "paper"             # paper (p19 test, rest by patient) | official
     test_folders: list[str] = dataclasses.field(default_factory=lambda: ["p19"])

@@ -6,10 +6,15 @@ list (NIH, PadChest, VinDr, OpenI MeSH) fill only the classes they define
 it is not; the other classes stay NaN. CheXpert/MIMIC keep the labeler's
 values (1, 0, -1, blank).
 
-No Finding rule (`apply_no_finding_rule`): where No Finding = 1, findings left
-blank (NaN) become 0; explicit 1/-1 values are never overwritten, but counted
-as conflicts in the sidecar. Support Devices is exempt (the CheXpert labeler
-allows No Finding together with a device).
+No Finding rule (`apply_no_finding_rule`), both directions:
+- where No Finding = 1, findings left blank (NaN) become 0; explicit 1/-1
+  values are never overwritten, but counted as conflicts in the sidecar;
+- where a finding is positive (1) and No Finding is blank, No Finding becomes 0:
+  the CheXpert labeler leaves No Finding blank, never 0, on abnormal studies,
+  and without these negatives No Finding AUROC and the underdiagnosis rate
+  (the FPR of "No Finding") are undefined.
+Support Devices is exempt both ways (the CheXpert labeler allows No Finding
+together with a device).
 """
 from __future__ import annotations
 
@@ -193,7 +198,8 @@ def labels_from_sets(findings: list[set[str]], defined: tuple[str, ...]) -> pd.D
 
 
 def apply_no_finding_rule(labels: pd.DataFrame) -> dict:
-    """In place: where No Finding == 1, blank findings -> 0. Returns counts for the sidecar."""
+    """In place: where No Finding == 1, blank findings -> 0; where a finding == 1, a blank
+    No Finding -> 0. Returns counts for the sidecar."""
     nf = labels["No Finding"].to_numpy() == 1.0
     filled, conflicts = 0, 0
     for c in FINDINGS:
@@ -205,5 +211,13 @@ def apply_no_finding_rule(labels: pd.DataFrame) -> dict:
         filled += int(blank.sum())
         v[blank] = 0.0
         labels[c] = v
+    findings = [c for c in FINDINGS if c not in NO_FINDING_EXEMPT and c in labels]
+    abnormal = (labels[findings].to_numpy(dtype=float) == 1.0).any(axis=1) if findings else \
+        np.zeros(len(labels), bool)
+    nf_all = labels["No Finding"].to_numpy(dtype=float, copy=True)
+    nf_blank = abnormal & np.isnan(nf_all)
+    nf_all[nf_blank] = 0.0
+    labels["No Finding"] = nf_all
     return {"rows_with_no_finding": int(nf.sum()), "blank_findings_set_to_0": filled,
-            "positive_or_uncertain_findings_kept_despite_no_finding": conflicts}
+            "positive_or_uncertain_findings_kept_despite_no_finding": conflicts,
+            "blank_no_finding_set_to_0_on_positive_finding": int(nf_blank.sum())}

@@ -143,17 +143,9 @@ def _test_manifest(data: Path, world_root: Path, out: Path) -> Path:
         n["path"] = "nih/" + n["path"].astype(str)
         n["split"] = "test"
         parts.append(n)
+    # No Finding negatives on abnormal studies come from `rv2 data index`'s No Finding rule.
     df = pd.concat(parts, ignore_index=True)
-    # The CheXpert labeler leaves No Finding blank (never 0) when a finding is present; the
-    # evaluation needs those negatives (No Finding AUROC, underdiagnosis), so they are set here.
-    from rv2.data.schema import CHEXPERT_LABELS
-
-    findings = [x for x in CHEXPERT_LABELS if x not in ("No Finding", "Support Devices")]
-    abnormal = (df[findings] == 1).any(axis=1) & df["No Finding"].isna()
-    df.loc[abnormal, "No Finding"] = 0.0
-    side = {"no_finding_rule": "blank No Finding with any positive finding (Support Devices "
-                              f"aside) set to 0 for evaluation ({int(abnormal.sum())} rows)",
-            "what": "rv2 demo test set: MIMIC p19 test split (in-distribution) + the CheXpert- and "
+    side = {"what": "rv2 demo test set: MIMIC p19 test split (in-distribution) + the CheXpert- and "
                     "NIH-layout sites (out-of-distribution); paths relative to the world folder",
             "sources": {"mimic": read_sidecar(data / "mimic.parquet").get("config"),
                         "chexpert": read_sidecar(data / "chexpert.parquet").get("config")},
