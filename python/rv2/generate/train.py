@@ -404,6 +404,7 @@ def train_generator(cfg: TrainGeneratorConfig, components=None,
     loss_hist: list[float] = []
     last_ckpt_step = start_step
     scaling = sd.VAE_SCALING
+    empty_ids = td.tokenize(tokenizer, [""])  # the unconditional input of guidance
 
     def micro_step(batch, m):
         positions = sampler.positions(m)
@@ -426,6 +427,11 @@ def train_generator(cfg: TrainGeneratorConfig, components=None,
             noisy = noise_sched.add_noise(latents, noise, t)
             target = noise if pred_type == "epsilon" else noise_sched.get_velocity(latents, noise, t)
             ids = batch["input_ids"].to(dev, non_blocking=True)
+            if cfg.model.prompt_dropout > 0:
+                # drawn after the other draws, so that dropout 0 leaves trajectories unchanged
+                drop = torch.cat([torch.rand((1,), generator=g, device=gen_dev) for g in gens])
+                drop = (drop < cfg.model.prompt_dropout).to(dev)
+                ids = torch.where(drop[:, None], empty_ids.to(dev), ids)
         pred = model(noisy, t, ids)
         return F.mse_loss(pred.float(), target.float())
 

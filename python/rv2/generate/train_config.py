@@ -49,6 +49,10 @@ class ModelSection:
     attention: Literal["sdpa", "eager"] = "sdpa"
     ema: bool = False
     ema_decay: float = 0.9999
+    # Share of samples trained with the empty prompt, so that classifier-free guidance has
+    # an unconditional model to contrast with (0: the paper's fine-tuning, which relies on
+    # the base model's unconditional branch). Drawn per sample position: resume stays exact.
+    prompt_dropout: float = 0.0
 
 
 @dataclasses.dataclass
@@ -118,6 +122,7 @@ class TrainGeneratorConfig(Config):
             (self.data.resolution % 8 == 0 and self.data.resolution > 0,
              "data.resolution must be a positive multiple of 8"),
             (self.validation.every >= 0, "validation.every must be >= 0"),
+            (0.0 <= self.model.prompt_dropout < 1.0, "model.prompt_dropout must be in [0, 1)"),
         ]
         for ok, msg in checks:
             if not ok:
