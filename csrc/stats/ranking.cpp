@@ -49,6 +49,15 @@ struct SortedCases {
   std::vector<int64_t> tie_end;  // exclusive end of each tie group
 };
 
+// Positive flags and tie-group ends of cases already in descending score order.
+void finish_sorted(SortedCases& s, const double* score, const double* label) {
+  const size_t m = s.idx.size();
+  s.pos.resize(m);
+  for (size_t k = 0; k < m; ++k) s.pos[k] = is_pos(label[s.idx[k]]) ? 1 : 0;
+  for (size_t k = 1; k <= m; ++k)
+    if (k == m || score[s.idx[k]] != score[s.idx[k - 1]]) s.tie_end.push_back(static_cast<int64_t>(k));
+}
+
 SortedCases sort_cases(const double* score, const double* label, int64_t n, const char* what) {
   SortedCases s;
   s.idx.reserve(static_cast<size_t>(n));
@@ -61,11 +70,7 @@ SortedCases sort_cases(const double* score, const double* label, int64_t n, cons
   }
   std::stable_sort(s.idx.begin(), s.idx.end(),
                    [&](int64_t a, int64_t b) { return score[a] > score[b]; });
-  const size_t m = s.idx.size();
-  s.pos.resize(m);
-  for (size_t k = 0; k < m; ++k) s.pos[k] = is_pos(label[s.idx[k]]) ? 1 : 0;
-  for (size_t k = 1; k <= m; ++k)
-    if (k == m || score[s.idx[k]] != score[s.idx[k - 1]]) s.tie_end.push_back(static_cast<int64_t>(k));
+  finish_sorted(s, score, label);
   return s;
 }
 
@@ -92,11 +97,7 @@ SortedCases cases_from_order(const double* score, const double* label, const int
     throw std::invalid_argument(std::string(what) + ": order lists " +
                                 std::to_string(s.idx.size()) + " cases, labels have " +
                                 std::to_string(known) + " known");
-  const size_t m = s.idx.size();
-  s.pos.resize(m);
-  for (size_t k = 0; k < m; ++k) s.pos[k] = is_pos(label[s.idx[k]]) ? 1 : 0;
-  for (size_t k = 1; k <= m; ++k)
-    if (k == m || score[s.idx[k]] != score[s.idx[k - 1]]) s.tie_end.push_back(static_cast<int64_t>(k));
+  finish_sorted(s, score, label);
   return s;
 }
 

@@ -45,6 +45,18 @@ def _log(run: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+class Crash(RuntimeError):
+    pass
+
+
+def crash_at(step_to_crash: int):
+    """An on_step callback that interrupts training after that optimizer step."""
+    def on_step(step, row):
+        if step == step_to_crash:
+            raise Crash
+    return on_step
+
+
 @pytest.fixture(autouse=True)
 def _threads():
     # One thread: on the shared 2-core machine two OpenMP threads per process ran 11x slower.
@@ -81,16 +93,9 @@ def test_interrupted_and_resumed_run_follows_the_same_trajectory(tmp_path):
     full = train_generator(_cfg(tmp_path / "full", images, *opts),
                            sd.tiny_components(seed=0, sample_size=RES))
 
-    class Crash(RuntimeError):
-        pass
-
-    def crash(step, row):
-        if step == 5:
-            raise Crash
-
     cut = _cfg(tmp_path / "cut", images, *opts)
     with pytest.raises(Crash):
-        train_generator(cut, sd.tiny_components(seed=0, sample_size=RES), on_step=crash)
+        train_generator(cut, sd.tiny_components(seed=0, sample_size=RES), on_step=crash_at(5))
     assert [p.name for p in find_checkpoints(tmp_path / "cut" / "checkpoints")] == \
         ["step-00000002", "step-00000004"]  # keep-last-2; nothing half-written
     resumed = train_generator(cut, sd.tiny_components(seed=0, sample_size=RES))
@@ -216,16 +221,9 @@ def test_prompt_dropout_trains_the_unconditional_branch_and_resumes_exactly(tmp_
     # same timesteps and noise per sample; only the dropped prompts change the losses
     assert [r["loss"] for r in a0] != [r["loss"] for r in a]
 
-    class Crash(RuntimeError):
-        pass
-
-    def crash(step, row):
-        if step == 3:
-            raise Crash
-
     cut = _cfg(tmp_path / "cut", images, *opts)
     with pytest.raises(Crash):
-        train_generator(cut, sd.tiny_components(seed=0, sample_size=RES), on_step=crash)
+        train_generator(cut, sd.tiny_components(seed=0, sample_size=RES), on_step=crash_at(3))
     train_generator(cut, sd.tiny_components(seed=0, sample_size=RES))
     b = _log(tmp_path / "cut")
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
