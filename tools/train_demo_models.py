@@ -72,13 +72,14 @@ class GeneratorSection:
     lr: float = 1e-3
     warmup_steps: int = 50
     informed_token_init: bool = True
+    prompt_dropout: float = 0.1   # empty-prompt training, for classifier-free guidance
 
 
 @dataclasses.dataclass
 class EvalSection:
     n_prompts: int = 96
     steps: int = 25
-    guidance: float = 1.0
+    guidance: float = 3.0         # the authors' demo configuration
     age_tolerance: float = 16.0
 
 
@@ -390,7 +391,8 @@ def stage_generator(cfg, work: Path, out: Path, threads: int) -> dict:
         "data": {"source": "prompts", "prompts_table": str(work / "train_prompts.parquet"),
                  "data_root": str(work), "resolution": cfg.image_size, "latent_cache": True,
                  "num_workers": 0},
-        "model": {"mixed_precision": "no", "train_text_encoder": True},
+        "model": {"mixed_precision": "no", "train_text_encoder": True,
+                  "prompt_dropout": g.prompt_dropout},
         "optim": {"lr": g.lr, "weight_decay": 1e-2, "schedule": "constant_with_warmup",
                   "warmup_steps": g.warmup_steps, "batch_size": g.batch_size,
                   "max_steps": g.steps, "max_grad_norm": 1.0},
