@@ -27,6 +27,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from rv2.config import atomic_write_bytes
+
 log = logging.getLogger("rv2.generate.store")
 
 JOURNAL = "journal.jsonl"
@@ -219,13 +221,8 @@ class ShardedStore:
                 tmp.unlink()
 
     def _rewrite_journal(self, records: Sequence[dict]) -> None:
-        tmp = self.root / f".{JOURNAL}.tmp"
-        with open(tmp, "wb") as f:
-            for r in records:
-                f.write(json.dumps(r, default=_json_default).encode() + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.root / JOURNAL)
+        atomic_write_bytes(self.root / JOURNAL, b"".join(
+            json.dumps(r, default=_json_default).encode() + b"\n" for r in records))
         _fsync_dir(self.root)
 
     @staticmethod
@@ -255,12 +252,7 @@ class ShardedStore:
         final.parent.mkdir(parents=True, exist_ok=True)
         data = encode_image(img, self.cfg.image_format, self.cfg.jpeg_quality,
                             self.cfg.png_compress_level)
-        tmp = final.with_name(f".{final.name}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        atomic_write_bytes(final, data)
         _fsync_dir(final.parent)
         return rel
 
