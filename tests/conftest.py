@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import pytest
+from rv2 import envs
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_CXR = REPO.parent / "shared" / "data" / "real-cxr"
@@ -28,7 +28,7 @@ def _cuda() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    run_slow = os.environ.get("RV2_RUN_SLOW", "") not in ("", "0")
+    run_slow = envs.run_slow()
     reasons = {
         "slow": None if run_slow else "slow test: set RV2_RUN_SLOW=1 (or make test-all) to run",
         "gpu": None if _cuda() else "needs a CUDA GPU (torch.cuda.is_available() is False)",

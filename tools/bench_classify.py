@@ -32,7 +32,6 @@ import torch  # noqa: E402
 
 def write_dataset(folder: Path, n: int, size: int) -> Path:
     from PIL import Image
-
     from rv2.data.schema import CHEXPERT_LABELS
 
     rng = np.random.default_rng(0)

@@ -39,10 +39,9 @@ def sd21_components(dtype, device):
     """SD 2.1-base-sized UNet, VAE and text encoder with random weights."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     from rv2.models.sd import SDComponents, pndm_scheduler
     from rv2.prompts.tokenizer import clip_tokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
     with torch.device(device):
@@ -73,7 +72,6 @@ def write_qc_files(d: Path, kind: str, size: int) -> Path:
     'small' = an rv2 QC bundle of SmallCNNs at `size` px."""
     import torch
     import torch.nn as nn
-
     from rv2.models import qc
     from rv2.weights import KNOWN_BY_KEY
 
@@ -100,7 +98,6 @@ def authors_approach(comp, df, qc_dir, cfg, device, tmp: Path) -> dict:
     import torch
     from diffusers import StableDiffusionPipeline
     from PIL import Image
-
     from rv2.generate.qc import judge
     from rv2.models.qc import load_qc_models
 
@@ -143,7 +140,6 @@ def authors_approach(comp, df, qc_dir, cfg, device, tmp: Path) -> dict:
 
 def ours(comp, df, qc_dir, cfg, device, tmp: Path, model_dir=None) -> dict:
     import torch
-
     from rv2.generate.pipeline import generate_dataset
     from rv2.models.qc import load_qc_models
 
@@ -193,7 +189,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-
     from rv2.generate.config import GenerateConfig
     from rv2.generate.sampler import resolve_device, resolve_dtype
 

@@ -29,11 +29,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
     from rv2 import _native
     from rv2.evaluate.bootstrap import resample_auc_ap, resample_indices
     from rv2.evaluate.permutation import permutation_diffs
+    from sklearn.metrics import average_precision_score, roc_auc_score
 
     if not _native.HAS_NATIVE:
         raise SystemExit(f"rv2._C is not built ({_native.NATIVE_ERROR}); run `make native`")

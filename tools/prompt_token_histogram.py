@@ -51,9 +51,9 @@ def main(argv=None) -> int:
 
     import pandas as pd
     from rv2.data.manifest import conform
+    from rv2.data.report_sections import iter_openi_reports, openi_reports_archive
     from rv2.prompts.build import build_prompts
     from rv2.prompts.config import PromptsConfig
-    from rv2.prompts.reports import iter_openi_reports, openi_reports_archive
     from rv2.prompts.template import PromptTemplate, clean_impression
 
     t0 = time.perf_counter()

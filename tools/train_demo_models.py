@@ -35,7 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))
 
-from rv2.config import Config, atomic_write_text, write_artifact_meta
+from rv2.config import Config, write_artifact_meta
+from rv2.files import atomic_write_text
 
 STAGES = ("data", "vae", "qc", "generator", "eval")
 

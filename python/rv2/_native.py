@@ -7,16 +7,17 @@ Set RV2_DISABLE_NATIVE=1 to force the twins (used by parity tests).
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
+
+from rv2 import envs
 
 log = logging.getLogger("rv2.native")
 
 _C = None
 NATIVE_ERROR: str | None = None
 
-if os.environ.get("RV2_DISABLE_NATIVE", "").strip() not in ("", "0"):
+if envs.disable_native():
     NATIVE_ERROR = "disabled by RV2_DISABLE_NATIVE"
 else:
     try:

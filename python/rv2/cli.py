@@ -13,6 +13,7 @@ import sys
 import click
 
 from rv2 import __version__
+from rv2.errors import RV2Error, UserError, one_line
 
 # command name -> "module:attribute" of a click command or group, in pipeline order.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -41,6 +42,18 @@ class LazyGroup(click.Group):
         target, _ = COMMANDS[name]
         mod_name, attr = target.split(":")
         return getattr(importlib.import_module(mod_name), attr)
+
+    def invoke(self, ctx):
+        # Bad input is one line and exit 2; rv2's other deliberate errors one line and
+        # their own status (1 by default); anything else is a bug and keeps its traceback.
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"Error: {one_line(exc)}", err=True)
+            ctx.exit(exc.exit_code)
+        except RV2Error as exc:
+            click.echo(f"Error: {one_line(exc)}", err=True)
+            ctx.exit(getattr(exc, "exit_code", 1))
 
     def format_commands(self, ctx, formatter):
         # Short help from the table, so listing commands imports nothing.

@@ -17,14 +17,16 @@ import json
 import os
 import platform
 import sys
-import tomllib
 import typing
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Mapping, TypeVar
 
+import tomllib
 import yaml
 
 from rv2 import __version__
+from rv2.errors import MissingInputError, UserError
+from rv2.files import atomic_write_text, dumps
 
 C = TypeVar("C", bound="Config")
 
@@ -32,7 +34,7 @@ META_SUFFIX = ".rv2.json"
 DIR_META_NAME = "rv2_meta.json"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file or override that does not fit its dataclass."""
 
 
@@ -264,29 +266,12 @@ def write_artifact_meta(artifact: str | os.PathLike, config: Config | Mapping | 
         meta.update(_to_plain(dict(extra)))
     path = meta_path_for(artifact)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(meta, indent=2, default=str))
+    atomic_write_text(path, dumps(meta, indent=2))
     return path
 
 
 def read_artifact_meta(artifact: str | os.PathLike) -> dict:
     path = meta_path_for(artifact)
     if not path.is_file():
-        raise FileNotFoundError(f"no rv2 metadata next to {artifact} (looked for {path})")
+        raise MissingInputError(f"no rv2 metadata next to {artifact} (looked for {path})")
     return json.loads(path.read_text())
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write via a synced temporary file and rename, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """`atomic_write_bytes` of UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))

@@ -13,8 +13,11 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from rv2 import envs
+from rv2.errors import MissingInputError
 
-class MissingWeightsError(FileNotFoundError):
+
+class MissingWeightsError(MissingInputError):
     """Raised with a message that names each missing file and each place searched."""
 
 
@@ -56,9 +59,8 @@ KNOWN_BY_KEY = {w.key: w for w in KNOWN_WEIGHTS}
 def weight_dirs(extra: Iterable[str | os.PathLike | None] = ()) -> list[Path]:
     """Folders searched, in order: explicit ones, RV2_WEIGHTS_DIR, rv2's cache, torchxrayvision's."""
     dirs: list[Path] = [Path(d).expanduser() for d in extra if d]
-    env = os.environ.get("RV2_WEIGHTS_DIR", "")
-    dirs += [Path(d).expanduser() for d in env.split(os.pathsep) if d]
-    dirs.append(Path("~/.cache/rv2/weights").expanduser())
+    dirs += envs.weights_dirs()
+    dirs.append(envs.cache_dir() / "weights")
     dirs.append(Path("~/.torchxrayvision/models_data").expanduser())
     seen, out = set(), []
     for d in dirs:

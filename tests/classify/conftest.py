@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-
 from rv2.data.schema import CHEXPERT_LABELS, age_bin
 
 

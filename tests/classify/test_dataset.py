@@ -5,8 +5,13 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-
-from rv2.classify.data import image_sample, patient_subset, select_split, uncertain_policy_of, val_rows
+from rv2.classify.data import (
+    image_sample,
+    patient_subset,
+    select_split,
+    uncertain_policy_of,
+    val_rows,
+)
 from rv2.data.schema import CHEXPERT_LABELS
 from rv2.data.torch_dataset import ManifestDataset, label_targets, pixel_stats
 

@@ -3,15 +3,13 @@ and the image root recorded by `rv2 data index`."""
 import json
 import shutil
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch.utils.data import DataLoader
-
 from rv2.classify.data import manifest_root
 from rv2.data.schema import CHEXPERT_LABELS
 from rv2.data.torch_dataset import ManifestDataset
+from torch.utils.data import DataLoader
 
 
 def _real_manifest(real_cxr, tmp_path):

@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from rv2.models.densenet import densenet121, load_imagenet_state
 from rv2.weights import MissingWeightsError
 

@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
-from sklearn.metrics import f1_score
-
 from rv2.classify.thresholds import best_f1_threshold, best_f1_thresholds, binarize
+from sklearn.metrics import f1_score
 
 
 def brute_force(y, p):

@@ -6,13 +6,12 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from safetensors.torch import load_file
-from sklearn.metrics import roc_auc_score
-
 from rv2 import cli
 from rv2.classify import ClassifierConfig, best_f1_thresholds, predict, train_classifier
 from rv2.classify.train import TrainingStateError
 from rv2.data.schema import CHEXPERT_LABELS
+from safetensors.torch import load_file
+from sklearn.metrics import roc_auc_score
 
 from .conftest import make_manifest
 

@@ -3,7 +3,6 @@ import subprocess
 import sys
 
 from click.testing import CliRunner
-
 from rv2 import cli
 
 

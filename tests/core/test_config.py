@@ -3,9 +3,14 @@ import json
 from pathlib import Path
 
 import pytest
-
-from rv2.config import (Config, ConfigError, hash_input, meta_path_for, read_artifact_meta,
-                        write_artifact_meta)
+from rv2.config import (
+    Config,
+    ConfigError,
+    hash_input,
+    meta_path_for,
+    read_artifact_meta,
+    write_artifact_meta,
+)
 
 
 @dataclasses.dataclass

@@ -4,8 +4,7 @@ import subprocess
 import sys
 
 import pytest
-
-from rv2 import _native
+from rv2 import _native, envs
 
 HEAVY = ("torch", "diffusers", "transformers", "torchvision", "onnxruntime", "nvidia.dali",
          "tensorrt")
@@ -77,6 +76,6 @@ def test_missing_extension_falls_back(tmp_path):
 
 
 def test_native_required_in_ci():
-    if os.environ.get("RV2_REQUIRE_NATIVE") != "1":
+    if not envs.require_native():
         pytest.skip("RV2_REQUIRE_NATIVE is not set (make test sets it)")
     assert _native.HAS_NATIVE, f"rv2._C failed to load: {_native.NATIVE_ERROR}"

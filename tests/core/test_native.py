@@ -1,7 +1,6 @@
 """rv2._C build information and parity of native ops with their Python twins."""
 import numpy as np
 import pytest
-
 from rv2 import _native
 
 needs_native = pytest.mark.skipif(not _native.HAS_NATIVE,

@@ -1,5 +1,4 @@
 import pytest
-
 from rv2.weights import MissingWeightsError, find_weights, locate, weight_dirs
 
 

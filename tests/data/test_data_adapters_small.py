@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from rv2.data import labels as lab
-from rv2.data.index import IndexConfig, index_dataset
+from rv2.data.config import IndexConfig
+from rv2.data.index import index_dataset
 from rv2.data.schema import CHEXPERT_LABELS
 
 

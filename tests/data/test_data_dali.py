@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from rv2.data import imageio as iio
 from rv2.data.imageio import ImageReadError
 

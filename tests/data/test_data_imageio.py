@@ -6,18 +6,20 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-
 from rv2.data import imageio as iio
 from rv2.data.imageio import ImageReadError
-
 
 # ------------------------------------------------------------------ DICOM writer
 
 def write_dicom(path, pixels: np.ndarray, *, photometric="MONOCHROME2", bits_stored=None,
                 signed=False, compress_rle=False, **attrs):
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (ExplicitVRLittleEndian, RLELossless, SecondaryCaptureImageStorage,
-                             generate_uid)
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        RLELossless,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage

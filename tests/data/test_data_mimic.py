@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-
-from rv2.data.index import IndexConfig, index_dataset
+from rv2.data.config import IndexConfig
+from rv2.data.index import index_dataset
 from rv2.data.manifest import read_manifest, read_sidecar
 from rv2.data.schema import CHEXPERT_LABELS
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from rv2.data.index import IndexConfig, index_dataset
+from rv2.data.config import IndexConfig
+from rv2.data.index import index_dataset
 from rv2.data.manifest import read_manifest, write_manifest
 from rv2.data.schema import CHEXPERT_LABELS, REQUIRED_COLUMNS
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from rv2.data.schema import CHEXPERT_LABELS, age_bin
 
 

@@ -3,7 +3,6 @@ import math
 
 import numpy as np
 import pytest
-
 from rv2 import _native
 from rv2.evaluate import delong_test
 

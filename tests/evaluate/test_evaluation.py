@@ -6,13 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from sklearn.metrics import roc_auc_score
-
 from rv2.cli import main
 from rv2.data.schema import EVAL_LABELS
 from rv2.evaluate import compare_predictions, evaluate_predictions
 from rv2.evaluate.evaluation import EvaluateConfig
 from rv2.evaluate.io import EvaluationInputError
+from sklearn.metrics import roc_auc_score
 
 from .fixtures import make_world
 

@@ -1,11 +1,10 @@
 """Native ranking kernels against their numpy twins and scikit-learn."""
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score, roc_auc_score
-
 from rv2 import _native
 from rv2.evaluate import kernels as K
 from rv2.evaluate.bootstrap import resample_indices, weights_from_indices
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 needs_native = pytest.mark.skipif(not _native.HAS_NATIVE,
                                   reason=f"rv2._C not built ({_native.NATIVE_ERROR})")

@@ -1,10 +1,14 @@
 """The array API: bootstrap CIs, permutation test, fairness metrics and edge cases."""
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score, roc_auc_score
-
 import rv2.evaluate as E
-from rv2.evaluate.bootstrap import bootstrap_weights, macro, resample_auc_ap, resample_indices
+from rv2.evaluate.bootstrap import (
+    bootstrap_weights,
+    macro,
+    resample_auc_ap,
+    resample_indices,
+)
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 
 def _data(n=400, L=3, seed=0):

@@ -5,7 +5,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-
 from rv2.data.schema import CHEXPERT_LABELS, age_bin
 
 SIZE = 32   # tiny images: 32 px -> 16 x 16 latents

@@ -5,10 +5,8 @@ import json
 
 import pandas as pd
 from click.testing import CliRunner
-
-from rv2.cli import main
-
 from gen_helpers import constant_bundle, prompts_table, tiny
+from rv2.cli import main
 
 
 def test_missing_qc_weights_and_model_are_clear(tmp_path, monkeypatch):

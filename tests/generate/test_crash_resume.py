@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from gen_helpers import constant_bundle, prompts_table, tiny
 
 REPO = Path(__file__).resolve().parents[2]

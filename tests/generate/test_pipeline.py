@@ -7,16 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from gen_helpers import STEPS, mean_qc, prompts_table, tiny
 from PIL import Image
-
 from rv2.data.schema import CHEXPERT_LABELS, REQUIRED_COLUMNS
 from rv2.generate.config import GenerateConfig
 from rv2.generate.pipeline import PromptsError, generate_dataset, load_prompts
 from rv2.generate.qc import judge
-from rv2.generate.store import StoreError
 from rv2.generate.seeds import seed_for
-
-from gen_helpers import STEPS, mean_qc, prompts_table, tiny
+from rv2.generate.store import StoreError
 
 
 def _cfg(**kw):

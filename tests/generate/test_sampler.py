@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
-from rv2.generate.sampler import (decode, denoise, encode_text, initial_latents, latent_shape,
-                                  latents_for)
-from rv2.generate.seeds import seed_for
-
 from gen_helpers import STEPS, tiny
+from rv2.generate.sampler import (
+    decode,
+    denoise,
+    encode_text,
+    initial_latents,
+    latent_shape,
+    latents_for,
+)
+from rv2.generate.seeds import seed_for
 
 
 def test_seeds_depend_only_on_prompt_and_attempt():

@@ -7,7 +7,7 @@ import pytest
 @pytest.fixture(scope="session")
 def openi_reports() -> list[dict]:
     """All 3,955 OpenI/IU reports shipped in the torchxrayvision wheel, parsed once."""
-    from rv2.prompts.reports import iter_openi_reports, openi_reports_archive
+    from rv2.data.report_sections import iter_openi_reports, openi_reports_archive
 
     try:
         archive = openi_reports_archive()

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import pytest
-from rv2.prompts.reports import extract_impression, extract_sections, has_placeholder
+from rv2.data.report_sections import (
+    extract_impression,
+    extract_sections,
+    has_placeholder,
+)
 
 MIMIC = """                                 FINAL REPORT
  EXAMINATION:  CHEST (PA AND LAT)
@@ -88,7 +92,7 @@ def test_openi_archive_counts(openi_reports):
 def test_openi_xml_string(openi_reports):
     import tarfile
 
-    from rv2.prompts.reports import openi_reports_archive
+    from rv2.data.report_sections import openi_reports_archive
 
     with tarfile.open(openi_reports_archive()) as tar:
         xml = tar.extractfile("ecgen-radiology/207.xml").read().decode()
@@ -101,7 +105,7 @@ def test_phantom_world_mimic_reports():
     """The demo world's reports are written in the MIMIC layout; the impression comes back."""
     world = pytest.importorskip("rv2.demo.world")
     reports = pytest.importorskip("rv2.demo.reports")
-    from rv2.prompts.reports import normalize_whitespace
+    from rv2.data.report_sections import normalize_whitespace
 
     n_nondescriptive = 0
     for site in ("mimic", "chexpert"):

@@ -1,8 +1,6 @@
 """`rv2 train-classifier [sweep]` and `rv2 predict`."""
 from __future__ import annotations
 
-import functools
-
 import click
 
 from rv2.classify.config import STRATEGIES
@@ -52,23 +50,6 @@ def _config(config_file, overrides, **opts):
     return cfg.override(overrides) if overrides else cfg
 
 
-def _friendly(fn):
-    """Known input errors print one clear line and exit 2 instead of a traceback."""
-    @functools.wraps(fn)
-    def wrapper(*a, **k):
-        from rv2.classify.model_dir import ModelDirError
-        from rv2.classify.train import TrainingStateError
-        from rv2.config import ConfigError
-        from rv2.weights import MissingWeightsError
-
-        try:
-            return fn(*a, **k)
-        except (ConfigError, MissingWeightsError, ModelDirError, TrainingStateError,
-                FileNotFoundError, ValueError) as exc:
-            raise click.ClickException(str(exc)) from exc
-    return wrapper
-
-
 @click.group(invoke_without_command=True)
 @_common
 @click.option("--strategy", type=click.Choice(STRATEGIES), help="Training strategy (default: real).")
@@ -79,7 +60,6 @@ def _friendly(fn):
               help="pretrain-finetune: start from this synthetic-pretrained model folder.")
 @click.option("--seed", type=int)
 @click.pass_context
-@_friendly
 def train_classifier(ctx, config_file, overrides, **opts):
     """Train a DenseNet-121 (14 CheXpert labels) with one of the four strategies.
 
@@ -106,7 +86,6 @@ def train_classifier(ctx, config_file, overrides, **opts):
 @click.option("--n-real", "n_real_list", default="", help="Comma-separated real image counts ('all' allowed).")
 @click.option("--real-fractions", default="", help="Comma-separated fractions of the real set.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds.")
-@_friendly
 def sweep(config_file, overrides, out, strategies, n_real_list, real_fractions, seeds, **opts):
     """Run a grid (strategies x real-data sizes x seeds) and write OUT/sweep.csv."""
     from rv2.classify.sweep import run_sweep
@@ -131,10 +110,10 @@ def sweep(config_file, overrides, out, strategies, n_real_list, real_fractions, 
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--decoder", type=click.Choice(["pil", "dali"]), default="pil", show_default=True,
               help="Image decoding: Pillow/pydicom, or batched DALI (rv2[dali]).")
-@_friendly
 def predict(model_dir, manifest, out, root, batch_size, num_workers, device, decoder):
     """Probabilities per image and label; unreadable images are reported in OUT's .skipped.csv."""
-    from rv2.classify.inference import predict as run, write_predictions
+    from rv2.classify.inference import predict as run
+    from rv2.classify.inference import write_predictions
 
     preds = run(model_dir, manifest, root, batch_size=batch_size, device=device, num_workers=num_workers,
                 decoder=decoder)

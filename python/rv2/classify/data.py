@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from rv2.classify.config import VAL_SPLIT_ALIASES
+from rv2.errors import MissingInputError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +26,11 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     if _read is not None:
         return _read(path)  # ManifestError (a ValueError) names the file and the problem
     if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path}")
+        raise MissingInputError(f"manifest not found: {path}")
     try:
         return pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for non-Parquet
-        raise ValueError(f"{path}: not a readable Parquet manifest: {exc}") from exc
+        raise UserError(f"{path}: not a readable Parquet manifest: {exc}") from exc
 
 
 def manifest_root(manifest: str | Path, *roots: str | None) -> Path:
@@ -80,7 +81,7 @@ def select_split(df: pd.DataFrame, split: str | None, name: str, *, aliases=()) 
     sel = df[df["split"].astype("string").isin(wanted).fillna(False).to_numpy(bool)]
     if sel.empty:
         present = sorted(str(s) for s in df["split"].dropna().unique())
-        raise ValueError(f"{name}: no row with split in {sorted(wanted)}; splits present: {present}. "
+        raise UserError(f"{name}: no row with split in {sorted(wanted)}; splits present: {present}. "
                          "Set train_split / val_split (or null to use every row).")
     return sel
 
@@ -100,16 +101,16 @@ def patient_subset(df: pd.DataFrame, *, n: int | None = None, fraction: float | 
     of the last patient taken.
     """
     if n is not None and fraction is not None:
-        raise ValueError("give n_real or real_fraction, not both")
+        raise UserError("give n_real or real_fraction, not both")
     if n is None and fraction is None:
         return df
     total = len(df)
     if fraction is not None:
         if not 0 < fraction <= 1:
-            raise ValueError(f"real_fraction must be in (0, 1], got {fraction}")
+            raise UserError(f"real_fraction must be in (0, 1], got {fraction}")
         n = max(1, int(round(fraction * total)))
     if n <= 0:
-        raise ValueError(f"n_real must be positive, got {n}")
+        raise UserError(f"n_real must be positive, got {n}")
     if n >= total:
         if n > total:
             log.warning("asked for %d real images, the training set has %d: using all", n, total)
@@ -137,7 +138,7 @@ def image_sample(df: pd.DataFrame, n: int | None, seed: int = 0) -> pd.DataFrame
             log.warning("asked for %d synthetic images, the store has %d: using all", n, len(df))
         return df
     if n <= 0:
-        raise ValueError(f"n_synthetic must be positive, got {n}")
+        raise UserError(f"n_synthetic must be positive, got {n}")
     order = np.random.default_rng(seed).permutation(len(df))
     return df.iloc[np.sort(order[:n])]
 

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 from rv2.classify import model_dir as md
+from rv2.errors import UserError
+from rv2.files import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ def predict(model_dir: str | os.PathLike, manifest: str | os.PathLike | pd.DataF
     labels = list(mcfg["labels"])
     if isinstance(manifest, pd.DataFrame):
         if root is None:
-            raise ValueError("root is required when the manifest is a DataFrame")
+            raise UserError("root is required when the manifest is a DataFrame")
         df, name = manifest, "manifest"
     else:
         df, name = read_manifest(manifest), str(manifest)
@@ -59,7 +61,7 @@ def predict(model_dir: str | os.PathLike, manifest: str | os.PathLike | pd.DataF
     ids = df["image_id"].astype("string")
     if ids.duplicated().any():
         dup = ids[ids.duplicated()].unique()[:5].tolist()
-        raise ValueError(f"{name}: image_id is not unique (e.g. {dup}); predictions are keyed by it")
+        raise UserError(f"{name}: image_id is not unique (e.g. {dup}); predictions are keyed by it")
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=dev.type == "cuda")
     use_amp = amp and dev.type == "cuda"
@@ -104,15 +106,13 @@ def write_predictions(preds: pd.DataFrame, out: str | os.PathLike, *, model_dir,
     from rv2.config import write_artifact_meta
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     table = preds.copy()
     table.attrs = {}
-    table.to_parquet(tmp, index=False)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        table.to_parquet(tmp, index=False)
     skipped = preds.attrs.get("skipped", pd.DataFrame(columns=SKIPPED_COLUMNS))
     skipped_path = out.with_name(out.stem + ".skipped.csv")
-    skipped.to_csv(skipped_path, index=False)
+    atomic_write_text(skipped_path, skipped.to_csv(index=False))
     inputs = [p for p in (Path(model_dir) / md.WEIGHTS, manifest) if not isinstance(p, pd.DataFrame)]
     write_artifact_meta(out, config, inputs=inputs,
                         extra={"model_dir": str(model_dir), "n_input": preds.attrs.get("n_input"),

@@ -15,6 +15,9 @@ import json
 import os
 from pathlib import Path
 
+from rv2.errors import MissingInputError, UserError
+from rv2.files import atomic_path
+
 WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "model_config.json"
 NORMALIZATION = "normalization.json"
@@ -25,7 +28,7 @@ STATE = "state/last.pt"
 REQUIRED = (WEIGHTS, MODEL_CONFIG, THRESHOLDS)
 
 
-class ModelDirError(FileNotFoundError):
+class ModelDirError(MissingInputError):
     """A model folder that lacks a file predict needs."""
 
 
@@ -46,9 +49,8 @@ def save_weights(model, path: str | os.PathLike) -> None:
 
     path = Path(path)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
 
 
 def load_weights(model, path: str | os.PathLike) -> None:
@@ -57,7 +59,7 @@ def load_weights(model, path: str | os.PathLike) -> None:
     try:
         state = load_file(str(path))
     except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"{path}: cannot read classifier weights: {exc}") from exc
+        raise UserError(f"{path}: cannot read classifier weights: {exc}") from exc
     model.load_state_dict(state, strict=True)
 
 
@@ -65,7 +67,7 @@ def read_json(path: str | os.PathLike) -> dict:
     try:
         return json.loads(Path(path).read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+        raise UserError(f"{path}: not valid JSON: {exc}") from exc
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu"):
@@ -76,7 +78,7 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
     mcfg = read_json(p / MODEL_CONFIG)
     thr = read_json(p / THRESHOLDS)
     if list(thr.get("labels", [])) != list(mcfg["labels"]):
-        raise ValueError(f"{p}: thresholds.json labels differ from model_config.json labels")
+        raise UserError(f"{p}: thresholds.json labels differ from model_config.json labels")
     model = build_from_model_config(mcfg)
     load_weights(model, p / WEIGHTS)
     return model.to(device).eval(), mcfg, thr

@@ -16,7 +16,9 @@ from typing import Sequence
 import pandas as pd
 
 from rv2.classify.config import STRATEGIES, ClassifierConfig
-from rv2.config import atomic_write_text, write_artifact_meta
+from rv2.config import write_artifact_meta
+from rv2.errors import UserError
+from rv2.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ def grid(strategies: Sequence[str], n_reals: Sequence[int | None], fractions: Se
     """The runs of a sweep; strategies without real data run once per seed."""
     bad = [s for s in strategies if s not in STRATEGIES]
     if bad:
-        raise ValueError(f"unknown strategies {bad}; choose from {STRATEGIES}")
+        raise UserError(f"unknown strategies {bad}; choose from {STRATEGIES}")
     sizes: list[tuple[int | None, float | None]] = [(n, None) for n in n_reals] + [(None, f) for f in fractions]
     if not sizes:
         sizes = [(None, None)]

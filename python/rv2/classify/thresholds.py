@@ -14,6 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
+from rv2.errors import UserError
+
 RULE = ">="
 TIE_RULE = ("among thresholds reaching the maximal F1 (exact integer-ratio comparison), "
             "the largest is kept; candidates are the distinct validation scores")
@@ -25,11 +27,11 @@ def best_f1_threshold(y, p) -> tuple[float, float, bool]:
     y = np.asarray(y, dtype=np.float64).ravel()
     p = np.asarray(p, dtype=np.float64).ravel()
     if y.shape != p.shape:
-        raise ValueError(f"y and p differ in shape: {y.shape} vs {p.shape}")
+        raise UserError(f"y and p differ in shape: {y.shape} vs {p.shape}")
     keep = ~np.isnan(y)
     y, p = y[keep], p[keep]
     if np.isnan(p).any():
-        raise ValueError("scores contain NaN")
+        raise UserError("scores contain NaN")
     n_pos = int((y == 1).sum())
     if n_pos == 0:
         return FALLBACK_THRESHOLD, float("nan"), False
@@ -58,10 +60,10 @@ def best_f1_thresholds(y, p, labels: Sequence[str] | None = None) -> dict:
     if y.ndim == 1:
         y, p = y[:, None], p[:, None]
     if y.shape != p.shape:
-        raise ValueError(f"y and p differ in shape: {y.shape} vs {p.shape}")
+        raise UserError(f"y and p differ in shape: {y.shape} vs {p.shape}")
     labels = list(labels) if labels is not None else [str(j) for j in range(y.shape[1])]
     if len(labels) != y.shape[1]:
-        raise ValueError(f"{len(labels)} labels for {y.shape[1]} columns")
+        raise UserError(f"{len(labels)} labels for {y.shape[1]} columns")
     out = {"labels": labels, "thresholds": {}, "f1": {}, "n_pos": {}, "n": {}, "fallback": [],
            "rule": RULE, "tie_rule": TIE_RULE, "fallback_threshold": FALLBACK_THRESHOLD}
     for j, name in enumerate(labels):

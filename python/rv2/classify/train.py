@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -33,8 +32,10 @@ import pandas as pd
 from rv2.classify import data as cdata
 from rv2.classify import model_dir as md
 from rv2.classify.config import STRATEGIES, ClassifierConfig
-from rv2.config import atomic_write_text, write_artifact_meta
+from rv2.config import write_artifact_meta
 from rv2.data.schema import CHEXPERT_LABELS
+from rv2.errors import UserError
+from rv2.files import atomic_path, atomic_write_text, dumps
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ RUNTIME_KEYS = ("device", "num_workers", "progress", "cache_images", "eval_batch
                 "out")
 
 
-class TrainingStateError(RuntimeError):
+class TrainingStateError(UserError):
     """An output folder holding a different run."""
 
 
@@ -64,7 +65,6 @@ def train_classifier(cfg: ClassifierConfig, *, on_epoch_end: Callable | None = N
     on_epoch_end(phase_name, epoch, row) is called after each epoch's state is saved
     (tests use it to simulate a crash). Returns the model folder.
     """
-    import torch
 
     _validate(cfg)
     out = Path(cfg.out)
@@ -92,23 +92,23 @@ def train_classifier(cfg: ClassifierConfig, *, on_epoch_end: Callable | None = N
 
 def _validate(cfg: ClassifierConfig) -> None:
     if cfg.strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {cfg.strategy!r}")
+        raise UserError(f"strategy must be one of {STRATEGIES}, got {cfg.strategy!r}")
     if not cfg.out:
-        raise ValueError("an output folder is required (--out DIR)")
+        raise UserError("an output folder is required (--out DIR)")
     needs_real = cfg.strategy in ("real", "mixed", "pretrain-finetune")
     needs_syn = cfg.strategy in ("synthetic", "mixed") or (
         cfg.strategy == "pretrain-finetune" and not cfg.pretrained_from)
     if needs_real and not cfg.real:
-        raise ValueError(f"strategy {cfg.strategy!r} needs a real training manifest (--real)")
+        raise UserError(f"strategy {cfg.strategy!r} needs a real training manifest (--real)")
     if needs_syn and not cfg.synthetic:
-        raise ValueError(f"strategy {cfg.strategy!r} needs a synthetic manifest (--synthetic)")
+        raise UserError(f"strategy {cfg.strategy!r} needs a synthetic manifest (--synthetic)")
     if not cfg.val and not cfg.real:
-        raise ValueError("a validation manifest is required (--val), or a real manifest with a val split")
+        raise UserError("a validation manifest is required (--val), or a real manifest with a val split")
     if cfg.image_size < 32:  # DenseNet-121 downsamples by 32
-        raise ValueError(f"image_size must be at least 32, got {cfg.image_size}")
+        raise UserError(f"image_size must be at least 32, got {cfg.image_size}")
     for name in ("epochs", "patience", "batch_size"):
         if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+            raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     if cfg.cache_images and cfg.num_workers > 0:
         log.warning("cache_images only helps with num_workers=0 (each worker has its own memory)")
 
@@ -120,7 +120,7 @@ def resolve_device(name: str):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} asked for, but torch sees no CUDA GPU; use --device cpu")
+        raise UserError(f"device {name!r} asked for, but torch sees no CUDA GPU; use --device cpu")
     return dev
 
 
@@ -180,7 +180,7 @@ def load_datasets(cfg: ClassifierConfig, out: Path) -> dict:
         found = {cdata.uncertain_policy_of(p) for p in (cfg.real, cfg.synthetic, cfg.val) if p}
         found.discard(None)
         if len(found) > 1:
-            raise ValueError(f"the manifests record different uncertain-label policies {sorted(found)}; "
+            raise UserError(f"the manifests record different uncertain-label policies {sorted(found)}; "
                              "set uncertain_policy explicitly")
         policy = found.pop() if found else "ignore"
     summary["uncertain_policy"] = policy
@@ -196,7 +196,7 @@ def load_datasets(cfg: ClassifierConfig, out: Path) -> dict:
     ds["val"] = ManifestDataset(vdf, vroot, mean=norm["mean"], std=norm["std"], cache=cfg.cache_images,
                                 name="val", **common)
     if len(ds["val"]) == 0:
-        raise ValueError("the validation set is empty")
+        raise UserError("the validation set is empty")
     ds["summary"] = summary
     ds["norm"] = norm
     return ds
@@ -218,13 +218,13 @@ def _normalization(cfg, out: Path, real_full, frames, common) -> dict:
         return md.read_json(f)
     if cfg.norm_mean is not None or cfg.norm_std is not None:
         if cfg.norm_mean is None or cfg.norm_std is None:
-            raise ValueError("set both norm_mean and norm_std, or neither")
+            raise UserError("set both norm_mean and norm_std, or neither")
         norm = {"mean": cfg.norm_mean, "std": cfg.norm_std, "source": "config"}
     elif cfg.strategy == "pretrain-finetune" and cfg.pretrained_from:
         mcfg = md.read_json(md.check_model_dir(cfg.pretrained_from) / md.MODEL_CONFIG)
         norm = {**mcfg["normalization"], "source": f"pretrained model {cfg.pretrained_from}"}
         if int(mcfg["image_size"]) != cfg.image_size:
-            raise ValueError(f"{cfg.pretrained_from} was trained at image_size {mcfg['image_size']}, "
+            raise UserError(f"{cfg.pretrained_from} was trained at image_size {mcfg['image_size']}, "
                              f"this run uses {cfg.image_size}")
     else:
         # The paper normalizes by the real training set; the full set, so that every
@@ -307,7 +307,7 @@ def _check_batch(batch, cfg, skipped: list, where: str) -> None:
     bad = [(batch["image_id"][i], batch["error"][i]) for i in range(len(ok)) if not bool(ok[i])]
     if cfg.on_bad_image == "error":
         lines = "\n".join(f"  {iid}: {err}" for iid, err in bad[:10])
-        raise ValueError(f"{len(bad)} unreadable image(s) in the {where} set:\n{lines}\n"
+        raise UserError(f"{len(bad)} unreadable image(s) in the {where} set:\n{lines}\n"
                          "Fix or drop them (`rv2 data index --verify-files`), or set on_bad_image=skip.")
     skipped.extend({"set": where, "image_id": i, "reason": e} for i, e in bad)
 
@@ -358,7 +358,7 @@ def run_phase(cfg: ClassifierConfig, ph: Phase, model, val_ds, device, *,
     state_file = ph.dir / md.STATE
     n = len(ph.train)
     if n < 2:
-        raise ValueError(f"{ph.name}: the training set has {n} image(s); at least 2 are needed")
+        raise UserError(f"{ph.name}: the training set has {n} image(s); at least 2 are needed")
     drop_last = n % cfg.batch_size == 1  # a batch of one breaks BatchNorm in train mode
     steps_per_epoch = n // cfg.batch_size if drop_last else math.ceil(n / cfg.batch_size)
     total_steps = ph.epochs * steps_per_epoch
@@ -462,11 +462,9 @@ def run_phase(cfg: ClassifierConfig, ph: Phase, model, val_ds, device, *,
 def _save_state(path: Path, model, opt, sched, st: dict) -> None:
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "loop": st}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "loop": st}, tmp)
 
 
 def _write_history(d: Path, history: list[dict]) -> None:
@@ -474,9 +472,7 @@ def _write_history(d: Path, history: list[dict]) -> None:
 
 
 def _dumps(obj) -> str:
-    import json
-
-    return json.dumps(obj, indent=2, default=str)
+    return dumps(obj, indent=2)
 
 
 # ----------------------------------------------------------------- finish

@@ -29,7 +29,8 @@ def data() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def index_cmd(dataset, metadata, root, views, verify_files, out, config_path, overrides, quiet):
     """Read a dataset's published metadata into a Parquet manifest + sidecar."""
-    from rv2.data.index import IndexConfig, index_dataset
+    from rv2.data.config import IndexConfig
+    from rv2.data.index import index_dataset
     from rv2.data.manifest import format_consort, sidecar_path, write_manifest
 
     cfg = IndexConfig.load(config_path, overrides)
@@ -38,10 +39,7 @@ def index_cmd(dataset, metadata, root, views, verify_files, out, config_path, ov
     if verify_files:
         cfg.verify_files = True
     cfg.dataset = dataset
-    try:
-        df, side = index_dataset(dataset, list(metadata), root, config=cfg, progress=not quiet)
-    except (ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    df, side = index_dataset(dataset, list(metadata), root, config=cfg, progress=not quiet)
     inputs = list(metadata)
     write_manifest(df, out, side, config=cfg, inputs=inputs)
     click.echo(format_consort(side["exclusions"]))
@@ -65,13 +63,15 @@ def stats_cmd(manifest, out_dir):
     """Counts and percentages by sex, age bin, race, label and split; intersections."""
     from pathlib import Path
 
-    from rv2.data.manifest import ManifestError, read_manifest
-    from rv2.data.stats import demographics_table, format_wide, intersectional_table, write_stats
+    from rv2.data.manifest import read_manifest
+    from rv2.data.stats import (
+        demographics_table,
+        format_wide,
+        intersectional_table,
+        write_stats,
+    )
 
-    try:
-        df = read_manifest(manifest)
-    except ManifestError as exc:
-        raise click.ClickException(str(exc)) from exc
+    df = read_manifest(manifest)
     out = Path(out_dir) if out_dir else Path(manifest).with_name(Path(manifest).stem + "_stats")
     paths = write_stats(df, out, inputs=[manifest])
     click.echo("Images by split (cf. Supplementary Table 2)")

@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from rv2.data import imageio as iio
+from rv2.errors import UserError
 
 SQUARE_MODES = ("crop", "pad", "none")
 
@@ -43,7 +44,7 @@ def reference_transform(img: np.ndarray, size: int, square: str = "crop") -> np.
     elif square == "pad":
         img = iio.pad_to_square(img)
     elif square != "none":
-        raise ValueError(f"square must be one of {SQUARE_MODES}, got {square!r}")
+        raise UserError(f"square must be one of {SQUARE_MODES}, got {square!r}")
     return iio.resize(img, size)
 
 
@@ -57,15 +58,15 @@ class DaliDecoder:
             raise ImportError("NVIDIA DALI is not installed: pip install 'rv2[dali]' "
                               "(nvidia-dali-cuda130)")
         if square not in SQUARE_MODES:
-            raise ValueError(f"square must be one of {SQUARE_MODES}, got {square!r}")
+            raise UserError(f"square must be one of {SQUARE_MODES}, got {square!r}")
         self.size, self.square, self.device_id = int(size), square, device_id
         self.batch_size, self.num_threads = int(batch_size), int(num_threads)
         self.max_pixels = max_pixels
         self._pipe = self._build()
 
     def _build(self):
-        from nvidia.dali import fn, pipeline_def, types
         import nvidia.dali.math as dmath
+        from nvidia.dali import fn, pipeline_def, types
 
         size, square = self.size, self.square
         gpu = self.device_id is not None
@@ -148,7 +149,7 @@ class DaliDecoder:
         "none": its slot is None and `self.errors[index]` holds the ImageReadError.
         """
         if on_error not in ("raise", "none"):
-            raise ValueError("on_error must be 'raise' or 'none'")
+            raise UserError("on_error must be 'raise' or 'none'")
         self.errors: dict[int, iio.ImageReadError] = {}
         result: list[np.ndarray | None] = [None] * len(paths)
         blobs, dali_idx, py_idx = self._split(paths)

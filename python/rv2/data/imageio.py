@@ -37,6 +37,9 @@ from typing import Sequence, Union
 
 import numpy as np
 
+from rv2.errors import UserError
+from rv2.files import atomic_path
+
 PathLike = Union[str, os.PathLike]
 
 # Largest chest radiographs are ~4300 x 4300; 8192^2 leaves room and stops bombs.
@@ -48,7 +51,7 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 XRV_MAX = 1024.0
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError):
     """An image that cannot be read; `path` and `reason` say which and why."""
 
     def __init__(self, path, reason: str):
@@ -203,7 +206,11 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int) -> np.ndarray:
 def _ensure_transfer_syntax(ds) -> None:
     """A DICOM stream without file meta (no preamble) gets the encoding pydicom read it with."""
     from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pydicom.uid import (
+        ExplicitVRBigEndian,
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+    )
 
     meta = getattr(ds, "file_meta", None)
     if meta is not None and "TransferSyntaxUID" in meta:
@@ -297,7 +304,7 @@ def lut_lookup(item, values: np.ndarray) -> np.ndarray:
         lut = np.asarray(raw if isinstance(raw, (list, tuple)) or hasattr(raw, "__len__")
                          else [raw], dtype=np.float64)[:n]
     if len(lut) < n:
-        raise ValueError(f"LUT Data has {len(lut)} entries, its descriptor says {n}")
+        raise UserError(f"LUT Data has {len(lut)} entries, its descriptor says {n}")
     idx = np.clip(np.rint(values).astype(np.int64) - first, 0, n - 1)
     top = float(2 ** bits - 1) if bits > 0 else float(max(lut.max(), 1))
     return (lut.astype(np.float32)[idx] / np.float32(top)).astype(np.float32)
@@ -312,7 +319,7 @@ def window(values: np.ndarray, center: float, width: float, function: str = "LIN
     if function == "LINEAR_EXACT":
         return np.clip((x - center) / width + 0.5, 0.0, 1.0).astype(np.float32)
     if width < 1:
-        raise ValueError(f"LINEAR window width must be >= 1, got {width}")
+        raise UserError(f"LINEAR window width must be >= 1, got {width}")
     if width == 1:
         return (x > center - 0.5).astype(np.float32)
     return np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0).astype(np.float32)
@@ -330,7 +337,7 @@ def _hw(size: int | Sequence[int]) -> tuple[int, int]:
 def _check2d(img: np.ndarray, what: str) -> np.ndarray:
     img = np.asarray(img)
     if img.ndim != 2:
-        raise ValueError(f"{what} expects a 2-D grayscale image, got shape {img.shape}")
+        raise UserError(f"{what} expects a 2-D grayscale image, got shape {img.shape}")
     return img
 
 
@@ -353,7 +360,7 @@ def center_crop(img: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
     th, tw = _hw(size)
     h, w = img.shape
     if th > h or tw > w:
-        raise ValueError(f"center_crop to {th}x{tw} needs an image at least that big, got {h}x{w}")
+        raise UserError(f"center_crop to {th}x{tw} needs an image at least that big, got {h}x{w}")
     top, left = (h - th) // 2, (w - tw) // 2
     return img[top:top + th, left:left + tw]
 
@@ -370,7 +377,7 @@ def resize(img: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
     img = _check2d(img, "resize")
     th, tw = _hw(size)
     if th <= 0 or tw <= 0:
-        raise ValueError(f"resize target must be positive, got {th}x{tw}")
+        raise UserError(f"resize target must be positive, got {th}x{tw}")
     if img.shape == (th, tw):
         return img.astype(np.float32, copy=False)
     h, w = img.shape
@@ -398,7 +405,7 @@ def normalize(img: np.ndarray, mean: float | Sequence[float], std: float | Seque
     mean_a = np.asarray(mean, dtype=np.float32)
     std_a = np.asarray(std, dtype=np.float32)
     if np.any(std_a <= 0):
-        raise ValueError(f"normalize: std must be positive, got {std}")
+        raise UserError(f"normalize: std must be positive, got {std}")
     return ((np.asarray(img, dtype=np.float32) - mean_a) / std_a).astype(np.float32)
 
 
@@ -422,21 +429,19 @@ def save_png(path: PathLike, img: np.ndarray) -> Path:
         pass
     elif a.dtype == np.uint16:
         if a.ndim != 2:
-            raise ValueError(f"save_png: 16-bit images must be HxW, got {a.shape}")
+            raise UserError(f"save_png: 16-bit images must be HxW, got {a.shape}")
     elif np.issubdtype(a.dtype, np.floating):
         a = to_uint8(a)
     else:
-        raise ValueError(f"save_png: expected uint8, uint16 or float [0,1], got {a.dtype}")
+        raise UserError(f"save_png: expected uint8, uint16 or float [0,1], got {a.dtype}")
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]
     if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))):
-        raise ValueError(f"save_png: expected HxW or HxWx3/4, got shape {a.shape}")
+        raise UserError(f"save_png: expected HxW or HxWx3/4, got shape {a.shape}")
     if a.dtype == np.uint16:
         im = Image.fromarray(a.astype("<u2").copy())  # Pillow picks I;16
     else:
         im = Image.fromarray(np.ascontiguousarray(a))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    im.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")
     return path

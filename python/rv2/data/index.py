@@ -2,7 +2,8 @@
 
 Python entry point (the CLI is a thin call into it):
 
-    from rv2.data.index import IndexConfig, index_dataset
+    from rv2.data.config import IndexConfig
+from rv2.data.index import index_dataset
     df, sidecar = index_dataset("mimic", metadata_files, root="/data/mimic-cxr-jpg",
                                 config=IndexConfig(views="PA"))
 
@@ -41,112 +42,17 @@ import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from rv2.config import Config
-from rv2.data.schema import UNCERTAIN_POLICIES
-
-DATASETS = ("mimic", "chexpert", "chexpert-plus", "nih", "padchest", "vindr", "openi")
-
-DEFAULT_NONDESCRIPTIVE = (
-    r"see (above|below|findings|report|text)\.?",
-    r"as above\.?",
-    r"(no|without) (significant |interval |appreciable )?(interval )?change\.?",
-    r"(unchanged|stable|no new findings)( from prior)?\.?",
-    r"(please )?(refer to|see) (the )?(findings|body of the report|wet read)\.?",
-    r"(none|n/?a|nil|deferred|pending)\.?",
-)
-
-
-@dataclasses.dataclass
-class IndexConfig(Config):
-    """Settings of `rv2 data index` (saved in the manifest's metadata)."""
-
-    VERSION = 1
-    dataset: str = "mimic"
-    views: str = "all"                    # "all" or a comma list: PA, AP, LATERAL, LL, ...
-    uncertain_policy: str = "ignore"      # recorded for consumers: ignore | zeros | ones
-    no_finding_rule: bool = True          # No Finding = 1 -> blank findings 0; finding = 1 -> blank NF 0
-    # MIMIC
-    split_mode: str = "paper"             # paper (p19 test, rest by patient) | official
-    test_folders: list[str] = dataclasses.field(default_factory=lambda: ["p19"])
-    val_fraction: float = 0.02            # of p10-p18 patients, seeded
-    seed: int = 0
-    mimic_labeler: str = "chexpert"       # chexpert | negbio
-    reports_root: str = ""                # default: the image root
-    paper_exclusions: bool = True         # impression, sex/age, race exclusions (MIMIC)
-    min_impression_words: int = 2
-    nondescriptive_patterns: list[str] = dataclasses.field(
-        default_factory=lambda: list(DEFAULT_NONDESCRIPTIVE))
-    # other datasets
-    default_split: str = "test"           # for sources without a split of their own
-    vindr_aggregate: str = "any"          # any | majority, over VinDr's readers
-    # files
-    verify_files: bool = False
-    max_pixels: int = 8192 * 8192
-    workers: int = 2
-    locate_by_name: bool = True
-
-    def check(self) -> "IndexConfig":
-        if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {list(DATASETS)}")
-        if self.uncertain_policy not in UNCERTAIN_POLICIES:
-            raise ValueError(f"uncertain_policy must be one of {list(UNCERTAIN_POLICIES)}")
-        if self.split_mode not in ("paper", "official"):
-            raise ValueError("split_mode must be 'paper' or 'official'")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.mimic_labeler not in ("chexpert", "negbio"):
-            raise ValueError("mimic_labeler must be 'chexpert' or 'negbio'")
-        if self.vindr_aggregate not in ("any", "majority"):
-            raise ValueError("vindr_aggregate must be 'any' or 'majority'")
-        if self.default_split not in ("train", "validate", "test"):
-            raise ValueError("default_split must be train, validate or test")
-        from rv2.data.labels import parse_views
-
-        parse_views(self.views)
-        return self
-
-
-class Flow:
-    """Rows kept at each exclusion step, for the CONSORT-style table."""
-
-    def __init__(self, df: pd.DataFrame, start: str):
-        self.df = df
-        self.steps: list[dict] = [{"step": start, "removed": None, "remaining": int(len(df))}]
-
-    def keep(self, mask, step: str) -> pd.DataFrame:
-        mask = np.asarray(mask, dtype=bool)
-        removed = int((~mask).sum())
-        self.df = self.df.loc[mask].reset_index(drop=True)
-        self.steps.append({"step": step, "removed": removed, "remaining": int(len(self.df))})
-        return self.df
-
-
-# ------------------------------------------------------------------ reading inputs
-
-def read_table(path: str | os.PathLike, **kw) -> pd.DataFrame:
-    """CSV (optionally .gz/.zip) with a clear error naming the file."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"metadata file not found: {p}")
-    try:
-        return pd.read_csv(p, low_memory=False, **kw)
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"cannot read metadata table {p}: {exc}") from exc
-
-
-def read_header(path: str | os.PathLike) -> list[str]:
-    p = Path(path)
-    if p.suffix == ".txt":
-        return []
-    if p.suffix in (".tgz",) or p.name.endswith(".tar.gz") or p.is_dir():
-        return []
-    return list(read_table(p, nrows=0).columns)
-
+from rv2.data import labels as lab
+from rv2.data.adapters import get_adapter
+from rv2.data.config import IndexConfig
+from rv2.data.imageio import ImageReadError, load_image
+from rv2.data.manifest import conform, summary_counts, validate
+from rv2.errors import MissingInputError, UserError
 
 # ------------------------------------------------------------------ files
 
@@ -177,8 +83,6 @@ def locate_missing(df: pd.DataFrame, root: Path, progress: bool = True) -> tuple
 
 def check_file(full: Path, max_pixels: int) -> str | None:
     """None if the image decodes, else the reason."""
-    from rv2.data.imageio import ImageReadError, load_image
-
     try:
         load_image(full, max_pixels=max_pixels)
     except ImageReadError as exc:
@@ -214,15 +118,6 @@ def verify_files(df: pd.DataFrame, root: Path, *, max_pixels: int, workers: int 
 
 # ------------------------------------------------------------------ entry point
 
-def _adapter(dataset: str) -> Callable:
-    from rv2.data import mimic, sources
-
-    return {"mimic": mimic.index_mimic, "chexpert": sources.index_chexpert,
-            "chexpert-plus": sources.index_chexpert_plus, "nih": sources.index_nih,
-            "padchest": sources.index_padchest, "vindr": sources.index_vindr,
-            "openi": sources.index_openi}[dataset]
-
-
 def index_dataset(dataset: str, metadata_files: Sequence[str | os.PathLike],
                   root: str | os.PathLike | None = None, *, config: IndexConfig | None = None,
                   progress: bool = True) -> tuple[pd.DataFrame, dict]:
@@ -232,21 +127,18 @@ def index_dataset(dataset: str, metadata_files: Sequence[str | os.PathLike],
     view filter, the No Finding rule, then (with `verify_files`) decoding of
     every image; each step's removals are in sidecar["exclusions"].
     """
-    from rv2.data import labels as lab
-    from rv2.data.manifest import conform
-
     cfg = dataclasses.replace(config or IndexConfig(), dataset=dataset).check()
     files = [Path(f) for f in metadata_files]
     if not files:
-        raise ValueError(f"{dataset}: no --metadata files given")
+        raise UserError(f"{dataset}: no --metadata files given")
     for f in files:
         if not f.exists():
-            raise FileNotFoundError(f"metadata file not found: {f}")
+            raise MissingInputError(f"metadata file not found: {f}")
     root_p = Path(root) if root else None
     if root_p is not None and not root_p.is_dir():
-        raise FileNotFoundError(f"--root {root_p} is not a folder")
+        raise MissingInputError(f"--root {root_p} is not a folder")
 
-    df, flow, extra = _adapter(dataset)(files, root_p, cfg, progress=progress)
+    df, flow, extra = get_adapter(dataset)(files, root_p, cfg, progress=progress)
     side: dict = {"dataset": dataset, "root": str(root_p) if root_p else None,
                   "metadata_files": [str(f) for f in files],
                   "uncertain_label_policy": cfg.uncertain_policy,
@@ -271,7 +163,7 @@ def index_dataset(dataset: str, metadata_files: Sequence[str | os.PathLike],
     side["bad_files"] = []
     if cfg.verify_files:
         if root_p is None:
-            raise ValueError("--verify-files needs --root (the folder the image paths are under)")
+            raise UserError("--verify-files needs --root (the folder the image paths are under)")
         if cfg.locate_by_name:
             df, found = locate_missing(df, root_p, progress)
             side["paths_located_by_name"] = found
@@ -287,8 +179,6 @@ def index_dataset(dataset: str, metadata_files: Sequence[str | os.PathLike],
         side["bad_file_reasons"] = reasons
     side["exclusions"] = flow.steps
     df = conform(df, dataset=dataset)
-    from rv2.data.manifest import summary_counts, validate
-
     validate(df, f"{dataset} manifest")
     side["counts"] = summary_counts(df)
     return df, side

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from rv2.data.schema import CHEXPERT_LABELS
+from rv2.errors import UserError
 
 FINDINGS = tuple(c for c in CHEXPERT_LABELS if c != "No Finding")
 NO_FINDING_EXEMPT = ("Support Devices",)
@@ -107,7 +108,7 @@ def parse_views(spec: str | None) -> set[str] | None:
     for part in str(spec).split(","):
         v = normalize_view(part)
         if v is None or (v == "OTHER" and part.strip().upper() != "OTHER"):
-            raise ValueError(f"--views: {part!r} is not a view (use PA, AP, LATERAL, LL, "
+            raise UserError(f"--views: {part!r} is not a view (use PA, AP, LATERAL, LL, "
                              "AP_HORIZONTAL, OTHER or all)")
         views.add(v)
     return views

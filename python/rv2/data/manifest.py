@@ -17,15 +17,26 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from rv2.data.schema import (AGE_BINS, CHEXPERT_LABELS, ID_COLUMNS, RACES, REQUIRED_COLUMNS,
-                             SEXES, TEXT_COLUMNS, VIEWS, age_bin)
+from rv2.data.schema import (
+    AGE_BINS,
+    CHEXPERT_LABELS,
+    ID_COLUMNS,
+    RACES,
+    REQUIRED_COLUMNS,
+    SEXES,
+    TEXT_COLUMNS,
+    VIEWS,
+    age_bin,
+)
+from rv2.errors import UserError
+from rv2.files import atomic_path, atomic_write_text, dumps
 
 SPLITS = ("train", "validate", "test")
 STRING_COLUMNS = ("image_id", "path", "patient_id", "study_id", "dataset", "view", "sex",
                   "age_bin", "race", "split") + TEXT_COLUMNS
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError):
     """A file that is not a valid rv2 manifest."""
 
 
@@ -114,7 +125,7 @@ def summary_counts(df: pd.DataFrame) -> dict:
 def write_manifest(df: pd.DataFrame, path: str | os.PathLike, sidecar: Mapping,
                    *, config=None, inputs: Iterable[str | os.PathLike] = ()) -> Path:
     """Validate, then write the Parquet table, its sidecar and its rv2 metadata atomically."""
-    from rv2.config import atomic_write_text, write_artifact_meta
+    from rv2.config import write_artifact_meta
 
     path = Path(path)
     df = conform(df)
@@ -122,24 +133,12 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike, sidecar: Mapping,
     side = dict(sidecar)
     side.setdefault("counts", summary_counts(df))
     side["columns"] = list(df.columns)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-    atomic_write_text(sidecar_path(path), json.dumps(side, indent=2, default=_json_default))
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+    atomic_write_text(sidecar_path(path), dumps(side, indent=2))
     write_artifact_meta(path, config, inputs=list(inputs),
                         extra={"sidecar": sidecar_path(path).name, "rows": int(len(df))})
     return path
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
 
 
 def read_manifest(path: str | os.PathLike, *, validate_values: bool = True) -> pd.DataFrame:

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from rv2.data.schema import CHEXPERT_LABELS, UNCERTAIN_POLICIES
+from rv2.errors import UserError
 
 UNKNOWN_POLICIES = ("zeros", "ignore")
 
@@ -41,14 +42,14 @@ def label_targets(values: np.ndarray, uncertain_policy: str = "ignore",
                   unknown_policy: str = "zeros") -> tuple[np.ndarray, np.ndarray]:
     """(target, mask) float32 arrays from raw label values (1, 0, -1, NaN)."""
     if uncertain_policy not in UNCERTAIN_POLICIES:
-        raise ValueError(f"uncertain_policy must be one of {UNCERTAIN_POLICIES}, got {uncertain_policy!r}")
+        raise UserError(f"uncertain_policy must be one of {UNCERTAIN_POLICIES}, got {uncertain_policy!r}")
     if unknown_policy not in UNKNOWN_POLICIES:
-        raise ValueError(f"unknown_policy must be one of {UNKNOWN_POLICIES}, got {unknown_policy!r}")
+        raise UserError(f"unknown_policy must be one of {UNKNOWN_POLICIES}, got {unknown_policy!r}")
     v = np.asarray(values, dtype=np.float64)
     known = ~np.isnan(v)
     bad = known & ~np.isin(v, (1.0, 0.0, -1.0))
     if bad.any():
-        raise ValueError(f"label values must be 1, 0, -1 or NaN; found {sorted(set(v[bad].tolist()))[:5]}")
+        raise UserError(f"label values must be 1, 0, -1 or NaN; found {sorted(set(v[bad].tolist()))[:5]}")
     target = np.where(v == 1.0, 1.0, 0.0)
     mask = np.ones_like(v)
     unc = v == -1.0
@@ -91,12 +92,12 @@ class ManifestDataset(Dataset):
         if require_labels:
             missing += [c for c in labels if c not in manifest.columns]
         if missing:
-            raise ValueError(f"{name}: missing column(s) {missing}; a manifest made by "
+            raise UserError(f"{name}: missing column(s) {missing}; a manifest made by "
                              "`rv2 data index` or `rv2 generate` has them")
         if std <= 0 or not math.isfinite(std):
-            raise ValueError(f"normalization std must be a positive number, got {std}")
+            raise UserError(f"normalization std must be a positive number, got {std}")
         if decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+            raise UserError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         self.name = name
         # "dali": DataLoader batches are decoded in one DALI call (__getitems__);
         # each worker process builds its own decoder on first use.
@@ -224,7 +225,7 @@ def pixel_stats(ds: ManifestDataset, max_images: int = 2000, seed: int = 0,
         count += img.size
         used += 1
     if count == 0:
-        raise ValueError(f"{ds.name}: no readable image to compute the normalization from")
+        raise UserError(f"{ds.name}: no readable image to compute the normalization from")
     mean = total / count
     std = math.sqrt(max(total_sq / count - mean * mean, 0.0))
     if std < 1e-6:

@@ -21,15 +21,11 @@ def demo(out, seed, size, weights_dir, overrides, quiet):
 
     Every stage is the real `rv2` command (listed in OUT/commands.sh); swap in real
     data and weights to run the same job for real."""
-    from rv2.config import ConfigError
-    from rv2.demo.pipeline import DemoError, demo_config, run_demo
+    from rv2.demo.pipeline import demo_config, run_demo
 
-    try:
-        cfg = demo_config(size, seed, list(overrides))
-        if weights_dir:
-            cfg.weights_dir = str(weights_dir)
-        report = run_demo(out, cfg, quiet=quiet)
-    except (DemoError, ConfigError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    cfg = demo_config(size, seed, list(overrides))
+    if weights_dir:
+        cfg.weights_dir = str(weights_dir)
+    report = run_demo(out, cfg, quiet=quiet)
     click.echo(f"\nreport: {report}")
     click.echo(f"        {report.with_suffix('.html')}")

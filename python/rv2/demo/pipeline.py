@@ -24,12 +24,14 @@ import sys
 import time
 from pathlib import Path
 
-from rv2.config import Config, atomic_write_text, write_artifact_meta
+from rv2.config import Config, write_artifact_meta
+from rv2.errors import RV2Error, UserError
+from rv2.files import atomic_write_text
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
-class DemoError(RuntimeError):
+class DemoError(RV2Error, RuntimeError):
     """A demo stage failed; the message names the stage and its command."""
 
 
@@ -77,7 +79,7 @@ SIZES = {
 
 def demo_config(size: str = "small", seed: int = 0, overrides=()) -> DemoConfig:
     if size not in SIZES:
-        raise ValueError(f"--size must be one of {sorted(SIZES)}, got {size!r}")
+        raise UserError(f"--size must be one of {sorted(SIZES)}, got {size!r}")
     cfg = DemoConfig.from_dict({**SIZES[size], "size": size, "seed": seed})
     return cfg.override(overrides) if overrides else cfg
 

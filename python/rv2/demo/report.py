@@ -11,7 +11,7 @@ import json
 import math
 from pathlib import Path
 
-from rv2.config import atomic_write_text
+from rv2.files import atomic_write_text
 
 
 def _read(p: Path) -> dict:

@@ -41,6 +41,7 @@ import math
 import numpy as np
 
 from rv2.demo.sites import GROUPS, Site, get_site
+from rv2.errors import UserError
 
 AGE_MIN, AGE_MAX = 18, 89
 VIEWS = ("PA", "AP", "LATERAL")
@@ -345,7 +346,7 @@ def render(case: Case, size: int = 64, site: Site | str | None = None, seed: int
     from scipy.ndimage import gaussian_filter
 
     if size < 32:
-        raise ValueError(f"phantom size {size} is too small to draw markers; use 32 or more")
+        raise UserError(f"phantom size {size} is too small to draw markers; use 32 or more")
     site = get_site(site or case.site) if not isinstance(site, Site) else site
     rng = np.random.default_rng(_seed(seed, case.case_id, case.texture_seed, size))
     d = _lateral(case, size, rng) if case.view == "LATERAL" else _anatomy(case, size, rng)
@@ -383,7 +384,7 @@ def read_markers(image) -> dict:
     if a.ndim == 3:
         a = a.mean(axis=-1)
     if a.ndim != 2:
-        raise ValueError(f"read_markers expects a 2-D image, got shape {a.shape}")
+        raise UserError(f"read_markers expects a 2-D image, got shape {a.shape}")
     if a.max() > 1.5:
         a = a / 255.0
     cx, cy = SEX_CENTER

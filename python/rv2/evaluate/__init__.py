@@ -14,11 +14,23 @@ Files API: evaluate_predictions(...), compare_predictions(...) (rv2.evaluate.eva
 """
 from __future__ import annotations
 
-from rv2.evaluate.bootstrap import (CI, bootstrap_ci, bootstrap_macro_ci, bootstrap_weights,
-                                    percentile_ci, resample_auc_ap, resample_indices)
+from rv2.evaluate.bootstrap import (
+    CI,
+    bootstrap_ci,
+    bootstrap_macro_ci,
+    bootstrap_weights,
+    percentile_ci,
+    resample_auc_ap,
+    resample_indices,
+)
 from rv2.evaluate.delong import DeLongResult, delong_test
-from rv2.evaluate.fairness import (FairnessResult, fairness_gap, fairness_report,
-                                   underdiagnosis_gap, underdiagnosis_rate)
+from rv2.evaluate.fairness import (
+    FairnessResult,
+    fairness_gap,
+    fairness_report,
+    underdiagnosis_gap,
+    underdiagnosis_rate,
+)
 from rv2.evaluate.metrics import auroc, average_precision, subgroup_auroc
 from rv2.evaluate.permutation import PermutationResult, permutation_test
 

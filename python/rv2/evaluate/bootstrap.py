@@ -15,6 +15,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from rv2.errors import UserError
 from rv2.evaluate.kernels import _native_op, boot_auc_ap, rank_order
 from rv2.evaluate.validate import as_binary_labels, as_scores
 
@@ -200,11 +201,11 @@ def bootstrap_ci(y_true, scores, metric: str = "auroc", *, n_boot: int = 1000, s
     y_true: 1/0 with -1/NaN unknown (left out); scores: one float per case.
     """
     if metric not in ("auroc", "ap"):
-        raise ValueError(f"metric must be 'auroc' or 'ap', got {metric!r}")
+        raise UserError(f"metric must be 'auroc' or 'ap', got {metric!r}")
     y = as_binary_labels(y_true)
     s = as_scores(scores, "scores", y)
     if s.shape != y.shape or y.ndim != 1:
-        raise ValueError(f"bootstrap_ci: y_true {y.shape} and scores {s.shape} must be 1-D "
+        raise UserError(f"bootstrap_ci: y_true {y.shape} and scores {s.shape} must be 1-D "
                          "and of equal length")
     r = resample_auc_ap(y[:, None], [s[:, None]], n_boot=n_boot, seed=seed, native=native)
     point, res = (r.point_auc, r.auc) if metric == "auroc" else (r.point_ap, r.ap)
@@ -217,7 +218,7 @@ def bootstrap_macro_ci(y_true, scores, metric: str = "auroc", *, n_boot: int = 1
     y = as_binary_labels(y_true)
     s = as_scores(scores, "scores", y)
     if y.ndim != 2 or s.shape != y.shape:
-        raise ValueError(f"bootstrap_macro_ci: y_true {y.shape} and scores {s.shape} must be "
+        raise UserError(f"bootstrap_macro_ci: y_true {y.shape} and scores {s.shape} must be "
                          "(n, L)")
     r = resample_auc_ap(y, [s], n_boot=n_boot, seed=seed)
     point, res = (r.point_auc, r.auc) if metric == "auroc" else (r.point_ap, r.ap)

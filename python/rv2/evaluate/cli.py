@@ -57,14 +57,10 @@ def _apply(options):
 def evaluate(pred, model_dir, thresholds, name, manifest, out, sweep, split, config, sets):
     """AUROC/AP with bootstrap CIs, subgroup AUROC, fairness and underdiagnosis gaps."""
     from rv2.evaluate.evaluation import evaluate_predictions
-    from rv2.evaluate.io import EvaluationInputError
 
-    try:
-        result = evaluate_predictions(pred, manifest, model_dir=model_dir, thresholds=thresholds,
-                                      out=out, config=_config(config, sets, split), sweep=sweep,
-                                      name=name)
-    except (EvaluationInputError, ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    result = evaluate_predictions(pred, manifest, model_dir=model_dir, thresholds=thresholds,
+                                  out=out, config=_config(config, sets, split), sweep=sweep,
+                                  name=name)
     click.echo(_summary(result))
     click.echo(f"report: {out}/report.html")
 
@@ -83,18 +79,14 @@ def evaluate(pred, model_dir, thresholds, name, manifest, out, sweep, split, con
 def compare(preds, model_dirs, thresholds, names, manifest, out, sweep, split, config, sets):
     """Paired comparisons: DeLong, bootstrap and permutation tests, CIs of differences."""
     from rv2.evaluate.evaluation import compare_predictions
-    from rv2.evaluate.io import EvaluationInputError
 
     for opt, vals in (("--model", model_dirs), ("--thresholds", thresholds), ("--name", names)):
         if vals and len(vals) != len(preds):
             raise click.UsageError(f"give {opt} once per --pred ({len(preds)}), got {len(vals)}")
-    try:
-        result = compare_predictions(list(preds), manifest, model_dirs=list(model_dirs) or None,
-                                     thresholds=list(thresholds) or None,
-                                     names=list(names) or None, out=out,
-                                     config=_config(config, sets, split), sweep=sweep)
-    except (EvaluationInputError, ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    result = compare_predictions(list(preds), manifest, model_dirs=list(model_dirs) or None,
+                                 thresholds=list(thresholds) or None,
+                                 names=list(names) or None, out=out,
+                                 config=_config(config, sets, split), sweep=sweep)
     click.echo(_summary(result))
     for s, v in result["test_sets"].items():
         for m, c in v.get("comparisons", {}).items():

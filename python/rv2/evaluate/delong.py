@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from rv2.errors import UserError
 from rv2.evaluate.kernels import delong_placements
 from rv2.evaluate.validate import as_binary_labels, as_scores
 
@@ -52,11 +53,11 @@ def delong_test(y_true, scores_a, scores_b, *, native: bool | None = None) -> De
     a = as_scores(scores_a, "scores_a", y)
     b = as_scores(scores_b, "scores_b", y)
     if not (a.shape == b.shape == y.shape):
-        raise ValueError(f"delong_test: y_true {y.shape}, scores_a {a.shape} and scores_b "
+        raise UserError(f"delong_test: y_true {y.shape}, scores_a {a.shape} and scores_b "
                          f"{b.shape} must have one value per case")
     m, n = int((y == 1).sum()), int((y == 0).sum())
     if m < 2 or n < 2:
-        raise ValueError(f"delong_test: needs at least 2 positives and 2 negatives, got {m} "
+        raise UserError(f"delong_test: needs at least 2 positives and 2 negatives, got {m} "
                          f"positives and {n} negatives")
     v10, v01 = delong_placements(np.stack([a, b]), y, native=native)
     auc = v10.mean(axis=1)

@@ -17,6 +17,7 @@ import dataclasses
 
 import numpy as np
 
+from rv2.errors import UserError
 from rv2.evaluate.bootstrap import CI, macro, percentile_ci, resample_auc_ap
 from rv2.evaluate.validate import as_binary_labels, as_scores
 
@@ -70,7 +71,7 @@ def underdiagnosis_rate(no_finding_true, no_finding_pred, groups=None) -> dict:
     t = as_binary_labels(no_finding_true, "no_finding_true")
     p = np.asarray(no_finding_pred).astype(bool)
     if p.shape != t.shape:
-        raise ValueError(f"no_finding_pred {p.shape} and no_finding_true {t.shape} differ")
+        raise UserError(f"no_finding_pred {p.shape} and no_finding_true {t.shape} differ")
     codes, keys = _codes(groups if groups is not None else np.full(t.shape, "all", object))
     out = {}
     for i, k in enumerate(keys):
@@ -152,10 +153,10 @@ def fairness_report(y_true, scores, groups, *, no_finding_true=None, no_finding_
     if y.ndim == 1:
         y, s = y[:, None], s[:, None]
     if s.shape != y.shape:
-        raise ValueError(f"y_true {y.shape} and scores {s.shape} differ")
+        raise UserError(f"y_true {y.shape} and scores {s.shape} differ")
     codes, names = _codes(groups)
     if codes.shape[0] != y.shape[0]:
-        raise ValueError(f"groups has {codes.shape[0]} entries for {y.shape[0]} cases")
+        raise UserError(f"groups has {codes.shape[0]} entries for {y.shape[0]} cases")
     G = len(names)
     member = codes[:, None] == np.arange(G)[None, :]
     counts, nf_t = {}, None

@@ -19,11 +19,12 @@ from typing import Sequence
 import numpy as np
 
 from rv2.data.schema import age_bin as _age_bin
+from rv2.errors import UserError
 
 THRESHOLDS_FILE = "thresholds.json"
 
 
-class EvaluationInputError(ValueError):
+class EvaluationInputError(UserError):
     """An input file that cannot be evaluated as given; the message says what to fix."""
 
 

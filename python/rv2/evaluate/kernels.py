@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from rv2 import _native
+from rv2.errors import UserError
 
 
 def _native_op(name: str, native: bool | None):
@@ -37,7 +38,7 @@ def _check_finite(scores: np.ndarray, labels: np.ndarray, what: str) -> None:
     bad = _known(labels) & ~np.isfinite(scores)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{what}: score of case {i} is not finite (NaN or infinity)")
+        raise UserError(f"{what}: score of case {i} is not finite (NaN or infinity)")
 
 
 def _tie_starts(sorted_scores: np.ndarray) -> np.ndarray:
@@ -94,7 +95,7 @@ def boot_auc_ap_py(scores, labels, weights, groups, n_groups):
     weights = np.asarray(weights, np.int32)
     groups = np.asarray(groups, np.int32)
     if (weights < 0).any() or (weights >= 1 << 24).any():
-        raise ValueError("weights must be counts in [0, 2^24)")
+        raise UserError("weights must be counts in [0, 2^24)")
     for s, y in zip(scores, labels):
         _check_finite(s, y, "boot_auc_ap")
     out = [_boot_one_py(s, y, weights, groups, n_groups) for s, y in zip(scores, labels)]
@@ -145,7 +146,7 @@ def boot_auc_ap(scores, labels, weights, groups=None, n_groups: int = 1, *, orde
         groups, n_groups = np.zeros((1, n), np.int32), 1
     groups = np.ascontiguousarray(np.atleast_2d(groups), np.int32)
     if labels.shape != (S, n) or weights.shape[1] != n or groups.shape[1] != n:
-        raise ValueError(f"boot_auc_ap: shapes disagree: scores {scores.shape}, labels "
+        raise UserError(f"boot_auc_ap: shapes disagree: scores {scores.shape}, labels "
                          f"{labels.shape}, weights {weights.shape}, groups {groups.shape}")
     op = _native_op("boot_auc_ap", native)
     if op is None:
@@ -193,10 +194,10 @@ def perm_auc_ap(scores_a, scores_b, labels, swaps, *, native: bool | None = None
     swaps = np.ascontiguousarray(np.atleast_2d(swaps), np.uint8)
     n = a.shape[0]
     if b.shape != (n,) or labels.shape != (n,) or swaps.shape[1] != n:
-        raise ValueError(f"perm_auc_ap: shapes disagree: a {a.shape}, b {b.shape}, labels "
+        raise UserError(f"perm_auc_ap: shapes disagree: a {a.shape}, b {b.shape}, labels "
                          f"{labels.shape}, swaps {swaps.shape}")
     if swaps.size and swaps.max() > 1:
-        raise ValueError("perm_auc_ap: swaps must be 0 or 1")
+        raise UserError("perm_auc_ap: swaps must be 0 or 1")
     op = _native_op("perm_auc_ap", native)
     if op is None:
         return perm_auc_ap_py(a, b, labels, swaps)
@@ -229,11 +230,11 @@ def delong_placements(scores, labels, *, native: bool | None = None):
     scores = np.ascontiguousarray(np.atleast_2d(scores), np.float64)
     labels = np.ascontiguousarray(labels, np.float64)
     if labels.shape != (scores.shape[1],):
-        raise ValueError(f"delong_placements: scores {scores.shape} and labels "
+        raise UserError(f"delong_placements: scores {scores.shape} and labels "
                          f"{labels.shape} disagree")
     pos, neg = int((labels == 1.0).sum()), int((labels == 0.0).sum())
     if pos == 0 or neg == 0:
-        raise ValueError(f"delong_placements: need positives and negatives, got {pos} and {neg}")
+        raise UserError(f"delong_placements: need positives and negatives, got {pos} and {neg}")
     op = _native_op("delong_placements", native)
     if op is None:
         return delong_placements_py(scores, labels)

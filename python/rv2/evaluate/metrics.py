@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from rv2.errors import UserError
 from rv2.evaluate.kernels import boot_auc_ap
 from rv2.evaluate.validate import as_binary_labels, as_scores
 
@@ -11,7 +12,7 @@ def _point(y_true, scores, which: int) -> float:
     y = as_binary_labels(y_true)
     s = as_scores(scores, "scores", y)
     if y.ndim != 1 or s.shape != y.shape:
-        raise ValueError(f"y_true {y.shape} and scores {s.shape} must be 1-D, equal length")
+        raise UserError(f"y_true {y.shape} and scores {s.shape} must be 1-D, equal length")
     out = boot_auc_ap(s, y, np.ones((1, y.size), np.int32))
     return float(out[which][0, 0])
 

@@ -12,6 +12,7 @@ import dataclasses
 
 import numpy as np
 
+from rv2.errors import UserError
 from rv2.evaluate.kernels import perm_auc_ap
 from rv2.evaluate.validate import as_binary_labels, as_scores
 
@@ -94,12 +95,12 @@ def permutation_test(y_true, scores_a, scores_b, metric: str = "ap", *, n_perm: 
     models (the result's value_a / value_b / diff / p), and per_label results.
     """
     if metric not in ("ap", "auroc"):
-        raise ValueError(f"metric must be 'ap' or 'auroc', got {metric!r}")
+        raise UserError(f"metric must be 'ap' or 'auroc', got {metric!r}")
     y = as_binary_labels(y_true)
     a = as_scores(scores_a, "scores_a", y)
     b = as_scores(scores_b, "scores_b", y)
     if not (a.shape == b.shape == y.shape) or y.ndim not in (1, 2):
-        raise ValueError(f"permutation_test: y_true {y.shape}, scores_a {a.shape}, scores_b "
+        raise UserError(f"permutation_test: y_true {y.shape}, scores_a {a.shape}, scores_b "
                          f"{b.shape} must match, 1-D or (n, L)")
     single = y.ndim == 1
     if single:

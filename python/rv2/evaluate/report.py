@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rv2.config import atomic_write_text, write_artifact_meta
+from rv2.config import write_artifact_meta
+from rv2.errors import MissingInputError, UserError
+from rv2.files import atomic_write_text
 
 FAMILIES = {"sex_race": "sex x race/ethnicity", "sex_age": "sex x age"}
 
@@ -206,12 +208,12 @@ def read_sweep(path):
 
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"sweep table not found: {p}")
+        raise MissingInputError(f"sweep table not found: {p}")
     df = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
     x = next((c for c in SWEEP_X if c in df.columns and df[c].notna().any()), None)
     y = next((c for c in SWEEP_Y if c in df.columns), None)
     if x is None or y is None:
-        raise ValueError(f"sweep table {p}: needs a size column (one of {SWEEP_X}) and an "
+        raise UserError(f"sweep table {p}: needs a size column (one of {SWEEP_X}) and an "
                          f"AUROC column (one of {SWEEP_Y}); has {list(df.columns)}")
     key = "strategy" if "strategy" in df.columns else ("model" if "model" in df.columns else None)
     df = df.assign(_curve=df[key].astype(str) if key else "all")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from rv2.errors import UserError
+
 
 def as_binary_labels(y, name: str = "y_true") -> np.ndarray:
     """float64 labels: 1 positive, 0 negative, NaN unknown (-1 becomes NaN).
@@ -15,12 +17,12 @@ def as_binary_labels(y, name: str = "y_true") -> np.ndarray:
     try:
         arr = arr.astype(np.float64)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name}: labels must be numeric 1/0/-1/NaN ({exc})") from exc
+        raise UserError(f"{name}: labels must be numeric 1/0/-1/NaN ({exc})") from exc
     arr = np.where(arr == -1.0, np.nan, arr)
     bad = ~(np.isnan(arr) | (arr == 0.0) | (arr == 1.0))
     if bad.any():
         vals = np.unique(arr[bad])[:5]
-        raise ValueError(f"{name}: labels must be 1 (positive), 0 (negative) or -1/NaN "
+        raise UserError(f"{name}: labels must be 1 (positive), 0 (negative) or -1/NaN "
                          f"(unknown); found {vals.tolist()}")
     return arr
 
@@ -32,6 +34,6 @@ def as_scores(s, name: str, labels: np.ndarray | None = None) -> np.ndarray:
     bad = check & ~np.isfinite(arr)
     if bad.any():
         idx = np.argwhere(bad)[0].tolist()
-        raise ValueError(f"{name}: {int(bad.sum())} score(s) are NaN or infinite (first at "
+        raise UserError(f"{name}: {int(bad.sum())} score(s) are NaN or infinite (first at "
                          f"index {idx}); fix the predictions before evaluating")
     return arr

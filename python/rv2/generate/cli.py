@@ -35,26 +35,17 @@ def generate(prompts_path, model_dir, out_dir, qc_weights_dir, no_qc, batch_size
 
     Failed images are regenerated with the prompt's next seed up to --max-attempts.
     Kill it at any time; the same command resumes where it stopped."""
-    from rv2.config import ConfigError
     from rv2.generate.config import GenerateConfig
-    from rv2.generate.pipeline import PromptsError, generate_dataset
-    from rv2.generate.store import StoreError
-    from rv2.models.qc import QCWeightsError
-    from rv2.models.sd import MissingComponentError
-    from rv2.weights import MissingWeightsError
+    from rv2.generate.pipeline import generate_dataset
 
     flags = {"batch_size": batch_size, "max_attempts": max_attempts, "limit": limit,
              "sampler.steps": steps, "sampler.guidance": guidance, "sampler.device": device,
              "sampler.dtype": dtype, "qc.weights_dir": qc_weights_dir,
              "qc.enabled": False if no_qc else None}
     sets = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
-    try:
-        cfg = GenerateConfig.load(config_path, list(overrides) + sets).validate()
-        summary = generate_dataset(prompts_path, model_dir, out_dir, cfg,
-                                   progress=not no_progress)
-    except (ConfigError, PromptsError, StoreError, QCWeightsError, MissingComponentError,
-            MissingWeightsError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    cfg = GenerateConfig.load(config_path, list(overrides) + sets).validate()
+    summary = generate_dataset(prompts_path, model_dir, out_dir, cfg,
+                               progress=not no_progress)
     keys = ("accepted", "failed", "failed_by_attribute", "attempts_histogram", "this_run")
     click.echo(json.dumps({k: summary[k] for k in keys}, indent=2))
     click.echo(f"store: {out_dir}  (manifest: {summary['manifest']})")

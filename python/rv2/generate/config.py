@@ -5,6 +5,7 @@ import dataclasses
 from typing import Literal, Optional
 
 from rv2.config import Config
+from rv2.errors import UserError
 
 
 @dataclasses.dataclass
@@ -50,11 +51,11 @@ class GenerateConfig(Config):
 
     def validate(self) -> "GenerateConfig":
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+            raise UserError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if self.sampler.steps < 1:
-            raise ValueError(f"sampler.steps must be >= 1, got {self.sampler.steps}")
+            raise UserError(f"sampler.steps must be >= 1, got {self.sampler.steps}")
         if self.store.shard_size < 1:
-            raise ValueError(f"store.shard_size must be >= 1, got {self.store.shard_size}")
+            raise UserError(f"store.shard_size must be >= 1, got {self.store.shard_size}")
         return self

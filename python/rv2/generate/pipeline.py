@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from rv2.errors import UserError
 from rv2.generate.config import GenerateConfig
 
 log = logging.getLogger("rv2.generate")
@@ -28,7 +29,7 @@ CARRY_COLUMNS = ("prompt_id", "prompt", "sex", "race", "age", "age_bin", "source
                  "variant", "image_id", "patient_id", "split", "dataset", "study_id")
 
 
-class PromptsError(ValueError):
+class PromptsError(UserError):
     """The prompts table cannot be generated from; the message says why and what to do."""
 
 
@@ -165,7 +166,13 @@ class Stages:
 
         from rv2._native import to_uint8
         from rv2.generate.qc import run_qc
-        from rv2.generate.sampler import decode, denoise, encode_text, latents_for, to_gray
+        from rv2.generate.sampler import (
+            decode,
+            denoise,
+            encode_text,
+            latents_for,
+            to_gray,
+        )
         from rv2.generate.store import write
 
         s = self.cfg.sampler
@@ -298,7 +305,8 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
     from tqdm.auto import tqdm
 
     from rv2 import __version__
-    from rv2.config import atomic_write_text, hash_input, write_artifact_meta
+    from rv2.config import hash_input, write_artifact_meta
+    from rv2.files import atomic_write_text
     from rv2.generate.sampler import latent_shape, resolve_device, resolve_dtype
     from rv2.generate.store import ShardedStore
 
@@ -330,7 +338,7 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
         from rv2.models.sd import load_components
 
         if model_dir is None:
-            raise ValueError("give model_dir (a diffusers folder) or components")
+            raise UserError("give model_dir (a diffusers folder) or components")
         components = load_components(model_dir, torch_dtype=dtype)
     for name in ("unet", "vae", "text_encoder"):
         m = getattr(components, name)

@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from rv2.errors import UserError
 from rv2.generate.seeds import seed_for
 
 
@@ -21,7 +22,7 @@ def resolve_device(device: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available here; "
+        raise UserError(f"device {device!r} requested but CUDA is not available here; "
                            "use --set sampler.device=cpu")
     return dev
 
@@ -32,7 +33,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     try:
         return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use auto, fp32, fp16 or bf16") from None
+        raise UserError(f"unknown dtype {dtype!r}; use auto, fp32, fp16 or bf16") from None
 
 
 def latent_shape(components, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
@@ -41,7 +42,7 @@ def latent_shape(components, height: int | None = None, width: int | None = None
     native = int(components.unet.config.sample_size) * vae_scale
     h, w = height or native, width or native
     if h % vae_scale or w % vae_scale:
-        raise ValueError(f"image size {h}x{w} must be a multiple of {vae_scale} for this VAE")
+        raise UserError(f"image size {h}x{w} must be a multiple of {vae_scale} for this VAE")
     return int(components.unet.config.in_channels), h // vae_scale, w // vae_scale
 
 
@@ -90,7 +91,7 @@ def denoise(components, cond: torch.Tensor, uncond: torch.Tensor | None, latents
     b = latents.shape[0]
     if cfg:
         if uncond is None:
-            raise ValueError("classifier-free guidance needs the empty prompt's embedding")
+            raise UserError("classifier-free guidance needs the empty prompt's embedding")
         context = torch.cat([uncond.expand(b, -1, -1).to(cond.dtype), cond])
     else:
         context = cond

@@ -27,7 +27,15 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from rv2.config import atomic_write_bytes
+from rv2.errors import UserError
+from rv2.files import (
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_text,
+    clean_temporaries,
+    dumps,
+    fsync_dir,
+)
 
 log = logging.getLogger("rv2.generate.store")
 
@@ -43,33 +51,8 @@ RUN_KEYS = ("model_hash", "qc_hash", "steps", "guidance", "height", "width", "ba
             "dtype", "qc_enabled", "qc_convention", "age_tolerance", "image_format", "channels")
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError):
     """The store folder cannot be used as asked (locked, or made by other settings)."""
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, (np.bool_,)):
-        return bool(o)
-    if o is None or (hasattr(o, "__class__") and o.__class__.__name__ in ("NAType", "NaTType")):
-        return None
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def encode_image(img: np.ndarray, fmt: str = "png", quality: int = 95, compress_level: int = 4) -> bytes:
@@ -77,7 +60,7 @@ def encode_image(img: np.ndarray, fmt: str = "png", quality: int = 95, compress_
     from PIL import Image
 
     if img.dtype != np.uint8:
-        raise ValueError(f"encode_image takes uint8, got {img.dtype}")
+        raise UserError(f"encode_image takes uint8, got {img.dtype}")
     pil = Image.fromarray(img, mode="L" if img.ndim == 2 else "RGB")
     buf = io.BytesIO()
     if fmt == "png":
@@ -85,7 +68,7 @@ def encode_image(img: np.ndarray, fmt: str = "png", quality: int = 95, compress_
     elif fmt == "jpeg":
         pil.save(buf, format="JPEG", quality=quality)
     else:
-        raise ValueError(f"unknown image format {fmt!r}; use png or jpeg")
+        raise UserError(f"unknown image format {fmt!r}; use png or jpeg")
     return buf.getvalue()
 
 
@@ -143,7 +126,6 @@ class ShardedStore:
         self.close()
 
     def _check_run_info(self) -> None:
-        from rv2.config import atomic_write_text
 
         path = self.root / RUN_INFO
         if path.is_file():
@@ -155,7 +137,7 @@ class ShardedStore:
                                  "mix images from different generators. Use another --out, or the "
                                  "original settings.\n  " + "\n  ".join(diff))
         elif self.run_info:
-            atomic_write_text(path, json.dumps(self.run_info, indent=2, default=str))
+            atomic_write_text(path, dumps(self.run_info, indent=2))
 
     def _recover(self) -> None:
         jpath = self.root / JOURNAL
@@ -216,14 +198,12 @@ class ShardedStore:
             log.warning("%s: removed %d image file(s) written after the last journal entry",
                         self.root, removed)
         self._n_accepted_paths = len(self.accepted)
-        for name in (MANIFEST, QC_LOG):
-            for tmp in self.root.glob(f".{name}.tmp-*"):
-                tmp.unlink()
+        clean_temporaries(self.root)  # left by a writer killed mid-write (tables, sidecar, run info)
 
     def _rewrite_journal(self, records: Sequence[dict]) -> None:
         atomic_write_bytes(self.root / JOURNAL, b"".join(
-            json.dumps(r, default=_json_default).encode() + b"\n" for r in records))
-        _fsync_dir(self.root)
+            dumps(r).encode() + b"\n" for r in records))
+        fsync_dir(self.root)
 
     @staticmethod
     def _compact(r: dict) -> dict:
@@ -253,7 +233,7 @@ class ShardedStore:
         data = encode_image(img, self.cfg.image_format, self.cfg.jpeg_quality,
                             self.cfg.png_compress_level)
         atomic_write_bytes(final, data)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         return rel
 
     def append(self, records: Iterable[dict]) -> None:
@@ -261,7 +241,7 @@ class ShardedStore:
         records = list(records)
         if not records:
             return
-        blob = b"".join(json.dumps(r, default=_json_default).encode() + b"\n" for r in records)
+        blob = b"".join(dumps(r).encode() + b"\n" for r in records)
         self._journal.write(blob)
         self._journal.flush()
         os.fsync(self._journal.fileno())
@@ -295,17 +275,12 @@ class ShardedStore:
 
     def _atomic_parquet(self, df, name: str) -> Path:
         path = self.root / name
-        tmp = self.root / f".{name}.tmp-{os.getpid()}"
-        df.to_parquet(tmp, index=False)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(self.root)
+        with atomic_path(path) as tmp:
+            df.to_parquet(tmp, index=False)
         return path
 
     def write_tables(self) -> tuple[Path, Path]:
         """manifest.parquet (+ its sidecar, as `rv2.data.manifest` writes them) and qc_log.parquet."""
-        from rv2.config import atomic_write_text
         from rv2.data.manifest import sidecar_path, summary_counts
 
         man = self.manifest_frame()
@@ -314,7 +289,7 @@ class ShardedStore:
                 "columns": list(man.columns), "uncertain_policy": None,
                 "note": "demographics are the requested (prompt) ones; labels come from the "
                         "prompt's source row; every image passed QC"}
-        atomic_write_text(sidecar_path(path), json.dumps(side, indent=2, default=_json_default))
+        atomic_write_text(sidecar_path(path), dumps(side, indent=2))
         return path, self._atomic_parquet(self.qc_log_frame(), QC_LOG)
 
 
@@ -328,7 +303,7 @@ def write(store: ShardedStore, records: Sequence[dict], images_u8: Sequence[np.n
         rec = dict(rec)
         if rec.get("qc_pass"):
             if img is None:
-                raise ValueError(f"accepted attempt {rec['prompt_id']}#{rec['attempt']} has no image")
+                raise UserError(f"accepted attempt {rec['prompt_id']}#{rec['attempt']} has no image")
             rec["path"] = store.write_image(rec["image_id"], img)
         else:
             rec["path"] = None

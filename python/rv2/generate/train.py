@@ -33,7 +33,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from rv2.config import ConfigError, atomic_write_text, write_artifact_meta
+from rv2.config import ConfigError, write_artifact_meta
+from rv2.files import atomic_write_text
 from rv2.generate.train_config import TrainGeneratorConfig
 
 log = logging.getLogger(__name__)

@@ -21,24 +21,15 @@ def train_generator(config_path, overrides, preset, print_config):
     """Fine-tune UNet + text encoder (VAE frozen); resumable; writes a diffusers pipeline."""
     import yaml
 
-    from rv2.config import ConfigError
     from rv2.generate.train_config import load_train_config
 
-    try:
-        cfg = load_train_config(config_path, overrides, preset)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    cfg = load_train_config(config_path, overrides, preset)
     if print_config:
         click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return
     from rv2.generate.train import train_generator as run
-    from rv2.generate.train_data import TrainDataError
-    from rv2.models.sd import MissingComponentError
 
-    try:
-        out = run(cfg)
-    except (ConfigError, TrainDataError, MissingComponentError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    out = run(cfg)
     import os
 
     if os.environ.get("RANK", "0") == "0":

@@ -24,10 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rv2.errors import UserError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
 
 
-class TrainDataError(ValueError):
+class TrainDataError(UserError):
     """Training data that cannot be used; the message names the input and the fix."""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from rv2.data.schema import CHEXPERT_LABELS
+from rv2.errors import UserError
 
 ARCH = "densenet121"
 
@@ -33,7 +34,7 @@ def densenet121(num_classes: int = len(CHEXPERT_LABELS), init: str = "scratch",
     from torchvision.models import densenet121 as tv_densenet121
 
     if init not in ("scratch", "imagenet"):
-        raise ValueError(f"init must be 'scratch' or 'imagenet', got {init!r}")
+        raise UserError(f"init must be 'scratch' or 'imagenet', got {init!r}")
     model = tv_densenet121(weights=None, num_classes=num_classes)
     if init == "imagenet":
         if weights_path is None:
@@ -46,7 +47,7 @@ def densenet121(num_classes: int = len(CHEXPERT_LABELS), init: str = "scratch",
         bad_missing = [k for k in missing
                        if not k.startswith("classifier.") and not k.endswith("num_batches_tracked")]
         if bad_missing or unexpected:
-            raise ValueError(
+            raise UserError(
                 f"{weights_path}: not a torchvision DenseNet-121 state dict "
                 f"(missing {bad_missing[:5]}, unexpected {list(unexpected)[:5]})")
         torch.nn.init.zeros_(model.classifier.bias)
@@ -62,11 +63,11 @@ def load_imagenet_state(path: str | os.PathLike) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - report which file and why
-        raise ValueError(f"{path}: cannot read DenseNet-121 weights: {exc}") from exc
+        raise UserError(f"{path}: cannot read DenseNet-121 weights: {exc}") from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
+        raise UserError(f"{path}: expected a state dict, got {type(obj).__name__}")
     out = {}
     for key, value in obj.items():
         key = key.removeprefix("module.")
@@ -82,7 +83,7 @@ def load_imagenet_state(path: str | os.PathLike) -> dict:
 def build_from_model_config(model_cfg: dict):
     """An untrained network shaped as a saved model dir describes it."""
     if model_cfg.get("arch", ARCH) != ARCH:
-        raise ValueError(f"unknown classifier arch {model_cfg.get('arch')!r}; rv2 knows {ARCH!r}")
+        raise UserError(f"unknown classifier arch {model_cfg.get('arch')!r}; rv2 knows {ARCH!r}")
     return densenet121(num_classes=len(model_cfg["labels"]), init="scratch")
 
 

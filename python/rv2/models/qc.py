@@ -41,6 +41,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rv2.errors import UserError
+
 log = logging.getLogger("rv2.models.qc")
 
 CONVENTIONS = ("authors", "xrv")
@@ -55,7 +57,7 @@ DEFAULT_SIZES = {"sex": 224, "race": 320, "age": 320}
 AUTHORS_PRE_SIZE = 224
 
 
-class QCWeightsError(ValueError):
+class QCWeightsError(UserError):
     """A QC weight file or bundle that exists but cannot be used."""
 
 
@@ -71,9 +73,9 @@ def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
 def _check_images(x: torch.Tensor) -> torch.Tensor:
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 1:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"QC models take images shaped B x 1 x H x W in [0, 1]; got {shape}")
+        raise UserError(f"QC models take images shaped B x 1 x H x W in [0, 1]; got {shape}")
     if x.shape[-1] != x.shape[-2]:
-        raise ValueError(f"QC models take square images; got {x.shape[-2]}x{x.shape[-1]} "
+        raise UserError(f"QC models take square images; got {x.shape[-2]}x{x.shape[-1]} "
                          "(center-crop first)")
     return x.float()
 
@@ -81,7 +83,7 @@ def _check_images(x: torch.Tensor) -> torch.Tensor:
 def unit_range(x: torch.Tensor, convention: str, pre_size: int | None) -> torch.Tensor:
     """Images in [0, 1] as each convention sees them before model-specific scaling."""
     if convention not in CONVENTIONS:
-        raise ValueError(f"unknown QC preprocessing convention {convention!r}; "
+        raise UserError(f"unknown QC preprocessing convention {convention!r}; "
                          f"use one of {CONVENTIONS}")
     x = _check_images(x)
     if convention == "xrv":
@@ -100,7 +102,7 @@ class _QCWrapper(nn.Module):
                  pre_size: int | None = AUTHORS_PRE_SIZE):
         super().__init__()
         if convention not in CONVENTIONS:
-            raise ValueError(f"unknown QC preprocessing convention {convention!r}; "
+            raise UserError(f"unknown QC preprocessing convention {convention!r}; "
                              f"use one of {CONVENTIONS}")
         self.net = net
         self.convention = convention
@@ -237,7 +239,7 @@ class QCModels:
 
     def set_convention(self, convention: str) -> "QCModels":
         if convention not in CONVENTIONS:
-            raise ValueError(f"unknown QC preprocessing convention {convention!r}; "
+            raise UserError(f"unknown QC preprocessing convention {convention!r}; "
                              f"use one of {CONVENTIONS}")
         for m in (self.sex, self.race, self.age):
             m.convention = convention
@@ -283,24 +285,24 @@ def save_qc_bundle(out_dir: str | os.PathLike, sex_net: nn.Module, race_net: nn.
     """
     from safetensors.torch import save_file
 
-    from rv2.config import atomic_write_text
+    from rv2.files import atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     convention = spec.get("convention", "authors")
     if convention not in CONVENTIONS:
-        raise ValueError(f"spec convention {convention!r} must be one of {CONVENTIONS}")
+        raise UserError(f"spec convention {convention!r} must be one of {CONVENTIONS}")
     doc: dict[str, Any] = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION,
                            "convention": convention, "pre_size": spec.get("pre_size"),
                            "race_classes": list(RACE_CLASSES), "sex_classes": ["Male", "Female"],
                            "models": {}}
     for kind, net in (("sex", sex_net), ("race", race_net), ("age", age_net)):
         if kind not in spec:
-            raise ValueError(f"spec has no entry for the {kind} model; give arch, kwargs, input_size")
+            raise UserError(f"spec has no entry for the {kind} model; give arch, kwargs, input_size")
         s = spec[kind]
         arch = s.get("arch")
         if arch not in ARCHITECTURES:
-            raise ValueError(f"spec[{kind!r}].arch {arch!r} is not a known architecture "
+            raise UserError(f"spec[{kind!r}].arch {arch!r} is not a known architecture "
                              f"{sorted(ARCHITECTURES)}")
         fname = f"{kind}.safetensors"
         state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}

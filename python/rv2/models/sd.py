@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rv2.errors import MissingInputError
+
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 # PNDM as configured by SD 2.1-base and RoentGen-v2 (reference: generation-and-qc.md).
@@ -20,7 +22,7 @@ PNDM_CONFIG = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_lin
 VAE_SCALING = 0.18215
 
 
-class MissingComponentError(FileNotFoundError):
+class MissingComponentError(MissingInputError):
     pass
 
 

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 
 from rv2.data.schema import CHEXPERT_LABELS, age_bin
+from rv2.errors import MissingInputError, UserError
+from rv2.files import atomic_write_text
 from rv2.prompts.build import OUTPUT_COLUMNS, prompt_id
 from rv2.prompts.template import (
     PromptTemplate,
@@ -32,13 +34,13 @@ def import_authors_csv(path: str | os.PathLike, *, split: str = "train", dataset
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"authors' prompt CSV not found: {path}")
+        raise MissingInputError(f"authors' prompt CSV not found: {path}")
     src = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = [c for c in AUTHORS_COLUMNS if c not in src.columns]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; expected {list(AUTHORS_COLUMNS)}")
+        raise UserError(f"{path}: missing column(s) {missing}; expected {list(AUTHORS_COLUMNS)}")
     if src["dicom_id"].duplicated().any():
-        raise ValueError(f"{path}: duplicate dicom_id(s), e.g. "
+        raise UserError(f"{path}: duplicate dicom_id(s), e.g. "
                          f"{src.loc[src['dicom_id'].duplicated(), 'dicom_id'].head(3).tolist()}")
     template = template or PromptTemplate()
     rows, mismatch = [], 0
@@ -70,7 +72,7 @@ def export_authors_csv(df: pd.DataFrame, path: str | os.PathLike, *,
     missing = [c for c in ("image_id", "sex", "age", "race", "impression_short", "prompt")
                if c not in df.columns]
     if missing:
-        raise ValueError(f"prompts table lacks column(s) {missing} for the authors' CSV")
+        raise UserError(f"prompts table lacks column(s) {missing} for the authors' CSV")
     template = template or PromptTemplate()
 
     def race_word(r):
@@ -85,8 +87,5 @@ def export_authors_csv(df: pd.DataFrame, path: str | os.PathLike, *,
         "prompt_variation": df["prompt"].astype(str).to_numpy(),
     })
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    out.to_csv(tmp, index=False, lineterminator="\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, out.to_csv(index=False, lineterminator="\n"))
     return path

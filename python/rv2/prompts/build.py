@@ -17,9 +17,10 @@ import re
 import numpy as np
 import pandas as pd
 
+from rv2.data.report_sections import extract_impression, normalize_whitespace
 from rv2.data.schema import CHEXPERT_LABELS
+from rv2.errors import UserError
 from rv2.prompts.config import PromptsConfig
-from rv2.prompts.reports import extract_impression, normalize_whitespace
 from rv2.prompts.summarize import (
     RuleShortener,
     Summarizer,
@@ -140,7 +141,7 @@ def validate_input(df: pd.DataFrame, name: str = "manifest") -> None:
 
     validate(df, name)
     if "impression" not in df.columns and "report" not in df.columns:
-        raise ValueError(f"{name}: needs an 'impression' or a 'report' column to build prompts")
+        raise UserError(f"{name}: needs an 'impression' or a 'report' column to build prompts")
 
 
 def build_prompts(manifest_df: pd.DataFrame, cfg: PromptsConfig | None = None, *,

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
+
+from rv2.errors import MissingInputError, UserError
+from rv2.files import atomic_path
 
 
 def _load_cfg(config, sets, extra=()):
@@ -15,21 +17,19 @@ def _load_cfg(config, sets, extra=()):
 
 
 def _write_table(df, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        df.to_parquet(tmp, index=False)
 
 
 def _read_prompts(path: Path):
     import pandas as pd
 
     if not path.is_file():
-        raise click.ClickException(f"prompts table not found: {path}")
+        raise MissingInputError(f"prompts table not found: {path}")
     try:
         return pd.read_parquet(path)
-    except Exception as exc:
-        raise click.ClickException(f"{path}: not a readable Parquet file: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for non-Parquet
+        raise UserError(f"{path}: not a readable Parquet file: {exc}") from exc
 
 
 _config_opt = click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
@@ -53,17 +53,14 @@ def prompts() -> None:
 @_set_opt
 def build(manifest, out, allow_missing_demographics, config, sets):
     """One prompt per usable image of a manifest."""
-    from rv2.config import ConfigError, write_artifact_meta
-    from rv2.data.manifest import ManifestError, read_manifest
+    from rv2.config import write_artifact_meta
+    from rv2.data.manifest import read_manifest
     from rv2.prompts.build import build_prompts
 
-    try:
-        cfg = _load_cfg(config, sets, ["allow_missing_demographics=true"]
-                        if allow_missing_demographics else [])
-        df = read_manifest(manifest)
-        table, stats = build_prompts(df, cfg, progress=True, name=str(manifest))
-    except (ConfigError, ManifestError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    cfg = _load_cfg(config, sets, ["allow_missing_demographics=true"]
+                    if allow_missing_demographics else [])
+    df = read_manifest(manifest)
+    table, stats = build_prompts(df, cfg, progress=True, name=str(manifest))
     out = Path(out)
     _write_table(table, out)
     write_artifact_meta(out, cfg, inputs=[manifest], extra={"stats": stats, "rows": len(table)})
@@ -90,7 +87,7 @@ def build(manifest, out, allow_missing_demographics, config, sets):
 @_set_opt
 def expand(prompts_table, out, age_jitter, seed, splits, config, sets):
     """8 demographic variants (2 sexes x 4 races) of every prompt."""
-    from rv2.config import ConfigError, write_artifact_meta
+    from rv2.config import write_artifact_meta
     from rv2.prompts.expand import expand_prompts
 
     extra = []
@@ -101,13 +98,10 @@ def expand(prompts_table, out, age_jitter, seed, splits, config, sets):
     if splits:
         extra.append("expand.splits=[]" if "all" in splits else
                      "expand.splits=[" + ",".join(json.dumps(s) for s in splits) + "]")
-    try:
-        cfg = _load_cfg(config, sets, extra)
-        df = _read_prompts(Path(prompts_table))
-        stats: dict = {}
-        table = expand_prompts(df, cfg, progress=True, stats=stats)
-    except (ConfigError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    cfg = _load_cfg(config, sets, extra)
+    df = _read_prompts(Path(prompts_table))
+    stats: dict = {}
+    table = expand_prompts(df, cfg, progress=True, stats=stats)
     out = Path(out)
     _write_table(table, out)
     write_artifact_meta(out, cfg, inputs=[prompts_table], extra={"stats": stats,
@@ -127,14 +121,11 @@ def expand(prompts_table, out, age_jitter, seed, splits, config, sets):
 @_set_opt
 def import_csv(csv_file, out, split, config, sets):
     """The authors' CSV (dicom_id, gender, anchor_age, race, impression_short, prompt_variation)."""
-    from rv2.config import ConfigError, write_artifact_meta
+    from rv2.config import write_artifact_meta
     from rv2.prompts.authors_csv import import_authors_csv
 
-    try:
-        cfg = _load_cfg(config, sets)
-        table, counts = import_authors_csv(csv_file, split=split, template=cfg.template)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    cfg = _load_cfg(config, sets)
+    table, counts = import_authors_csv(csv_file, split=split, template=cfg.template)
     out = Path(out)
     _write_table(table, out)
     write_artifact_meta(out, cfg, inputs=[csv_file], extra={"stats": counts, "rows": len(table)})
@@ -149,13 +140,10 @@ def import_csv(csv_file, out, split, config, sets):
 @_set_opt
 def export_csv(prompts_table, out, config, sets):
     """Write a prompts table in the authors' CSV format."""
-    from rv2.config import ConfigError, write_artifact_meta
+    from rv2.config import write_artifact_meta
     from rv2.prompts.authors_csv import export_authors_csv
 
-    try:
-        cfg = _load_cfg(config, sets)
-        path = export_authors_csv(_read_prompts(Path(prompts_table)), out, template=cfg.template)
-    except (ConfigError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    cfg = _load_cfg(config, sets)
+    path = export_authors_csv(_read_prompts(Path(prompts_table)), out, template=cfg.template)
     write_artifact_meta(path, cfg, inputs=[prompts_table])
     click.echo(f"wrote {path}")

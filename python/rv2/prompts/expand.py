@@ -13,6 +13,7 @@ import hashlib
 import pandas as pd
 
 from rv2.data.schema import age_bin
+from rv2.errors import UserError
 from rv2.prompts.build import OUTPUT_COLUMNS, ImpressionFitter, _prefix_cost
 from rv2.prompts.config import PromptsConfig
 from rv2.prompts.template import canonical_age, canonical_race, canonical_sex
@@ -49,15 +50,15 @@ def expand_prompts(df: pd.DataFrame, cfg: PromptsConfig | None = None, *,
     e, template = cfg.expand, cfg.template
     missing = [c for c in ("prompt_id", "impression_short", "age", "split") if c not in df.columns]
     if missing:
-        raise ValueError(f"prompts table lacks column(s) {missing}; expand reads the output of "
+        raise UserError(f"prompts table lacks column(s) {missing}; expand reads the output of "
                          "`rv2 prompts build` or `rv2 prompts import-csv`")
     if e.age_jitter < 0 or e.age_min > e.age_max:
-        raise ValueError(f"bad expansion window: age_jitter={e.age_jitter}, "
+        raise UserError(f"bad expansion window: age_jitter={e.age_jitter}, "
                          f"age range [{e.age_min}, {e.age_max}]")
     bad_sex = [s for s in e.sexes if canonical_sex(s) is None]
     bad_race = [r for r in e.races if canonical_race(r) is None]
     if bad_sex or bad_race:
-        raise ValueError(f"expand.sexes/races hold unknown values {bad_sex + bad_race}")
+        raise UserError(f"expand.sexes/races hold unknown values {bad_sex + bad_race}")
     src = df if not e.splits else df[df["split"].isin(list(e.splits))]
     counts = {"rows_in": len(df), "selected": len(src), "skipped_no_age": 0,
               "refitted": 0}

@@ -26,8 +26,9 @@ import urllib.request
 from pathlib import Path
 from typing import Literal, Protocol
 
-from rv2.config import atomic_write_text
-from rv2.prompts.reports import normalize_whitespace
+from rv2.data.report_sections import normalize_whitespace
+from rv2.errors import RV2Error, UserError
+from rv2.files import atomic_write_text
 from rv2.prompts.template import split_sentences
 from rv2.prompts.tokenizer import count_tokens
 
@@ -44,7 +45,7 @@ class Summarizer(Protocol):
     def summarize(self, text: str, max_tokens: int) -> str: ...
 
 
-class SummarizerError(RuntimeError):
+class SummarizerError(RV2Error, RuntimeError):
     """The summarizer could not produce a summary (network, HTTP or format error)."""
 
 
@@ -217,7 +218,7 @@ class HttpSummarizer:
     def __init__(self, settings: LLMSettings | None = None):
         self.s = settings or LLMSettings()
         if not self.s.model:
-            raise ValueError("the LLM summarizer needs a model name: set fit.llm.model")
+            raise UserError("the LLM summarizer needs a model name: set fit.llm.model")
         self.cache_dir = Path(self.s.cache_dir or Path.home() / ".cache" / "rv2" / "llm-summaries")
         self.calls = 0
         self.cache_hits = 0
@@ -294,4 +295,4 @@ def make_summarizer(kind: str, llm: LLMSettings | None = None) -> Summarizer:
         return RuleShortener()
     if kind == "llm":
         return HttpSummarizer(llm)
-    raise ValueError(f"summarizer must be 'rule' or 'llm', got {kind!r}")
+    raise UserError(f"summarizer must be 'rule' or 'llm', got {kind!r}")

@@ -11,8 +11,9 @@ import html
 import re
 from typing import Literal
 
+from rv2.data.report_sections import _PLACEHOLDER, normalize_whitespace
 from rv2.data.schema import STUDY_RACES
-from rv2.prompts.reports import _PLACEHOLDER, normalize_whitespace
+from rv2.errors import UserError
 
 _RACE_BY_KEY = {r.lower(): r for r in STUDY_RACES}
 _SEX_ALIASES = {"f": "F", "female": "F", "woman": "F", "m": "M", "male": "M", "man": "M"}
@@ -62,14 +63,14 @@ class PromptTemplate:
     def race_word(self, race: str) -> str:
         canon = canonical_race(race)
         if canon is None:
-            raise ValueError(f"race {race!r} is not one of {list(STUDY_RACES)}")
+            raise UserError(f"race {race!r} is not one of {list(STUDY_RACES)}")
         return {"upper": canon.upper(), "lower": canon.lower(), "title": canon,
                 "as_is": race.strip()}[self.race_case]
 
     def sex_word(self, sex: str) -> str:
         canon = canonical_sex(sex)
         if canon is None or canon not in self.sex_words:
-            raise ValueError(f"sex {sex!r} is not one of {sorted(self.sex_words)}")
+            raise UserError(f"sex {sex!r} is not one of {sorted(self.sex_words)}")
         return self.sex_words[canon]
 
     def format_impression(self, impression: str) -> str:
@@ -182,4 +183,4 @@ def clean_impression(text: str | None, deid: str = "remove") -> str:
         return _tidy(text)
     if deid == "drop_sentence":
         return " ".join(s for s in split_sentences(text) if not _PLACEHOLDER.search(s))
-    raise ValueError(f"deid must be keep, remove or drop_sentence, got {deid!r}")
+    raise UserError(f"deid must be keep, remove or drop_sentence, got {deid!r}")

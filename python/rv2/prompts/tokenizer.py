@@ -14,6 +14,8 @@ import json
 import tempfile
 from pathlib import Path
 
+from rv2.errors import UserError
+
 MAX_LENGTH = 77
 N_MERGES = 48894  # 49408 - 256 - 256 - 2
 BOS, EOS, PAD = "<|startoftext|>", "<|endoftext|>", "!"
@@ -37,11 +39,11 @@ def bpe_file() -> Path:
     # pulls in torch and timm: seconds for a 1 MB data file).
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the CLIP tokenizer needs open-clip-torch (pip install open-clip-torch), "
+        raise UserError("the CLIP tokenizer needs open-clip-torch (pip install open-clip-torch), "
                            "whose wheel ships the BPE vocabulary file")
     path = Path(next(iter(spec.submodule_search_locations))).resolve() / "bpe_simple_vocab_16e6.txt.gz"
     if not path.is_file():
-        raise RuntimeError(f"open_clip is installed but its BPE file is missing: {path}")
+        raise UserError(f"open_clip is installed but its BPE file is missing: {path}")
     return path
 
 

@@ -12,7 +12,7 @@ Derived columns:
 - race: per subject over all admissions (`labels.collapse_race_per_subject`):
   one consistent known group, else Other (mixed), else missing.
 - impression: the IMPRESSION section (or a synonym such as CONCLUSION) by
-  `rv2.prompts.reports.extract_impression(report, fallback=False)`; the full
+  `rv2.data.report_sections.extract_impression(report, fallback=False)`; the full
   report text goes to `report`.
 
 Paper recipe (`split_mode=paper`, `paper_exclusions`, `--views PA`): steps,
@@ -34,8 +34,11 @@ import numpy as np
 import pandas as pd
 
 from rv2.data import labels as lab
-from rv2.data.index import Flow, IndexConfig, read_header, read_table
+from rv2.data.adapters.base import ExclusionTracker, read_header, read_table
+from rv2.data.config import IndexConfig
+from rv2.data.report_sections import extract_impression as _extract_impression
 from rv2.data.schema import CHEXPERT_LABELS, STUDY_RACES
+from rv2.errors import UserError
 
 _PLACEHOLDER = re.compile(r"_{2,}|\bX{3,}[A-Za-z]*")
 _WORD = re.compile(r"[A-Za-z]{2,}")
@@ -57,7 +60,7 @@ def classify_inputs(files: list[Path], labeler: str = "chexpert") -> dict[str, P
         elif "subject_id" in cols and ("race" in cols or "ethnicity" in cols):
             role = "admissions"
         else:
-            raise ValueError(f"mimic: cannot tell what {f} is (columns {sorted(cols)[:8]}...); "
+            raise UserError(f"mimic: cannot tell what {f} is (columns {sorted(cols)[:8]}...); "
                              "expected the MIMIC-CXR-JPG metadata/chexpert/negbio/split CSVs or "
                              "MIMIC-IV patients/admissions")
         roles.setdefault(role, []).append(f)
@@ -66,15 +69,15 @@ def classify_inputs(files: list[Path], labeler: str = "chexpert") -> dict[str, P
         if role == "labels" and len(fs) > 1:
             pick = [f for f in fs if labeler in f.name.lower()]
             if len(pick) != 1:
-                raise ValueError(f"mimic: several label files {[str(f) for f in fs]}; name one "
+                raise UserError(f"mimic: several label files {[str(f) for f in fs]}; name one "
                                  f"containing {labeler!r} or pass only one")
             fs = pick
         if len(fs) > 1:
-            raise ValueError(f"mimic: more than one {role} file: {[str(f) for f in fs]}")
+            raise UserError(f"mimic: more than one {role} file: {[str(f) for f in fs]}")
         out[role] = fs[0]
     missing = [r for r in ("metadata", "patients", "admissions") if r not in out]
     if missing:
-        raise ValueError(f"mimic: missing input(s) {missing}; pass mimic-cxr-2.0.0-metadata.csv, "
+        raise UserError(f"mimic: missing input(s) {missing}; pass mimic-cxr-2.0.0-metadata.csv, "
                          "mimic-cxr-2.0.0-chexpert.csv, patients.csv and admissions.csv "
                          "with --metadata")
     return out
@@ -101,9 +104,7 @@ def is_nondescriptive(impression: str | None, min_words: int, patterns: list[str
 
 
 def extract_impression(report: str | None) -> str | None:
-    from rv2.prompts.reports import extract_impression as _extract
-
-    return _extract(report, fallback=False)
+    return _extract_impression(report, fallback=False)
 
 
 def split_by_patient(subjects: np.ndarray, fraction: float, seed: int) -> set:
@@ -121,7 +122,7 @@ def index_mimic(files: list[Path], root: Path | None, cfg: IndexConfig, *, progr
     meta = read_table(roles["metadata"], dtype={"dicom_id": str})
     for c in ("dicom_id", "subject_id", "study_id"):
         if c not in meta:
-            raise ValueError(f"{roles['metadata']}: missing column {c!r}")
+            raise UserError(f"{roles['metadata']}: missing column {c!r}")
     df = pd.DataFrame({
         "image_id": meta["dicom_id"].astype(str).to_numpy(),
         "subject": meta["subject_id"].astype("int64").to_numpy(),
@@ -141,7 +142,7 @@ def index_mimic(files: list[Path], root: Path | None, cfg: IndexConfig, *, progr
         labs = read_table(roles["labels"])
         missing = [c for c in CHEXPERT_LABELS if c not in labs]
         if missing:
-            raise ValueError(f"{roles['labels']}: missing label column(s) {missing}")
+            raise UserError(f"{roles['labels']}: missing label column(s) {missing}")
         labs = labs.drop_duplicates("study_id").set_index("study_id")
         got = labs.reindex(df["study"].to_numpy())
         for c in CHEXPERT_LABELS:
@@ -166,7 +167,7 @@ def index_mimic(files: list[Path], root: Path | None, cfg: IndexConfig, *, progr
     df["race"] = race.reindex(df["subject"].to_numpy()).to_numpy(dtype=object)
     df["race"] = df["race"].where(df["race"].notna(), None)
 
-    flow = Flow(df, "images in MIMIC-CXR-JPG metadata")
+    flow = ExclusionTracker(df, "images in MIMIC-CXR-JPG metadata")
     views = lab.parse_views(cfg.views)
     if views is not None:
         df = flow.keep(df["view"].isin(sorted(views)).to_numpy(), f"view not in {sorted(views)}")
@@ -189,7 +190,7 @@ def index_mimic(files: list[Path], root: Path | None, cfg: IndexConfig, *, progr
 
     if cfg.paper_exclusions:
         if rroot is None:
-            raise ValueError("mimic: the paper's exclusions read the reports; pass --root (or "
+            raise UserError("mimic: the paper's exclusions read the reports; pass --root (or "
                              "set reports_root) or turn them off with --set "
                              "paper_exclusions=false")
         df = flow.keep(df["report"].notna().to_numpy(), "report missing")
@@ -204,7 +205,7 @@ def index_mimic(files: list[Path], root: Path | None, cfg: IndexConfig, *, progr
     split_info: dict = {"mode": cfg.split_mode}
     if cfg.split_mode == "official":
         if "split" not in roles:
-            raise ValueError("mimic: split_mode=official needs mimic-cxr-2.0.0-split.csv")
+            raise UserError("mimic: split_mode=official needs mimic-cxr-2.0.0-split.csv")
         sp = read_table(roles["split"], dtype={"dicom_id": str}).drop_duplicates("dicom_id")
         got = sp.set_index("dicom_id")["split"].reindex(df["image_id"].to_numpy())
         df["split"] = got.to_numpy(dtype=object)
@@ -227,7 +228,7 @@ def index_mimic(files: list[Path], root: Path | None, cfg: IndexConfig, *, progr
                           "missing",
              "age_rule": "anchor_age + (StudyDate year - anchor_year)",
              "impression_rule": "IMPRESSION section (or synonym) via "
-                                "rv2.prompts.reports.extract_impression(fallback=False)",
+                                "rv2.data.report_sections.extract_impression(fallback=False)",
              "labeler": roles["labels"].name if "labels" in roles else None}
     df = df.drop(columns=["subject", "study", "study_year"])
     return df, flow, extra

@@ -24,6 +24,8 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
+from rv2.errors import MissingInputError, UserError
+
 # Upper-case header name -> canonical section. Unknown headers keep their own
 # lower-cased name.
 SECTION_SYNONYMS: dict[str, str] = {
@@ -76,7 +78,7 @@ def _openi_sections(xml_text: str) -> dict[str, str]:
     try:
         root = ET.fromstring(xml_text)
     except ET.ParseError as exc:
-        raise ValueError(f"not a well-formed OpenI/IU report XML: {exc}") from exc
+        raise UserError(f"not a well-formed OpenI/IU report XML: {exc}") from exc
     out: dict[str, str] = {}
     for node in root.iter("AbstractText"):
         label = node.get("Label")
@@ -192,7 +194,7 @@ def iter_openi_reports(tgz_path: str | Path) -> Iterator[dict]:
     OpenI/IU report archive (torchxrayvision ships `NLMCXR_reports.tgz`)."""
     tgz_path = Path(tgz_path)
     if not tgz_path.is_file():
-        raise FileNotFoundError(f"OpenI report archive not found: {tgz_path}")
+        raise MissingInputError(f"OpenI report archive not found: {tgz_path}")
     with tarfile.open(tgz_path, "r:gz") as tar:
         for member in tar:
             if not (member.isfile() and member.name.endswith(".xml")):
@@ -211,8 +213,8 @@ def openi_reports_archive() -> Path:
 
     spec = importlib.util.find_spec("torchxrayvision")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("torchxrayvision is not installed; it ships NLMCXR_reports.tgz")
+        raise MissingInputError("torchxrayvision is not installed; it ships NLMCXR_reports.tgz")
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / "NLMCXR_reports.tgz"
     if not path.is_file():
-        raise FileNotFoundError(f"torchxrayvision is installed but {path} is missing")
+        raise MissingInputError(f"torchxrayvision is installed but {path} is missing")
     return path

@@ -1,0 +1,56 @@
+"""What every dataset adapter shares: reading metadata tables and tracking exclusions.
+
+An adapter is `index_X(files, root, cfg, progress=) -> (rows, ExclusionTracker,
+sidecar extras)`: the source's metadata files in, rows with the manifest's
+columns out. `rv2.data.index.index_dataset` does the rest (view filter, No
+Finding rule, file checks).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rv2.errors import MissingInputError, UserError
+
+
+def na_to_none(v):
+    """None for None and NaN, else the value."""
+    return None if v is None or (isinstance(v, float) and v != v) else v
+
+
+class ExclusionTracker:
+    """The rows left after each exclusion step, for the CONSORT-style table."""
+
+    def __init__(self, df: pd.DataFrame, start: str):
+        self.df = df
+        self.steps: list[dict] = [{"step": start, "removed": None, "remaining": int(len(df))}]
+
+    def keep(self, mask, step: str) -> pd.DataFrame:
+        mask = np.asarray(mask, dtype=bool)
+        removed = int((~mask).sum())
+        self.df = self.df.loc[mask].reset_index(drop=True)
+        self.steps.append({"step": step, "removed": removed, "remaining": int(len(self.df))})
+        return self.df
+
+
+def read_table(path: str | os.PathLike, **kw) -> pd.DataFrame:
+    """CSV (optionally .gz/.zip) with a clear error naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise MissingInputError(f"metadata file not found: {p}")
+    try:
+        return pd.read_csv(p, low_memory=False, **kw)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"cannot read metadata table {p}: {exc}") from exc
+
+
+def read_header(path: str | os.PathLike) -> list[str]:
+    p = Path(path)
+    if p.suffix == ".txt":
+        return []
+    if p.suffix in (".tgz",) or p.name.endswith(".tar.gz") or p.is_dir():
+        return []
+    return list(read_table(p, nrows=0).columns)

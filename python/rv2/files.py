@@ -1,0 +1,124 @@
+"""Crash-safe file writes and JSON of numpy values: one implementation each.
+
+A write goes to a temporary file beside its target, is flushed and fsynced,
+renamed over the target, and the folder is fsynced, so that after a crash the
+target holds either the old or the new content, never half of either.
+Temporaries are named `.<name>.tmp-<pid>`, which `clean_temporaries` removes.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+TMP_MARK = ".tmp-"
+
+
+def tmp_path_for(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """fsync a folder so that a rename inside it survives a power loss (no-op where
+    folders cannot be opened, as on Windows)."""
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write `path` through (for writers that take a path:
+    Parquet, safetensors, PNG); on success it is fsynced and renamed into place, on
+    failure removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path_for(path)
+    try:
+        yield tmp
+        fd = os.open(str(tmp), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def clean_temporaries(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Remove temporaries left by a killed writer (`.name.tmp-PID`); returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = folder.rglob(f".*{TMP_MARK}*") if recursive else folder.glob(f".*{TMP_MARK}*")
+    removed = []
+    for p in found:
+        if p.is_file():
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
+def json_default(o: Any) -> Any:
+    """`json.dumps(default=...)` for numpy scalars and arrays, paths, dates and pandas NA."""
+    import numpy as np
+
+    if isinstance(o, np.bool_):
+        return bool(o)
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, (_dt.datetime, _dt.date)):
+        return o.isoformat()
+    if isinstance(o, (set, frozenset)):
+        return sorted(o)
+    if o.__class__.__name__ in ("NAType", "NaTType"):
+        return None
+    return str(o)
+
+
+def dumps(obj: Any, **kw) -> str:
+    """JSON text of `obj` with `json_default` (NaN stays NaN, as Python's json writes it)."""
+    return json.dumps(obj, default=json_default, **kw)
+
+
+def finite_or_none(x: Any) -> Any:
+    """A float that JSON consumers other than Python can read: NaN/inf -> None."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "clean_temporaries",
+           "fsync_dir", "tmp_path_for", "json_default", "dumps", "finite_or_none"]
