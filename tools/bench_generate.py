@@ -72,7 +72,7 @@ def write_qc_files(d: Path, kind: str, size: int) -> Path:
     'small' = an rv2 QC bundle of SmallCNNs at `size` px."""
     import torch
     import torch.nn as nn
-    from rv2.models import qc
+    from rv2.models import qc_networks as qc
     from rv2.weights import KNOWN_BY_KEY
 
     torch.manual_seed(0)
@@ -98,8 +98,8 @@ def authors_approach(comp, df, qc_dir, cfg, device, tmp: Path) -> dict:
     import torch
     from diffusers import StableDiffusionPipeline
     from PIL import Image
-    from rv2.generate.qc import judge
-    from rv2.models.qc import load_qc_models
+    from rv2.generate.qc_rules import judge
+    from rv2.models.qc_networks import load_qc_models
 
     pipe = StableDiffusionPipeline(**comp.as_dict(), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
@@ -141,7 +141,7 @@ def authors_approach(comp, df, qc_dir, cfg, device, tmp: Path) -> dict:
 def ours(comp, df, qc_dir, cfg, device, tmp: Path, model_dir=None) -> dict:
     import torch
     from rv2.generate.pipeline import generate_dataset
-    from rv2.models.qc import load_qc_models
+    from rv2.models.qc_networks import load_qc_models
 
     t0 = time.perf_counter()
     qc = load_qc_models(qc_dir, device, "authors", cfg.qc.batch_size)  # once per process
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
 
     import torch
     from rv2.generate.config import GenerateConfig
-    from rv2.generate.sampler import resolve_device, resolve_dtype
+    from rv2.models.device import resolve_device, resolve_dtype
 
     if args.threads:
         torch.set_num_threads(args.threads)

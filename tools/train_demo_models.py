@@ -10,7 +10,7 @@ Stages (each skips its work when its output exists, unless --force):
   vae        a small AutoencoderKL (64 px -> 16x16x4), latents rescaled so that
              latents x 0.18215 have unit variance, as for SD
   qc         stand-in QC nets (SmallCNN) with the real models' interfaces
-             (rv2.models.qc: sex P(female), race over Asian/Black/White, age in years),
+             (rv2.models.qc_networks: sex P(female), race over Asian/Black/White, age in years),
              trained on phantoms and their VAE reconstructions; saved as a QC bundle
   generator  UNet2DConditionModel + CLIP text encoder (real tokenizer) trained with
              rv2.generate.train.train_generator on the cached latents
@@ -242,7 +242,7 @@ def stage_qc(cfg, work: Path, out: Path) -> dict:
     import torch
     import torch.nn.functional as F
     from diffusers import AutoencoderKL
-    from rv2.models import qc as Q
+    from rv2.models import qc_networks as Q
     from tqdm import tqdm
 
     torch.manual_seed(cfg.seed + 1)
@@ -419,8 +419,9 @@ def stage_eval(cfg, work: Path, out: Path) -> dict:
     import torch
     from rv2.demo.world import read_markers
     from rv2.generate import sampler as S
-    from rv2.generate.qc import judge
-    from rv2.models.qc import RACE_CLASSES, load_qc_models
+    from rv2.generate.eager import eager_stages
+    from rv2.generate.qc_rules import judge
+    from rv2.models.qc_networks import RACE_CLASSES, load_qc_models
     from rv2.models.sd import load_components
 
     e = cfg.eval
@@ -442,14 +443,16 @@ def stage_eval(cfg, work: Path, out: Path) -> dict:
     sex = [c.sex for c, _ in chosen]
     race = [c.group for c, _ in chosen]
     age = [float(c.age) for c, _ in chosen]
-    shape = S.latent_shape(comps)
+    st = eager_stages(comps)
+    shape = S.latent_shape(st.denoiser, st.decoder)
     imgs = []
     for i in range(0, len(prompts), 32):
-        cond = S.encode_text(comps, prompts[i:i + 32])
-        uncond = S.encode_text(comps, [""]) if e.guidance > 1 else None
+        cond = st.text_encoder.encode(prompts[i:i + 32])
+        uncond = st.text_encoder.encode([""]) if e.guidance > 1 else None
         lat = S.initial_latents([cfg.seed * 1000 + j for j in range(i, i + len(cond))], shape)
-        lat = S.denoise(comps, cond, uncond, lat, steps=e.steps, guidance=e.guidance)
-        imgs.append(S.to_gray(S.decode(comps, lat)))
+        lat = S.denoise(st.denoiser, st.scheduler, cond, uncond, lat, steps=e.steps,
+                        guidance=e.guidance)
+        imgs.append(S.to_gray(st.decoder.decode(lat)))
     images = torch.cat(imgs)
     pred = qcm.predict(images)
     rec = judge(pred["p_female"], pred["race_probs"], pred["age"], sex, race, age, e.age_tolerance)

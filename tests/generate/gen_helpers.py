@@ -57,7 +57,7 @@ class MeanNet(nn.Module):
 
 
 def mean_qc(input_size: int = 16):
-    from rv2.models import qc
+    from rv2.models import qc_networks as qc
 
     return qc.QCModels(sex=qc.SexModel(MeanNet(2, 7.0), "xrv", input_size, None),
                        race=qc.RaceModel(MeanNet(3, 11.0), "xrv", input_size, None),
@@ -68,7 +68,7 @@ def mean_qc(input_size: int = 16):
 def constant_bundle(path, p_female_logit: float = 5.0, race_idx: int = 2, age: float = 50.0):
     """A QC bundle of SmallCNNs whose heads ignore the image (zero weights): always
     female, always `race_idx`, always `age` years."""
-    from rv2.models import qc
+    from rv2.models import qc_networks as qc
 
     nets = {k: qc.SmallCNN(3, 4, qc.N_OUT[k]) for k in ("sex", "race", "age")}
     with torch.no_grad():

@@ -12,7 +12,7 @@ from PIL import Image
 from rv2.data.schema import CHEXPERT_LABELS, REQUIRED_COLUMNS
 from rv2.generate.config import GenerateConfig
 from rv2.generate.pipeline import PromptsError, generate_dataset, load_prompts
-from rv2.generate.qc import judge
+from rv2.generate.qc_rules import judge
 from rv2.generate.seeds import seed_for
 from rv2.generate.store import StoreError
 
@@ -164,16 +164,16 @@ def test_resume_after_torn_journal_and_orphans(tmp_path, comp):
 
 
 def test_nonfinite_images_never_pass(tmp_path, comp, monkeypatch):
-    import rv2.generate.sampler as sampler
+    from rv2.generate.eager import EagerDecoder
 
-    real = sampler.decode
+    real = EagerDecoder.decode
 
-    def broken(components, latents):  # fp16 overflow in a VAE looks like this
-        img = real(components, latents).clone()
+    def broken(self, latents):  # fp16 overflow in a VAE looks like this
+        img = real(self, latents).clone()
         img[0] = float("nan")
         return img
 
-    monkeypatch.setattr(sampler, "decode", broken)
+    monkeypatch.setattr(EagerDecoder, "decode", broken)
     cfg = _cfg(max_attempts=2, batch_size=4)
     cfg.qc.enabled = False
     s = generate_dataset(prompts_table(2), None, tmp_path / "o", cfg, qc_models=None,

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from rv2.models import qc
+from rv2.models import qc_networks as qc
 from rv2.weights import KNOWN_BY_KEY, MissingWeightsError
 
 

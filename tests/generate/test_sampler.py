@@ -4,14 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from gen_helpers import STEPS, tiny
-from rv2.generate.sampler import (
-    decode,
-    denoise,
-    encode_text,
-    initial_latents,
-    latent_shape,
-    latents_for,
-)
+from rv2.generate.eager import eager_stages
+from rv2.generate.sampler import denoise, initial_latents, latent_shape, latents_for
 from rv2.generate.seeds import seed_for
 
 
@@ -33,33 +27,34 @@ def test_matches_diffusers_pipeline_fp32():
 
     torch.set_num_threads(1)
     comp = tiny(0)
+    st = eager_stages(comp)
     prompts = ["60 year old WHITE female. Small left effusion .", "30 year old ASIAN male. Normal ."]
-    shape = latent_shape(comp)
+    shape = latent_shape(st.denoiser, st.decoder)
     lat, _ = latents_for(["a", "b"], [0, 0], shape)
     pipe = StableDiffusionPipeline(**comp.as_dict(), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     ref = pipe(prompts, num_inference_steps=STEPS, guidance_scale=4.0, latents=lat.clone(),
                output_type="pt").images
-    cond = encode_text(comp, prompts)
-    uncond = encode_text(comp, [""])
-    ours = decode(comp, denoise(comp, cond, uncond, lat.clone(), STEPS, 4.0))
+    cond = st.text_encoder.encode(prompts)
+    uncond = st.text_encoder.encode([""])
+    ours = st.decoder.decode(denoise(st.denoiser, st.scheduler, cond, uncond, lat.clone(), STEPS, 4.0))
     assert ours.shape == ref.shape == (2, 3, 32, 32)
     assert (ours - ref).abs().max().item() <= 1e-6
 
 
 def test_batch_composition_does_not_change_an_image():
     torch.set_num_threads(1)
-    comp = tiny(0)
-    shape = latent_shape(comp)
+    st = eager_stages(tiny(0))
+    shape = latent_shape(st.denoiser, st.decoder)
     prompts = {"a": "50 year old BLACK male. Cardiomegaly .", "b": "70 year old WHITE female. Normal .",
                "c": "40 year old ASIAN female. Edema ."}
-    uncond = encode_text(comp, [""])
+    uncond = st.text_encoder.encode([""])
 
     def run(ids):
         lat, _ = latents_for(ids, [1] * len(ids), shape)
-        return decode(comp, denoise(comp, encode_text(comp, [prompts[i] for i in ids]), uncond,
-                                    lat, STEPS, 4.0))
+        cond = st.text_encoder.encode([prompts[i] for i in ids])
+        return st.decoder.decode(denoise(st.denoiser, st.scheduler, cond, uncond, lat, STEPS, 4.0))
 
     together = run(["a", "b", "c"])
     alone = run(["b"])

@@ -11,26 +11,9 @@ import numpy as np
 import pandas as pd
 
 from rv2.classify.config import VAL_SPLIT_ALIASES
-from rv2.errors import MissingInputError, UserError
+from rv2.errors import UserError
 
 log = logging.getLogger(__name__)
-
-
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    """A manifest as a DataFrame; the data stage's validating reader when present."""
-    path = Path(path)
-    try:
-        from rv2.data.manifest import read_manifest as _read
-    except ImportError:
-        _read = None
-    if _read is not None:
-        return _read(path)  # ManifestError (a ValueError) names the file and the problem
-    if not path.is_file():
-        raise MissingInputError(f"manifest not found: {path}")
-    try:
-        return pd.read_parquet(path)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for non-Parquet
-        raise UserError(f"{path}: not a readable Parquet manifest: {exc}") from exc
 
 
 def manifest_root(manifest: str | Path, *roots: str | None) -> Path:

@@ -14,6 +14,11 @@ import numpy as np
 import pandas as pd
 
 from rv2.classify import model_dir as md
+from rv2.classify.data import manifest_root
+from rv2.classify.predictor import Predictor
+from rv2.data.dali import dali_device
+from rv2.data.manifest import read_manifest
+from rv2.data.torch_dataset import ManifestDataset
 from rv2.errors import UserError
 from rv2.files import atomic_path, atomic_write_text
 
@@ -22,31 +27,24 @@ log = logging.getLogger(__name__)
 SKIPPED_COLUMNS = ["image_id", "path", "reason"]
 
 
-def load_model_dir(model_dir: str | os.PathLike, device: str = "cpu"):
-    """(model, model_config, thresholds) of a trained classifier folder."""
-    return md.load_model(model_dir, device)
-
-
 def predict(model_dir: str | os.PathLike, manifest: str | os.PathLike | pd.DataFrame,
             root: str | os.PathLike | None = None, *, batch_size: int = 64, device: str = "auto",
             num_workers: int = 0, amp: bool = True, progress: bool = True,
-            decoder: str = "pil") -> pd.DataFrame:
+            decoder: str = "pil", predictor: Predictor | None = None) -> pd.DataFrame:
     """A DataFrame with `image_id` and one probability column per label (model order).
 
-    root: folder the manifest's paths are relative to (default: the root in the manifest's sidecar, else its folder;
-    required when a DataFrame is passed). Skipped images: `result.attrs["skipped"]`.
+    root: folder the manifest's paths are relative to (default: the root in the manifest's
+    sidecar, else its folder; required when a DataFrame is passed). predictor: a loaded
+    `Predictor` (e.g. over a compiled engine); default: the folder's eager model on `device`.
+    Skipped images: `result.attrs["skipped"]`.
     """
     import torch
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from rv2.classify.data import manifest_root, read_manifest
-    from rv2.classify.train import dali_device, resolve_device
-    from rv2.data.torch_dataset import ManifestDataset
-
-    dev = resolve_device(device)
-    model, mcfg, _ = load_model_dir(model_dir, str(dev))
-    labels = list(mcfg["labels"])
+    predictor = predictor or Predictor.load(model_dir, device, amp=amp)
+    dev = torch.device(getattr(predictor.backend, "device", "cpu"))
+    labels = predictor.labels
     if isinstance(manifest, pd.DataFrame):
         if root is None:
             raise UserError("root is required when the manifest is a DataFrame")
@@ -54,36 +52,28 @@ def predict(model_dir: str | os.PathLike, manifest: str | os.PathLike | pd.DataF
     else:
         df, name = read_manifest(manifest), str(manifest)
         root = manifest_root(manifest, root)
-    norm = mcfg["normalization"]
-    ds = ManifestDataset(df, root, image_size=int(mcfg["image_size"]), labels=labels,
-                         mean=norm["mean"], std=norm["std"], require_labels=False, name=name,
-                         decoder=decoder, dali_device_id=dali_device(decoder, dev, num_workers))
+    pre = predictor.preprocessing
+    ds = ManifestDataset(df, root, image_size=pre.image_size, labels=labels, mean=pre.mean,
+                         std=pre.std, require_labels=False, name=name, decoder=decoder,
+                         dali_device_id=dali_device(decoder, dev, num_workers))
     ids = df["image_id"].astype("string")
     if ids.duplicated().any():
         dup = ids[ids.duplicated()].unique()[:5].tolist()
         raise UserError(f"{name}: image_id is not unique (e.g. {dup}); predictions are keyed by it")
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=dev.type == "cuda")
-    use_amp = amp and dev.type == "cuda"
-    if dev.type == "cuda":
-        model.to(memory_format=torch.channels_last)
     rows, probs, skipped = [], [], []
-    with torch.inference_mode():
-        for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress):
-            ok = batch["ok"].numpy().astype(bool)
-            for i in np.nonzero(~ok)[0]:
-                idx = int(batch["index"][i])
-                skipped.append({"image_id": ds.image_ids[idx], "path": ds.paths[idx],
-                                "reason": batch["error"][i]})
-            if not ok.any():
-                continue
-            x = batch["image"][torch.from_numpy(ok)].to(dev, non_blocking=True)
-            if dev.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else _null():
-                logits = model(x)
-            probs.append(torch.sigmoid(logits.float()).cpu().numpy())
-            rows.extend(int(i) for i in batch["index"][torch.from_numpy(ok)])
+    for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress):
+        ok = batch["ok"].numpy().astype(bool)
+        for i in np.nonzero(~ok)[0]:
+            idx = int(batch["index"][i])
+            skipped.append({"image_id": ds.image_ids[idx], "path": ds.paths[idx],
+                            "reason": batch["error"][i]})
+        if not ok.any():
+            continue
+        keep = torch.from_numpy(ok)
+        probs.append(predictor.predict_tensor(batch["image"][keep].numpy()))
+        rows.extend(int(i) for i in batch["index"][keep])
     p = np.concatenate(probs) if probs else np.zeros((0, len(labels)), np.float32)
     out = pd.DataFrame(p.astype(np.float32), columns=labels)
     out.insert(0, "image_id", pd.array([ds.image_ids[i] for i in rows], dtype="string"))
@@ -92,12 +82,6 @@ def predict(model_dir: str | os.PathLike, manifest: str | os.PathLike | pd.DataF
     if skipped:
         log.warning("%d of %d images could not be read and were skipped", len(skipped), len(ds))
     return out
-
-
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def write_predictions(preds: pd.DataFrame, out: str | os.PathLike, *, model_dir, manifest,

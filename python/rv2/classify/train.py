@@ -33,6 +33,8 @@ from rv2.classify import data as cdata
 from rv2.classify import model_dir as md
 from rv2.classify.config import STRATEGIES, ClassifierConfig
 from rv2.config import write_artifact_meta
+from rv2.data.dali import dali_device
+from rv2.data.manifest import read_manifest
 from rv2.data.schema import CHEXPERT_LABELS
 from rv2.errors import UserError
 from rv2.files import atomic_path, atomic_write_text, dumps
@@ -76,6 +78,8 @@ def train_classifier(cfg: ClassifierConfig, *, on_epoch_end: Callable | None = N
     _check_same_run(out, cfg)
     cfg.save(out / md.CONFIG)
 
+    from rv2.models.device import resolve_device
+
     device = resolve_device(cfg.device)
     sets = load_datasets(cfg, out)
     phases = plan_phases(cfg, out, sets)
@@ -113,17 +117,6 @@ def _validate(cfg: ClassifierConfig) -> None:
         log.warning("cache_images only helps with num_workers=0 (each worker has its own memory)")
 
 
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} asked for, but torch sees no CUDA GPU; use --device cpu")
-    return dev
-
-
 def _complete(d: Path) -> bool:
     return all((d / f).is_file() for f in md.REQUIRED) and not (d / md.STATE).is_file()
 
@@ -155,23 +148,23 @@ def load_datasets(cfg: ClassifierConfig, out: Path) -> dict:
     summary: dict = {}
     real_full = None
     if cfg.real:
-        df = cdata.read_manifest(cfg.real)
+        df = read_manifest(cfg.real)
         real_full = cdata.select_split(df, cfg.train_split, cfg.real)
         sub = cdata.patient_subset(real_full, n=cfg.n_real, fraction=cfg.real_fraction, seed=cfg.subset_seed)
         frames["real"] = (sub, cdata.manifest_root(cfg.real, cfg.real_root, cfg.root))
         summary["real_available"] = cdata.describe(real_full)
         summary["real_used"] = cdata.describe(sub)
     if cfg.synthetic and (cfg.strategy != "real"):
-        sdf = cdata.read_manifest(cfg.synthetic)
+        sdf = read_manifest(cfg.synthetic)
         ssub = cdata.image_sample(sdf, cfg.n_synthetic, seed=cfg.subset_seed)
         frames["synthetic"] = (ssub, cdata.manifest_root(cfg.synthetic, cfg.synthetic_root, cfg.root))
         summary["synthetic_available"] = cdata.describe(sdf)
         summary["synthetic_used"] = cdata.describe(ssub)
     if cfg.val:
-        vdf = cdata.val_rows(cdata.read_manifest(cfg.val), cfg.val_split, cfg.val)
+        vdf = cdata.val_rows(read_manifest(cfg.val), cfg.val_split, cfg.val)
         vroot = cdata.manifest_root(cfg.val, cfg.val_root, cfg.root)
     else:
-        vdf = cdata.val_rows(cdata.read_manifest(cfg.real), cfg.val_split or "val", cfg.real)
+        vdf = cdata.val_rows(read_manifest(cfg.real), cfg.val_split or "val", cfg.real)
         vroot = cdata.manifest_root(cfg.real, cfg.real_root, cfg.root)
     summary["val"] = cdata.describe(vdf)
 
@@ -188,7 +181,7 @@ def load_datasets(cfg: ClassifierConfig, out: Path) -> dict:
 
     common = dict(image_size=cfg.image_size, labels=CHEXPERT_LABELS, uncertain_policy=policy,
                   unknown_policy=cfg.unknown_policy, decoder=cfg.decoder,
-                  dali_device_id=dali_device(cfg.decoder, resolve_device(cfg.device), cfg.num_workers))
+                  dali_device_id=dali_device(cfg.decoder, _device(cfg.device), cfg.num_workers))
     norm = _normalization(cfg, out, real_full, frames, common)
     summary["normalization"] = norm
     ds = {k: ManifestDataset(df, root, mean=norm["mean"], std=norm["std"], cache=cfg.cache_images,
@@ -200,14 +193,6 @@ def load_datasets(cfg: ClassifierConfig, out: Path) -> dict:
     ds["summary"] = summary
     ds["norm"] = norm
     return ds
-
-
-def dali_device(decoder: str, device, num_workers: int) -> int | None:
-    """DALI decodes with "mixed" (GPU) operators when training on CUDA in the main
-    process; in loader worker processes, and on the CPU, it uses CPU operators."""
-    if decoder != "dali" or device.type != "cuda" or num_workers > 0:
-        return None
-    return device.index or 0
 
 
 def _normalization(cfg, out: Path, real_full, frames, common) -> dict:
@@ -516,3 +501,9 @@ def finalize(cfg: ClassifierConfig, ph: Phase, sets: dict, device) -> None:
     write_artifact_meta(ph.dir, cfg, inputs=inputs, extra={"summary": summary})
     (ph.dir / md.STATE).unlink()
     shutil.rmtree(ph.dir / "state", ignore_errors=True)
+
+
+def _device(name: str):
+    from rv2.models.device import resolve_device
+
+    return resolve_device(name)

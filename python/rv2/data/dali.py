@@ -201,3 +201,11 @@ class DaliDecoder:
         for i in py_idx:
             batch[i, ..., 0] = torch.from_numpy(self._python(paths[i])).to(dev)
         return batch.permute(0, 3, 1, 2).contiguous()
+
+
+def dali_device(decoder: str, device, num_workers: int) -> int | None:
+    """DALI decodes with "mixed" (GPU) operators when running on CUDA in the main
+    process; in loader worker processes, and on the CPU, it uses CPU operators."""
+    if decoder != "dali" or getattr(device, "type", str(device)) != "cuda" or num_workers > 0:
+        return None
+    return getattr(device, "index", None) or 0

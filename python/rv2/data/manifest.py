@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -141,8 +141,14 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike, sidecar: Mapping,
     return path
 
 
-def read_manifest(path: str | os.PathLike, *, validate_values: bool = True) -> pd.DataFrame:
-    """A manifest as a DataFrame, checked against the schema (ManifestError if not one)."""
+def read_manifest(path: str | os.PathLike, *, validate_values: bool = True,
+                  required: Sequence[str] | None = None) -> pd.DataFrame:
+    """The one manifest reader: a Parquet manifest as a DataFrame, checked against the
+    schema (ManifestError naming the file if not one).
+
+    validate_values: check every schema column's dtype and values (`validate`); else
+    only that the `required` columns (default: the schema's) are present, for
+    consumers that need fewer columns (evaluation needs ids and demographics)."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path} (make one with `rv2 data index`)")
@@ -153,7 +159,8 @@ def read_manifest(path: str | os.PathLike, *, validate_values: bool = True) -> p
     if validate_values:
         validate(df, str(path))
     else:
-        missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+        need = REQUIRED_COLUMNS if required is None else tuple(required)
+        missing = [c for c in need if c not in df.columns]
         if missing:
             raise ManifestError(f"{path}: missing column(s) {missing}")
     return df

@@ -18,6 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
+from rv2.data.manifest import ManifestError
+from rv2.data.manifest import read_manifest as read_any
 from rv2.data.schema import age_bin as _age_bin
 from rv2.errors import UserError
 
@@ -56,7 +58,10 @@ def _ids(df, path, what: str) -> np.ndarray:
 
 def read_manifest(path, split: str | None = None):
     """The manifest's rows (of `split` if given) with the columns evaluation needs."""
-    df = _read_parquet(path, "manifest")
+    try:
+        df = read_any(path, validate_values=False, required=())
+    except ManifestError as exc:
+        raise EvaluationInputError(str(exc)) from exc
     _ids(df, path, "manifest")
     if split is not None:
         if "split" not in df.columns:

@@ -1,25 +1,31 @@
 """`generate_dataset`: prompts in, a QC'd synthetic dataset store out.
 
-Work items are (prompt, attempt) pairs. The in-process executor groups them in
-batches and runs the stages encode_text -> denoise -> decode -> run_qc ->
-write; a failed attempt goes back to the queue with attempt + 1 until
-`max_attempts`. Retries are batched first, so a prompt's fate is settled soon.
+Work items are (prompt, attempt) pairs. An executor (`rv2.generate.executor`)
+runs them through the stages (`rv2.generate.stages`: encode text -> denoise ->
+decode -> QC -> write); a failed attempt comes back with attempt + 1 until
+`max_attempts`, by the one retry rule.
 """
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from rv2 import __version__
+from rv2.config import hash_input, write_artifact_meta
+from rv2.data.schema import CHEXPERT_LABELS, SEXES, STUDY_RACES, age_bin
 from rv2.errors import UserError
+from rv2.files import atomic_write_text, dumps
 from rv2.generate.config import GenerateConfig
+from rv2.generate.executor import Executor, InProcessExecutor
+from rv2.generate.sampler import latent_shape
+from rv2.generate.stages import SamplingPlan, StageRunner, StageSet
+from rv2.models.sd import check_model_dir
 
 log = logging.getLogger("rv2.generate")
 
@@ -36,8 +42,6 @@ class PromptsError(UserError):
 def load_prompts(src) -> "Any":
     """Read and check an expanded prompts table (Parquet path or DataFrame)."""
     import pandas as pd
-
-    from rv2.data.schema import CHEXPERT_LABELS, SEXES, STUDY_RACES, age_bin
 
     name = "<DataFrame>"
     if isinstance(src, (str, os.PathLike)):
@@ -105,8 +109,6 @@ def _py(v):
 def base_record(row: dict, rv2_version: str, model_id: str, model_hash: str, qc_id: str) -> dict:
     """The manifest fields of one prompt: requested demographics as the demographics,
     labels from the source row, synthetic provenance."""
-    from rv2.data.schema import CHEXPERT_LABELS
-
     pid = str(row["prompt_id"])
     rec = {
         "image_id": f"syn-{pid}",
@@ -136,113 +138,6 @@ def base_record(row: dict, rv2_version: str, model_id: str, model_hash: str, qc_
         "rv2_version": rv2_version,
     }
     return rec
-
-
-@dataclass
-class Stages:
-    """The five stages bound to their models; `process` runs one batch through all."""
-
-    components: Any
-    qc_models: Any
-    store: Any
-    cfg: GenerateConfig
-    device: Any
-    dtype: Any
-    base_records: dict            # prompt_id -> base record
-    latent_shape: tuple
-    on_step: Callable | None = None
-    _uncond: Any = None
-    timings: dict = field(default_factory=lambda: collections.defaultdict(float))
-
-    def uncond(self):
-        from rv2.generate.sampler import encode_text
-
-        if self._uncond is None:
-            self._uncond = encode_text(self.components, [""], self.device)
-        return self._uncond
-
-    def process(self, items: Sequence[tuple[str, int]]) -> list[dict]:
-        import torch
-
-        from rv2._native import to_uint8
-        from rv2.generate.qc import run_qc
-        from rv2.generate.sampler import (
-            decode,
-            denoise,
-            encode_text,
-            latents_for,
-            to_gray,
-        )
-        from rv2.generate.store import write
-
-        s = self.cfg.sampler
-        pids = [p for p, _ in items]
-        attempts = [a for _, a in items]
-        bases = [self.base_records[p] for p in pids]
-        t0 = time.perf_counter()
-        cond = encode_text(self.components, [b["prompt"] for b in bases], self.device)
-        uncond = self.uncond() if s.guidance > 1.0 else None
-        lat, seeds = latents_for(pids, attempts, self.latent_shape, s.base_seed, self.device,
-                                 self.dtype)
-        t1 = time.perf_counter()
-        lat = denoise(self.components, cond, uncond, lat, s.steps, s.guidance, self.on_step)
-        t2 = time.perf_counter()
-        images = decode(self.components, lat)
-        if self.cfg.store.channels == "gray":
-            images = to_gray(images)
-        t3 = time.perf_counter()
-        verdicts = run_qc(self.qc_models, images, [b["sex"] for b in bases],
-                          [b["race"] for b in bases], [b["age"] for b in bases],
-                          self.cfg.qc.age_tolerance)
-        # NaN/inf pixels (e.g. fp16 overflow in the VAE) never pass, whatever the QC says
-        finite = torch.isfinite(images).flatten(1).all(dim=1).tolist()
-        for v, ok in zip(verdicts, finite):
-            if not ok:
-                v["qc_pass"] = False
-                v["qc_fail_reasons"] = ";".join(x for x in (v["qc_fail_reasons"], "nonfinite") if x)
-        t4 = time.perf_counter()
-        arr = images.detach().to("cpu", torch.float32).numpy()
-        records, u8 = [], []
-        for i, (b, v) in enumerate(zip(bases, verdicts)):
-            records.append({**b, "seed": seeds[i], "attempt": attempts[i], **v})
-            if v["qc_pass"]:
-                img = arr[i]
-                img = img[0] if img.shape[0] == 1 else np.transpose(img, (1, 2, 0))
-                u8.append(to_uint8(np.ascontiguousarray(img)))
-            else:
-                u8.append(None)
-        out = write(self.store, records, u8)
-        t5 = time.perf_counter()
-        for k, dt in (("encode_text", t1 - t0), ("denoise", t2 - t1), ("decode", t3 - t2),
-                      ("qc", t4 - t3), ("write", t5 - t4)):
-            self.timings[k] += dt
-        return out
-
-
-class InProcessExecutor:
-    """Runs (prompt_id, attempt) work items through `stages.process` in batches,
-    re-queueing failed attempts until max_attempts."""
-
-    def __init__(self, stages, batch_size: int, max_attempts: int,
-                 on_result: Callable[[dict, bool], None] | None = None):
-        self.stages = stages
-        self.batch_size = batch_size
-        self.max_attempts = max_attempts
-        self.on_result = on_result
-
-    def run(self, work: Sequence[tuple[str, int]]) -> None:
-        fresh = collections.deque(work)
-        retry: collections.deque = collections.deque()
-        while fresh or retry:
-            batch = []
-            while len(batch) < self.batch_size and (retry or fresh):
-                batch.append(retry.popleft() if retry else fresh.popleft())
-            for rec in self.stages.process(batch):
-                final = bool(rec["qc_pass"]) or rec["attempt"] + 1 >= self.max_attempts
-                if not final:
-                    retry.append((rec["prompt_id"], rec["attempt"] + 1))
-                if self.on_result is not None:
-                    self.on_result(rec, final)
 
 
 def summarize(store, max_attempts: int, wall_s: float, n_attempts_run: int,
@@ -292,78 +187,54 @@ def summarize(store, max_attempts: int, wall_s: float, n_attempts_run: int,
 
 
 def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = None,
-                     qc_models: Any = "auto", components: Any = None,
+                     qc_models: Any = "auto", components: Any = None, *,
+                     stages: StageSet | None = None, executor: Executor | None = None,
                      progress: bool = True) -> dict:
     """Generate (or resume) a QC'd synthetic dataset store; returns the summary dict.
 
     prompts: expanded prompts table (Parquet path or DataFrame).
-    model_dir: diffusers folder of the generator (used for loading unless
-      `components` is given, and for the model hash).
-    qc_models: a `rv2.models.qc.QCModels`; "auto" loads them from
-      `cfg.qc.weights_dir` (a QC bundle or the real files); None disables QC.
+    model_dir: diffusers folder of the generator (loaded unless `components` or
+      `stages` is given; hashed into the store's identity).
+    components: loaded `rv2.models.sd.SDComponents`, run by the eager stages.
+    stages: a ready `StageSet` (e.g. compiled engines from `rv2.engines.load`).
+    qc_models: a QC predictor (`rv2.models.qc_networks.QCModels`); "auto" loads them
+      from `cfg.qc.weights_dir` (or takes `stages.qc`); None disables QC.
+    executor: who schedules the work items (default: `InProcessExecutor(cfg.batch_size)`).
     """
     from tqdm.auto import tqdm
 
-    from rv2 import __version__
-    from rv2.config import hash_input, write_artifact_meta
-    from rv2.files import atomic_write_text
-    from rv2.generate.sampler import latent_shape, resolve_device, resolve_dtype
-    from rv2.generate.store import ShardedStore
+    from rv2.generate.store import ShardedStore, StoreError
 
     cfg = (cfg or GenerateConfig()).validate()
     df = load_prompts(prompts)
     if cfg.limit is not None:
         df = df.iloc[: cfg.limit]
-    device = resolve_device(cfg.sampler.device)
-    dtype = resolve_dtype(cfg.sampler.dtype, device)
-
     model_dir = Path(model_dir) if model_dir is not None else None
-    if components is None and model_dir is not None:
-        from rv2.models.sd import check_model_dir
-
-        check_model_dir(model_dir)  # fail fast, before loading anything
-    if isinstance(qc_models, str) and qc_models == "auto":
-        if cfg.qc.enabled:
-            from rv2.models.qc import load_qc_models
-
-            qc_models = load_qc_models(cfg.qc.weights_dir, device, cfg.qc.convention,
-                                       cfg.qc.batch_size)
-        else:
-            qc_models = None
-    elif not cfg.qc.enabled:
-        qc_models = None
-    if qc_models is not None:
-        qc_models.to(device)
-    if components is None:
-        from rv2.models.sd import load_components
-
+    if stages is None and components is None:
         if model_dir is None:
-            raise UserError("give model_dir (a diffusers folder) or components")
-        components = load_components(model_dir, torch_dtype=dtype)
-    for name in ("unet", "vae", "text_encoder"):
-        m = getattr(components, name)
-        p = next(m.parameters())
-        if p.device != device or p.dtype != dtype:  # .to(dtype) makes diffusers warn; skip no-ops
-            m.to(device=device, dtype=dtype)
-        m.eval()
+            raise UserError("give model_dir (a diffusers folder), components or stages")
+        check_model_dir(model_dir)  # fail fast, before loading anything
+    stages = _build_stages(cfg, model_dir, qc_models, components, stages)
+    device, dtype = stages.denoiser.device, stages.denoiser.dtype
+    qc = stages.qc
     if model_dir is not None and model_dir.exists():
         model_id, model_hash = model_dir.name, hash_input(model_dir)["sha256"][:16]
     else:
         model_id, model_hash = "in-memory", "unhashed"
+    qc_id = f"{qc.model_id}@{qc.model_hash}" if qc is not None else "none"
 
-    qc_id = f"{qc_models.model_id}@{qc_models.model_hash}" if qc_models is not None else "none"
-
-    shape = latent_shape(components, cfg.sampler.height, cfg.sampler.width)
+    shape = latent_shape(stages.denoiser, stages.decoder, cfg.sampler.height, cfg.sampler.width)
     run_info = {"model_id": model_id, "model_hash": model_hash,
-                "qc_hash": qc_models.model_hash if qc_models is not None else None,
+                "qc_hash": qc.model_hash if qc is not None else None,
                 "steps": cfg.sampler.steps, "guidance": cfg.sampler.guidance,
                 "height": cfg.sampler.height, "width": cfg.sampler.width,
                 "latent_shape": list(shape), "base_seed": cfg.sampler.base_seed,
-                "dtype": str(dtype), "qc_enabled": qc_models is not None,
-                "qc_convention": qc_models.convention if qc_models is not None else None,
+                "dtype": str(dtype), "qc_enabled": qc is not None,
+                "qc_convention": qc.convention if qc is not None else None,
                 "age_tolerance": cfg.qc.age_tolerance, "image_format": cfg.store.image_format,
                 "channels": cfg.store.channels, "rv2_version": __version__}
     out_dir = Path(out_dir)
+    executor = executor or InProcessExecutor(cfg.batch_size)
     store = ShardedStore(out_dir, cfg.store, run_info).open()
     try:
         rows = df.to_dict("records")
@@ -372,59 +243,97 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
         changed = [pid for pid, r in store.accepted.items()
                    if pid in bases and r.get("prompt") != bases[pid]["prompt"]]
         if changed:
-            from rv2.generate.store import StoreError
-
             raise StoreError(f"store {out_dir} holds images for {len(changed)} prompt id(s) whose "
                              f"text differs in this prompts table (e.g. {changed[:3]}); prompt ids "
                              "must keep their text. Use another --out.")
         work = [(pid, store.next_attempt(pid)) for pid in bases
                 if not store.is_done(pid, cfg.max_attempts)]
-        stages = Stages(components, qc_models, store, cfg, device, dtype, bases, shape)
-        counts = {"attempts": 0, "accepted": 0, "done": 0, "fail": collections.Counter(),
-                  "race_checked": 0}
-        t_start = time.perf_counter()
+        plan = SamplingPlan(steps=cfg.sampler.steps, guidance=cfg.sampler.guidance,
+                            base_seed=cfg.sampler.base_seed, latent_shape=shape,
+                            age_tolerance=cfg.qc.age_tolerance, channels=cfg.store.channels)
+        runner = StageRunner(stages, store, plan, bases)
         bar = tqdm(total=len(work), desc="prompts", unit="prompt", disable=not progress,
                    dynamic_ncols=True)
-        since_manifest = [0]
-
-        def on_result(rec: dict, final: bool) -> None:
-            counts["attempts"] += 1
-            counts["race_checked"] += bool(rec.get("qc_race_checked"))
-            for a in (rec.get("qc_fail_reasons") or "").split(";"):
-                if a:
-                    counts["fail"][a] += 1
-            if rec["qc_pass"]:
-                counts["accepted"] += 1
-            if final:
-                bar.update(1)
-                since_manifest[0] += 1
-            n = counts["attempts"]
-            el = time.perf_counter() - t_start
-            bar.set_postfix({
-                "acc": counts["accepted"],
-                "sex": f"{1 - counts['fail']['sex'] / n:.2f}",
-                "race": (f"{1 - counts['fail']['race'] / counts['race_checked']:.2f}"
-                         if counts["race_checked"] else "-"),
-                "age": f"{1 - counts['fail']['age'] / n:.2f}",
-                "img/s": f"{n / el:.2f}" if el > 0 else "-",
-            }, refresh=False)
-            if since_manifest[0] >= cfg.store.manifest_every:
-                since_manifest[0] = 0
-                store.write_tables()
-
-        InProcessExecutor(stages, cfg.batch_size, cfg.max_attempts, on_result).run(work)
+        progress_cb = _Progress(bar, store, cfg.store.manifest_every)
+        executor.run(runner, work, cfg.max_attempts, progress_cb)
         bar.close()
-        wall = time.perf_counter() - t_start
+        wall = time.perf_counter() - progress_cb.t_start
         manifest, qc_log = store.write_tables()
-        summary = summarize(store, cfg.max_attempts, wall, counts["attempts"], counts["accepted"],
-                            dict(stages.timings))
+        summary = summarize(store, cfg.max_attempts, wall, progress_cb.attempts,
+                            progress_cb.accepted, dict(runner.timings))
         summary.update({"store": str(out_dir), "manifest": str(manifest), "qc_log": str(qc_log),
                         "model_id": model_id, "model_hash": model_hash, "qc_model": qc_id,
-                        "device": str(device), "dtype": str(dtype), "prompts_total": len(df)})
-        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+                        "device": str(device), "dtype": str(dtype), "prompts_total": len(df),
+                        "executor": getattr(executor, "name", type(executor).__name__)})
+        atomic_write_text(out_dir / "summary.json", dumps(summary, indent=2))
         inputs = [prompts] if isinstance(prompts, (str, os.PathLike)) else []
         write_artifact_meta(out_dir, cfg, inputs=inputs, extra={"run": run_info, "summary": summary})
         write_artifact_meta(manifest, cfg, inputs=inputs, extra={"run": run_info})
         return summary
     finally:
         store.close()
+
+
+def _build_stages(cfg: GenerateConfig, model_dir: Path | None, qc_models: Any, components: Any,
+                  stages: StageSet | None) -> StageSet:
+    """The stage set of this run: the given one, or the eager stages over the given or
+    loaded components; QC as asked (`qc_models`, else the weights of `cfg.qc`)."""
+    from rv2.generate.eager import eager_stages
+    from rv2.models.device import resolve_device, resolve_dtype
+
+    if stages is not None:
+        device = stages.denoiser.device
+        qc = stages.qc if isinstance(qc_models, str) else qc_models
+    else:
+        device = resolve_device(cfg.sampler.device)
+        qc = None if isinstance(qc_models, str) else qc_models
+    if not cfg.qc.enabled:
+        qc = None
+    elif isinstance(qc_models, str) and qc_models == "auto" and qc is None:
+        from rv2.models.qc_networks import load_qc_models
+
+        qc = load_qc_models(cfg.qc.weights_dir, device, cfg.qc.convention, cfg.qc.batch_size)
+    if qc is not None and hasattr(qc, "to"):
+        qc.to(device)
+    if stages is not None:
+        stages.qc = qc
+        return stages
+    dtype = resolve_dtype(cfg.sampler.dtype, device)
+    if components is None:
+        from rv2.models.sd import load_components
+
+        components = load_components(model_dir, torch_dtype=dtype)
+    return eager_stages(components, device, dtype, qc=qc)
+
+
+class _Progress:
+    """Counts finished attempts, drives the progress bar (running pass rates and
+    speed) and rewrites the store's tables every `manifest_every` settled prompts."""
+
+    def __init__(self, bar, store, manifest_every: int):
+        self.bar, self.store, self.manifest_every = bar, store, manifest_every
+        self.attempts = self.accepted = self.race_checked = self.since_tables = 0
+        self.fail: collections.Counter = collections.Counter()
+        self.t_start = time.perf_counter()
+
+    def __call__(self, rec: dict, final: bool) -> None:
+        self.attempts += 1
+        self.race_checked += bool(rec.get("qc_race_checked"))
+        for a in (rec.get("qc_fail_reasons") or "").split(";"):
+            if a:
+                self.fail[a] += 1
+        self.accepted += bool(rec["qc_pass"])
+        if final:
+            self.bar.update(1)
+            self.since_tables += 1
+        n, el = self.attempts, time.perf_counter() - self.t_start
+        self.bar.set_postfix({
+            "acc": self.accepted,
+            "sex": f"{1 - self.fail['sex'] / n:.2f}",
+            "race": f"{1 - self.fail['race'] / self.race_checked:.2f}" if self.race_checked else "-",
+            "age": f"{1 - self.fail['age'] / n:.2f}",
+            "img/s": f"{n / el:.2f}" if el > 0 else "-",
+        }, refresh=False)
+        if self.since_tables >= self.manifest_every:
+            self.since_tables = 0
+            self.store.write_tables()

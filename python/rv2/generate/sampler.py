@@ -1,10 +1,10 @@
-"""Sampling stages with batched inputs and outputs: text encoding, denoising
-(PNDM + classifier-free guidance) and VAE decoding.
+"""The sampling loop (PNDM + classifier-free guidance) over the stage ports, and
+the seeded initial noise.
 
-Each function is pure with respect to its inputs (a fresh scheduler per call),
-so an executor (the in-process one here, a native scheduler later) can run
-them in any grouping. On CPU in fp32 they reproduce diffusers'
-`StableDiffusionPipeline` bit for bit for the same initial latents.
+`denoise` is pure with respect to its inputs (a fresh scheduler per call), so an
+executor can run it in any grouping. With the eager stages on CPU in fp32 it
+reproduces diffusers' `StableDiffusionPipeline` bit for bit for the same
+initial latents.
 """
 from __future__ import annotations
 
@@ -17,33 +17,16 @@ from rv2.errors import UserError
 from rv2.generate.seeds import seed_for
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} requested but CUDA is not available here; "
-                           "use --set sampler.device=cpu")
-    return dev
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    try:
-        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    except KeyError:
-        raise UserError(f"unknown dtype {dtype!r}; use auto, fp32, fp16 or bf16") from None
-
-
-def latent_shape(components, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
-    """(channels, h, w) of the latents for an image of height x width pixels."""
-    vae_scale = 2 ** (len(components.vae.config.block_out_channels) - 1)
-    native = int(components.unet.config.sample_size) * vae_scale
+def latent_shape(denoiser, decoder, height: int | None = None,
+                 width: int | None = None) -> tuple[int, int, int]:
+    """(channels, h, w) of the latents for an image of height x width pixels (default:
+    the denoiser's native size)."""
+    f = int(decoder.scale_factor)
+    native = int(denoiser.sample_size) * f
     h, w = height or native, width or native
-    if h % vae_scale or w % vae_scale:
-        raise UserError(f"image size {h}x{w} must be a multiple of {vae_scale} for this VAE")
-    return int(components.unet.config.in_channels), h // vae_scale, w // vae_scale
+    if h % f or w % f:
+        raise UserError(f"image size {h}x{w} must be a multiple of {f} for this VAE")
+    return int(denoiser.in_channels), h // f, w // f
 
 
 def initial_latents(seeds: Sequence[int], shape: tuple[int, int, int],
@@ -65,28 +48,15 @@ def latents_for(prompt_ids: Sequence[str], attempts: Sequence[int], shape, base_
 
 
 @torch.inference_mode()
-def encode_text(components, prompts: Sequence[str], device: torch.device | str = "cpu") -> torch.Tensor:
-    """Last hidden state of the text encoder, B x 77 x D; padded/truncated to 77 tokens."""
-    tok = components.tokenizer
-    ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length,
-              truncation=True, return_tensors="pt")
-    enc = components.text_encoder
-    mask = None
-    if getattr(enc.config, "use_attention_mask", False):
-        mask = ids.attention_mask.to(device)
-    return enc(ids.input_ids.to(device), attention_mask=mask)[0]
-
-
-@torch.inference_mode()
-def denoise(components, cond: torch.Tensor, uncond: torch.Tensor | None, latents: torch.Tensor,
-            steps: int = 75, guidance: float = 4.0,
+def denoise(denoiser, scheduler, cond: torch.Tensor, uncond: torch.Tensor | None,
+            latents: torch.Tensor, steps: int = 75, guidance: float = 4.0,
             on_step: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Run the scheduler from `latents` (B x C x h x w); `uncond` is the empty prompt's
-    embedding (1 or B rows). Guidance <= 1 disables classifier-free guidance."""
-    sched = copy.deepcopy(components.scheduler)  # PNDM keeps state: never share it
+    """Run the sampling scheduler from `latents` (B x C x h x w) with a `Denoiser`
+    (`rv2.generate.stages`); `uncond` is the empty prompt's embedding (1 or B rows).
+    Guidance <= 1 disables classifier-free guidance."""
+    sched = copy.deepcopy(scheduler)  # PNDM keeps state: never share it
     device = latents.device
     sched.set_timesteps(steps, device=device)
-    unet = components.unet
     cfg = guidance > 1.0
     b = latents.shape[0]
     if cfg:
@@ -99,7 +69,7 @@ def denoise(components, cond: torch.Tensor, uncond: torch.Tensor | None, latents
     for i, t in enumerate(sched.timesteps):
         inp = torch.cat([x] * 2) if cfg else x
         inp = sched.scale_model_input(inp, t)
-        eps = unet(inp, t, encoder_hidden_states=context, return_dict=False)[0]
+        eps = denoiser.predict_noise(inp, t, context)
         if cfg:
             eps_u, eps_c = eps.chunk(2)
             eps = eps_u + guidance * (eps_c - eps_u)
@@ -107,14 +77,6 @@ def denoise(components, cond: torch.Tensor, uncond: torch.Tensor | None, latents
         if on_step is not None:
             on_step(i)
     return x
-
-
-@torch.inference_mode()
-def decode(components, latents: torch.Tensor) -> torch.Tensor:
-    """VAE decode to B x 3 x H x W float32 in [0, 1]."""
-    vae = components.vae
-    img = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-    return (img / 2 + 0.5).clamp(0, 1).float()
 
 
 def to_gray(images: torch.Tensor) -> torch.Tensor:

@@ -252,6 +252,24 @@ class ShardedStore:
             if r.get("qc_pass"):
                 self.accepted[pid] = r
 
+    def write(self, records: Sequence[dict], images_u8: Sequence[np.ndarray | None]) -> list[dict]:
+        """The writer stage: write the accepted images of a batch, then journal every attempt.
+
+        `records[i]` is a finished attempt (prompt fields + QC verdict); `images_u8[i]` its
+        uint8 image (needed only where `qc_pass`). Returns the records with `path` set."""
+        out = []
+        for rec, img in zip(records, images_u8):
+            rec = dict(rec)
+            if rec.get("qc_pass"):
+                if img is None:
+                    raise ValueError(f"accepted attempt {rec['prompt_id']}#{rec['attempt']} has no image")
+                rec["path"] = self.write_image(rec["image_id"], img)
+            else:
+                rec["path"] = None
+            out.append(rec)
+        self.append(out)
+        return out
+
     # ---------------------------------------------------------------- derived tables
     def manifest_frame(self):
         """Accepted images as an rv2 dataset manifest (schema columns and dtypes, validated)."""
@@ -291,22 +309,3 @@ class ShardedStore:
                         "prompt's source row; every image passed QC"}
         atomic_write_text(sidecar_path(path), dumps(side, indent=2))
         return path, self._atomic_parquet(self.qc_log_frame(), QC_LOG)
-
-
-def write(store: ShardedStore, records: Sequence[dict], images_u8: Sequence[np.ndarray | None]) -> list[dict]:
-    """Stage function: write the accepted images of a batch, then journal every attempt.
-
-    `records[i]` is a finished attempt (prompt fields + QC verdict); `images_u8[i]` its
-    uint8 image (needed only where `qc_pass`). Returns the records with `path` set."""
-    out = []
-    for rec, img in zip(records, images_u8):
-        rec = dict(rec)
-        if rec.get("qc_pass"):
-            if img is None:
-                raise UserError(f"accepted attempt {rec['prompt_id']}#{rec['attempt']} has no image")
-            rec["path"] = store.write_image(rec["image_id"], img)
-        else:
-            rec["path"] = None
-        out.append(rec)
-    store.append(out)
-    return out

@@ -12,6 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from rv2.models.qc_networks import RACE_CLASSES
+
 ATTRIBUTES = ("sex", "race", "age")
 
 
@@ -19,8 +21,6 @@ def judge(p_female: np.ndarray, race_probs: np.ndarray, age_pred: np.ndarray,
           sex: Sequence[str], race: Sequence[str], age: Sequence[float],
           age_tolerance: float = 16.0) -> list[dict]:
     """One record per image: predictions, per-attribute verdicts, pass, reasons."""
-    from rv2.models.qc import RACE_CLASSES
-
     out = []
     for i in range(len(sex)):
         pf = float(p_female[i])
@@ -44,18 +44,10 @@ def judge(p_female: np.ndarray, race_probs: np.ndarray, age_pred: np.ndarray,
     return out
 
 
-def run_qc(qc_models, images, sex: Sequence[str], race: Sequence[str], age: Sequence[float],
-           age_tolerance: float = 16.0) -> list[dict]:
-    """Batched QC of decoded images (B x 1|3 x H x W in [0, 1]); `qc_models=None`
-    skips QC (every image passes, predictions recorded as missing)."""
-    from rv2.generate.sampler import to_gray
-
-    n = len(sex)
-    if qc_models is None:
-        nan = float("nan")
-        return [{"qc_p_female": nan, "qc_sex_pred": None, "qc_p_asian": nan, "qc_p_black": nan,
-                 "qc_p_white": nan, "qc_race_pred": None, "qc_age_pred": nan, "qc_sex_ok": None,
-                 "qc_race_ok": None, "qc_race_checked": False, "qc_age_ok": None, "qc_pass": True,
-                 "qc_fail_reasons": ""} for _ in range(n)]
-    pred = qc_models.predict(to_gray(images))
-    return judge(pred["p_female"], pred["race_probs"], pred["age"], sex, race, age, age_tolerance)
+def unjudged(n: int) -> list[dict]:
+    """Records for `n` images when QC is off: every image passes, predictions missing."""
+    nan = float("nan")
+    return [{"qc_p_female": nan, "qc_sex_pred": None, "qc_p_asian": nan, "qc_p_black": nan,
+             "qc_p_white": nan, "qc_race_pred": None, "qc_age_pred": nan, "qc_sex_ok": None,
+             "qc_race_ok": None, "qc_race_checked": False, "qc_age_ok": None, "qc_pass": True,
+             "qc_fail_reasons": ""} for _ in range(n)]

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from rv2.errors import UserError
 
-log = logging.getLogger("rv2.models.qc")
+log = logging.getLogger("rv2.models.qc_networks")
 
 CONVENTIONS = ("authors", "xrv")
 RACE_CLASSES: tuple[str, ...] = ("Asian", "Black", "White")
