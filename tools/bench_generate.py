@@ -198,7 +198,7 @@ def main(argv=None) -> int:
     dtype = resolve_dtype(args.dtype, torch.device(device))
     qc_kind = args.qc or ("small" if (args.size == "tiny" and device == "cpu") else "real")
     if args.size == "tiny":
-        from rv2.models.sd import tiny_components
+        from rv2.testing.sd import tiny_components
 
         comp = tiny_components(0, sample_size=args.image_size)
         for m in (comp.unet, comp.vae, comp.text_encoder):

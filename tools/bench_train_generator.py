@@ -51,8 +51,8 @@ def write_images(folder: Path, n: int, size: int) -> Path:
 
 def run(tmp: Path, name: str, comps, images: Path, res: int, batch: int, steps: int,
         extra: list[str]) -> float:
-    from rv2.generate.train import train_generator
-    from rv2.generate.train_config import TrainGeneratorConfig
+    from rv2.finetune.config import TrainGeneratorConfig
+    from rv2.finetune.train import train_generator
 
     out = tmp / name.replace(" ", "_").replace("+", "p")
     cfg = TrainGeneratorConfig().override([
@@ -118,7 +118,7 @@ def main() -> None:
     ap.add_argument("--gpu-batch", type=int, default=8)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from rv2.models.sd import tiny_components
+    from rv2.testing.sd import tiny_components
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

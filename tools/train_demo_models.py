@@ -13,7 +13,7 @@ Stages (each skips its work when its output exists, unless --force):
              (rv2.models.qc_networks: sex P(female), race over Asian/Black/White, age in years),
              trained on phantoms and their VAE reconstructions; saved as a QC bundle
   generator  UNet2DConditionModel + CLIP text encoder (real tokenizer) trained with
-             rv2.generate.train.train_generator on the cached latents
+             rv2.finetune.train.train_generator on the cached latents
   eval       generations for held-out prompts, judged by the QC bundle (pass rate
              per attribute against chance) and by the marker reader
 
@@ -106,7 +106,7 @@ def _log(msg: str) -> None:
 
 def _phantoms(cfg: DemoTrainConfig, n: int, start: int, site: str, pa_only=True):
     """n (case, prompt) pairs of one site, subject indices from `start`."""
-    from rv2.demo.reports import impression
+    from rv2.demo.radiology_reports import impression
     from rv2.demo.world import sample_case
     from rv2.prompts.template import PromptTemplate
 
@@ -382,8 +382,8 @@ def _informed_token_init(text_encoder, tok) -> None:
 
 
 def stage_generator(cfg, work: Path, out: Path, threads: int) -> dict:
-    from rv2.generate.train import train_generator
-    from rv2.generate.train_config import TrainGeneratorConfig
+    from rv2.finetune.config import TrainGeneratorConfig
+    from rv2.finetune.train import train_generator
 
     g = cfg.generator
     comps = build_generator_components(cfg, work / "vae")

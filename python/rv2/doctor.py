@@ -13,7 +13,7 @@ import platform
 import sys
 from pathlib import Path
 
-from rv2 import __version__
+from rv2 import __version__, _native, weights
 
 CORE = ("numpy", "pandas", "pyarrow", "click", "yaml", "tqdm", "PIL")
 OPTIONAL = ("torch", "torchvision", "diffusers", "transformers", "accelerate", "open_clip",
@@ -61,8 +61,6 @@ def onnxruntime_usable_providers() -> tuple[list[str], list[str]]:
 
 
 def collect() -> dict:
-    from rv2 import _native, weights
-
     report: dict = {"rv2": __version__, "python": platform.python_version(),
                     "platform": platform.platform(), "broken": [], "notes": []}
     report["core"] = {m: _version(m) for m in CORE}

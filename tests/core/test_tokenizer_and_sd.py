@@ -1,6 +1,7 @@
 """The offline CLIP tokenizer and the SD component factory the later stages build on."""
 from rv2.models import sd
 from rv2.prompts.tokenizer import clip_tokenizer, count_tokens
+from rv2.testing.sd import tiny_components
 
 
 def test_tokenizer_known_ids():
@@ -27,7 +28,7 @@ def test_missing_model_folder_is_named(tmp_path):
 def test_tiny_components_save_and_load(tmp_path):
     import torch
 
-    comps = sd.tiny_components(seed=0)
+    comps = tiny_components(seed=0)
     sd.save_pipeline(comps, tmp_path / "pipe")
     again = sd.load_components(tmp_path / "pipe")
     for name in ("unet", "vae", "text_encoder"):

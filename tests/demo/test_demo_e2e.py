@@ -6,8 +6,9 @@ import math
 
 import pandas as pd
 import pytest
+from rv2.cli import main as cli_main
+from rv2.demo.demo_report import qc_counts_consistent
 from rv2.demo.pipeline import WEIGHTS_DIR, DemoError, bundled_weights, demo_config
-from rv2.demo.report import qc_counts_consistent
 
 
 def test_missing_weights_error_names_the_files_and_the_fix(tmp_path):
@@ -63,7 +64,7 @@ def demo_run(tmp_path_factory):
     from rv2.demo.pipeline import run_demo
 
     out = tmp_path_factory.mktemp("demo")
-    report = run_demo(out, demo_config("small", seed=0), quiet=True)
+    report = run_demo(out, demo_config("small", seed=0), cli_main, quiet=True)
     return out, report
 
 
@@ -132,7 +133,7 @@ def test_same_seed_same_results(tmp_path, demo_run):
 
     out1, _ = demo_run
     out2 = tmp_path / "again"
-    run_demo(out2, demo_config("small", seed=0), quiet=True)
+    run_demo(out2, demo_config("small", seed=0), cli_main, quiet=True)
     a = json.loads((out1 / "synthetic" / "summary.json").read_text())
     b = json.loads((out2 / "synthetic" / "summary.json").read_text())
     for k in ("accepted", "failed", "failed_by_attribute", "attempts_histogram"):
@@ -151,9 +152,9 @@ def test_refuses_to_mix_runs_with_other_settings(tmp_path):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "unrelated.txt").write_text("keep me")
     with pytest.raises(DemoError, match="not a demo run folder"):
-        run_demo(tmp_path / "x", demo_config("small"))
+        run_demo(tmp_path / "x", demo_config("small"), cli_main)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     demo_config("small", seed=1).save(run_dir / "demo_config.yaml")
     with pytest.raises(DemoError, match="other settings"):
-        run_demo(run_dir, demo_config("small", seed=2))
+        run_demo(run_dir, demo_config("small", seed=2), cli_main)

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from rv2.demo.reports import impression, labels, write_report
+from rv2.demo.radiology_reports import impression, labels, write_report
 from rv2.demo.sites import GROUPS, SITES
 from rv2.demo.world import Case, Finding, read_markers, render, sample_case
 

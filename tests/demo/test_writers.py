@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 from rv2.data.schema import CHEXPERT_LABELS
-from rv2.demo.reports import impression
+from rv2.demo.radiology_reports import impression
 from rv2.demo.world import read_markers
 from rv2.demo.writers import (
     ADMISSIONS_COLUMNS,

@@ -1,84 +1,15 @@
-"""Small builders shared by the generate tests (tiny models, prompts tables, QC stand-ins)."""
+"""Sizes shared by the generate tests; the fakes themselves live in `rv2.testing`."""
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
 import torch
-import torch.nn as nn
-from rv2.data.schema import CHEXPERT_LABELS, age_bin
+from rv2.testing.prompts import prompts_table  # noqa: F401 - re-exported for the tests
+from rv2.testing.qc import MeanNet, constant_bundle, mean_qc  # noqa: F401
+from rv2.testing.sd import tiny_components
 
 SIZE = 32   # tiny images: 32 px -> 16 x 16 latents
 STEPS = 3
 
 
 def tiny(seed: int = 0):
-    from rv2.models.sd import tiny_components
-
     torch.manual_seed(seed)
     return tiny_components(seed=seed, sample_size=SIZE)
-
-
-def prompts_table(n: int = 8, seed: int = 0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    sexes = ["F", "M"]
-    races = ["Asian", "Black", "Hispanic", "White"]
-    rows = []
-    for i in range(n):
-        sex, race = sexes[i % 2], races[(i // 2) % 4]
-        age = int(rng.integers(20, 90))
-        rows.append({
-            "prompt_id": f"p{i:04d}-{sex}{race[0]}", "source_prompt_id": f"s{i // 8:04d}",
-            "prompt": f"{age} year old {race.upper()} {'female' if sex == 'F' else 'male'}. "
-                      f"No acute process {i} .",
-            "sex": sex, "race": race, "age": age, "age_bin": age_bin(age), "variant": i % 8,
-            "image_id": f"img{i // 8}", "patient_id": f"pat{i // 8}", "split": "train",
-            "dataset": "mimic",
-            **{lab: float(rng.choice([0.0, 1.0, np.nan])) for lab in CHEXPERT_LABELS},
-        })
-    return pd.DataFrame(rows)
-
-
-class MeanNet(nn.Module):
-    """A stand-in QC net whose output depends on the image: logits/years from the
-    mean intensity, so different seeds give different verdicts."""
-
-    def __init__(self, n_out: int, scale: float = 200.0, offset: float = 0.0):
-        super().__init__()
-        self.n_out, self.scale, self.offset = n_out, scale, offset
-
-    def forward(self, x):
-        m = x.mean(dim=(1, 2, 3))
-        if self.n_out == 1:
-            return (self.offset + self.scale * m)[:, None]
-        # logits of class k: -(k - scale * frac(m)) ^ 2, so the argmax moves with m
-        k = torch.arange(self.n_out, dtype=x.dtype)[None]
-        pos = (self.scale * m)[:, None] % self.n_out
-        return -(k - pos) ** 2
-
-
-def mean_qc(input_size: int = 16):
-    from rv2.models import qc_networks as qc
-
-    return qc.QCModels(sex=qc.SexModel(MeanNet(2, 7.0), "xrv", input_size, None),
-                       race=qc.RaceModel(MeanNet(3, 11.0), "xrv", input_size, None),
-                       age=qc.AgeModel(MeanNet(1, 100.0, 20.0), "xrv", input_size, None),
-                       model_id="mean-net", model_hash="meannet")
-
-
-def constant_bundle(path, p_female_logit: float = 5.0, race_idx: int = 2, age: float = 50.0):
-    """A QC bundle of SmallCNNs whose heads ignore the image (zero weights): always
-    female, always `race_idx`, always `age` years."""
-    from rv2.models import qc_networks as qc
-
-    nets = {k: qc.SmallCNN(3, 4, qc.N_OUT[k]) for k in ("sex", "race", "age")}
-    with torch.no_grad():
-        for n in nets.values():
-            n.head.weight.zero_()
-            n.head.bias.zero_()
-        nets["sex"].head.bias[1] = p_female_logit
-        nets["race"].head.bias[race_idx] = 5.0
-        nets["age"].head.bias[0] = age
-    spec = {k: {"arch": "SmallCNN", "kwargs": {"in_ch": 3, "width": 4, "n_out": qc.N_OUT[k]},
-                "input_size": 16} for k in nets}
-    spec["pre_size"] = None
-    return qc.save_qc_bundle(path, nets["sex"], nets["race"], nets["age"], spec)

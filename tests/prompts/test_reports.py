@@ -104,7 +104,7 @@ def test_openi_xml_string(openi_reports):
 def test_phantom_world_mimic_reports():
     """The demo world's reports are written in the MIMIC layout; the impression comes back."""
     world = pytest.importorskip("rv2.demo.world")
-    reports = pytest.importorskip("rv2.demo.reports")
+    reports = pytest.importorskip("rv2.demo.radiology_reports")
     from rv2.data.report_sections import normalize_whitespace
 
     n_nondescriptive = 0

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from rv2.classify.config import VAL_SPLIT_ALIASES
+from rv2.config import meta_path_for
 from rv2.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,6 @@ def manifest_root(manifest: str | Path, *roots: str | None) -> Path:
 def uncertain_policy_of(manifest: str | Path) -> str | None:
     """The uncertain-label policy recorded with a manifest: its sidecar
     (`<stem>.sidecar.json`, key uncertain_label_policy) or its rv2 metadata."""
-    from rv2.config import meta_path_for
 
     p = Path(manifest)
     for f in (p.with_name(p.stem + ".sidecar.json"), meta_path_for(p)):

@@ -16,6 +16,7 @@ import pandas as pd
 from rv2.classify import model_dir as md
 from rv2.classify.data import manifest_root
 from rv2.classify.predictor import Predictor
+from rv2.config import write_artifact_meta
 from rv2.data.dali import dali_device
 from rv2.data.manifest import read_manifest
 from rv2.data.torch_dataset import ManifestDataset
@@ -87,7 +88,6 @@ def predict(model_dir: str | os.PathLike, manifest: str | os.PathLike | pd.DataF
 def write_predictions(preds: pd.DataFrame, out: str | os.PathLike, *, model_dir, manifest,
                       config: dict | None = None) -> tuple[Path, Path]:
     """Parquet of predictions + its rv2 metadata + `<stem>.skipped.csv` (always written)."""
-    from rv2.config import write_artifact_meta
 
     out = Path(out)
     table = preds.copy()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from rv2.errors import MissingInputError, UserError
 from rv2.files import atomic_path
+from rv2.models.densenet import build_from_model_config
 
 WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "model_config.json"
@@ -30,7 +31,6 @@ REQUIRED = (WEIGHTS, MODEL_CONFIG, THRESHOLDS)
 
 class ModelDirError(MissingInputError):
     """A model folder that lacks a file predict needs."""
-
 
 def check_model_dir(path: str | os.PathLike) -> Path:
     p = Path(path)
@@ -72,7 +72,6 @@ def read_json(path: str | os.PathLike) -> dict:
 
 def load_model(path: str | os.PathLike, device: str = "cpu"):
     """(model in eval mode, model_config, thresholds) from a model folder."""
-    from rv2.models.densenet import build_from_model_config
 
     p = check_model_dir(path)
     mcfg = read_json(p / MODEL_CONFIG)

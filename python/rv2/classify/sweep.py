@@ -16,6 +16,7 @@ from typing import Sequence
 import pandas as pd
 
 from rv2.classify.config import STRATEGIES, ClassifierConfig
+from rv2.classify.train import train_classifier
 from rv2.config import write_artifact_meta
 from rv2.errors import UserError
 from rv2.files import atomic_write_text
@@ -48,8 +49,6 @@ def grid(strategies: Sequence[str], n_reals: Sequence[int | None], fractions: Se
 def run_sweep(base: ClassifierConfig, out: str | os.PathLike, *, strategies: Sequence[str],
               n_reals: Sequence[int | None] = (), fractions: Sequence[float] = (),
               seeds: Sequence[int] = (0,)) -> pd.DataFrame:
-    from rv2.classify.train import train_classifier
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = grid(strategies, n_reals, fractions, seeds)

@@ -32,12 +32,16 @@ import pandas as pd
 from rv2.classify import data as cdata
 from rv2.classify import model_dir as md
 from rv2.classify.config import STRATEGIES, ClassifierConfig
+from rv2.classify.losses import masked_bce
+from rv2.classify.metrics import auroc_per_label, mean_defined
+from rv2.classify.thresholds import best_f1_thresholds
 from rv2.config import write_artifact_meta
 from rv2.data.dali import dali_device
 from rv2.data.manifest import read_manifest
 from rv2.data.schema import CHEXPERT_LABELS
 from rv2.errors import UserError
 from rv2.files import atomic_path, atomic_write_text, dumps
+from rv2.models.densenet import densenet121, model_config
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +52,6 @@ RUNTIME_KEYS = ("device", "num_workers", "progress", "cache_images", "eval_batch
 
 class TrainingStateError(UserError):
     """An output folder holding a different run."""
-
 
 @dataclasses.dataclass
 class Phase:
@@ -255,7 +258,6 @@ def plan_phases(cfg: ClassifierConfig, out: Path, sets: dict) -> list[Phase]:
 def _initial_model(cfg: ClassifierConfig, ph: Phase):
     import torch
 
-    from rv2.models.densenet import densenet121
 
     torch.manual_seed(cfg.seed + 1000 * ph.index)
     if ph.init in ("imagenet", "scratch"):
@@ -302,7 +304,6 @@ def evaluate(model, ds, cfg, device, skipped: list | None = None):
     import torch
     from tqdm.auto import tqdm
 
-    from rv2.classify.losses import masked_bce
 
     bs = cfg.eval_batch_size or 2 * cfg.batch_size
     loader = _loader(ds, bs, list(range(len(ds))), cfg, device)
@@ -336,8 +337,6 @@ def run_phase(cfg: ClassifierConfig, ph: Phase, model, val_ds, device, *,
     import torch
     from tqdm.auto import tqdm
 
-    from rv2.classify.losses import masked_bce
-    from rv2.classify.metrics import auroc_per_label, mean_defined
 
     ph.dir.mkdir(parents=True, exist_ok=True)
     state_file = ph.dir / md.STATE
@@ -466,9 +465,6 @@ def finalize(cfg: ClassifierConfig, ph: Phase, sets: dict, device) -> None:
     """Best weights -> validation thresholds, model config, metadata; drop the training state."""
     import torch
 
-    from rv2.classify.metrics import auroc_per_label, mean_defined
-    from rv2.classify.thresholds import best_f1_thresholds
-    from rv2.models.densenet import densenet121, model_config
 
     state = torch.load(ph.dir / md.STATE, map_location="cpu", weights_only=False)["loop"]
     model = densenet121(len(CHEXPERT_LABELS), init="scratch")

@@ -37,6 +37,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
+from rv2._native import to_uint8 as _to_uint8
 from rv2.errors import UserError
 from rv2.files import atomic_path
 
@@ -411,7 +412,6 @@ def normalize(img: np.ndarray, mean: float | Sequence[float], std: float | Seque
 
 def to_uint8(img01: np.ndarray) -> np.ndarray:
     """[0, 1] float -> uint8 (clamped, rounded; native when built)."""
-    from rv2._native import to_uint8 as _to_uint8
 
     return _to_uint8(np.ascontiguousarray(img01, dtype=np.float32))
 

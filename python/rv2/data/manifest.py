@@ -17,6 +17,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from rv2.config import write_artifact_meta
 from rv2.data.schema import (
     AGE_BINS,
     CHEXPERT_LABELS,
@@ -38,7 +39,6 @@ STRING_COLUMNS = ("image_id", "path", "patient_id", "study_id", "dataset", "view
 
 class ManifestError(UserError):
     """A file that is not a valid rv2 manifest."""
-
 
 def sidecar_path(manifest_path: str | os.PathLike) -> Path:
     p = Path(manifest_path)
@@ -125,7 +125,6 @@ def summary_counts(df: pd.DataFrame) -> dict:
 def write_manifest(df: pd.DataFrame, path: str | os.PathLike, sidecar: Mapping,
                    *, config=None, inputs: Iterable[str | os.PathLike] = ()) -> Path:
     """Validate, then write the Parquet table, its sidecar and its rv2 metadata atomically."""
-    from rv2.config import write_artifact_meta
 
     path = Path(path)
     df = conform(df)

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rv2.config import write_artifact_meta
 from rv2.data.schema import AGE_BINS, CHEXPERT_LABELS, RACES, SEXES
+from rv2.files import atomic_write_text
 
 SPLIT_ORDER = ("train", "validate", "test")
 MISSING = "missing"
@@ -87,8 +89,6 @@ def format_wide(table: pd.DataFrame, keys: list[str]) -> str:
 
 def write_stats(df: pd.DataFrame, out_dir: str | os.PathLike, inputs=()) -> dict[str, Path]:
     """Write demographics.csv and intersectional.csv (each with rv2 metadata)."""
-    from rv2.config import write_artifact_meta
-    from rv2.files import atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from rv2.data import imageio
+from rv2.data.dali import DaliDecoder
+from rv2.data.imageio import ImageReadError, load_image
 from rv2.data.schema import CHEXPERT_LABELS, UNCERTAIN_POLICIES
 from rv2.errors import UserError
 
@@ -69,7 +72,6 @@ def resolve_path(root: Path, rel: str) -> Path:
 
 def preprocess(img: np.ndarray, size: int) -> np.ndarray:
     """Float HxW [0,1] -> centre-cropped square, resized to size x size (antialias)."""
-    from rv2.data import imageio
 
     img = imageio.center_crop(img, min(img.shape[0], img.shape[1]))
     if img.shape[0] != size or img.shape[1] != size:
@@ -135,7 +137,6 @@ class ManifestDataset(Dataset):
         """The preprocessed [0,1] image (S x S); raises ImageReadError for a bad file."""
         if self._cache is not None and i in self._cache:
             return self._cache[i]
-        from rv2.data.imageio import load_image
 
         img = preprocess(load_image(self.path(i)), self.image_size)
         if self._cache is not None:
@@ -143,8 +144,6 @@ class ManifestDataset(Dataset):
         return img
 
     def __getitem__(self, i: int) -> dict:
-        from rv2.data.imageio import ImageReadError
-
         ok, error = True, ""
         try:
             img = self.pixels(i)
@@ -157,7 +156,6 @@ class ManifestDataset(Dataset):
         """A batch of items; with decoder="dali" the uncached images are decoded in one call."""
         if self.decoder != "dali":
             return [self[i] for i in indices]
-        from rv2.data.dali import DaliDecoder
 
         todo = [i for i in indices if self._cache is None or i not in self._cache]
         decoded, errors = {}, {}
@@ -207,7 +205,6 @@ def pixel_stats(ds: ManifestDataset, max_images: int = 2000, seed: int = 0,
     (all of them when there are at most `max_images`); unreadable ones are skipped."""
     from tqdm.auto import tqdm
 
-    from rv2.data.imageio import ImageReadError
 
     n = len(ds)
     idx = np.arange(n) if n <= max_images else np.sort(

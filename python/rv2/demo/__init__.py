@@ -1,7 +1,7 @@
 """The demo: a procedural phantom world, bundled tiny trained models, `rv2 demo`.
 
 - `rv2.demo.world`    phantom cases (anatomy, findings, demographics), rendering, marker reader
-- `rv2.demo.reports`  MIMIC-style free-text reports written from the same parameters
+- `rv2.demo.radiology_reports`  MIMIC-style free-text reports written from the same parameters
 - `rv2.demo.sites`    acquisition styles and demographic mixes of the phantom sites
 - `rv2.demo.writers`  the world in the official MIMIC-CXR-JPG 2.0.0 + MIMIC-IV layout and
                       one external site in CheXpert's layout

@@ -26,6 +26,6 @@ def demo(out, seed, size, weights_dir, overrides, quiet):
     cfg = demo_config(size, seed, list(overrides))
     if weights_dir:
         cfg.weights_dir = str(weights_dir)
-    report = run_demo(out, cfg, quiet=quiet)
+    report = run_demo(out, cfg, click.get_current_context().find_root().command, quiet=quiet)
     click.echo(f"\nreport: {report}")
     click.echo(f"        {report.with_suffix('.html')}")

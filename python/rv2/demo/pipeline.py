@@ -25,6 +25,9 @@ import time
 from pathlib import Path
 
 from rv2.config import Config, write_artifact_meta
+from rv2.data.manifest import read_manifest, read_sidecar, write_manifest
+from rv2.demo.demo_report import write_demo_report
+from rv2.demo.writers import WorldConfig, write_world
 from rv2.errors import RV2Error, UserError
 from rv2.files import atomic_write_text
 
@@ -33,7 +36,6 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 class DemoError(RV2Error, RuntimeError):
     """A demo stage failed; the message names the stage and its command."""
-
 
 @dataclasses.dataclass
 class DemoConfig(Config):
@@ -97,8 +99,9 @@ def bundled_weights(weights_dir: str | Path | None = None) -> dict[str, Path]:
 
 
 class _Runner:
-    def __init__(self, out: Path, quiet: bool):
+    def __init__(self, out: Path, quiet: bool, cli):
         self.out = out
+        self.cli = cli
         self.quiet = quiet
         self.log: list[dict] = []
         self.commands: list[str] = []
@@ -108,15 +111,13 @@ class _Runner:
 
     def rv2(self, stage: str, args: list[str]) -> None:
         """Run one `rv2 ...` command in-process, as the CLI would."""
-        from rv2.cli import main
-
         args = [str(a) for a in args]
         line = "rv2 " + " ".join(shlex.quote(a) for a in args)
         self.commands.append(line)
         self.say(f"  $ {line}")
         t0 = time.perf_counter()
         try:
-            main.main(args=args, prog_name="rv2", standalone_mode=False)
+            self.cli.main(args=args, prog_name="rv2", standalone_mode=False)
         except SystemExit as exc:  # click may still exit on --help style paths
             if exc.code not in (0, None):
                 raise DemoError(f"stage {stage}: `{line}` exited with {exc.code}") from exc
@@ -130,7 +131,6 @@ def _test_manifest(data: Path, world_root: Path, out: Path) -> Path:
     """MIMIC's test split and the external sites in one manifest, paths relative to the world."""
     import pandas as pd
 
-    from rv2.data.manifest import read_manifest, read_sidecar, write_manifest
 
     m = read_manifest(data / "mimic.parquet")
     c = read_manifest(data / "chexpert.parquet")
@@ -155,10 +155,11 @@ def _test_manifest(data: Path, world_root: Path, out: Path) -> Path:
     return write_manifest(df, out, side, inputs=[data / "mimic.parquet", data / "chexpert.parquet"])
 
 
-def run_demo(out: str | Path, cfg: DemoConfig, quiet: bool = False) -> Path:
-    """Run every stage; returns the path of the report (report.md)."""
-    from rv2.demo.writers import WorldConfig, write_world
+def run_demo(out: str | Path, cfg: DemoConfig, cli, quiet: bool = False) -> Path:
+    """Run every stage; returns the path of the report (report.md).
 
+    cli: the `rv2` click group that runs each stage's command (`rv2.cli.main`; the
+    demo command passes the group it was invoked from, so demo never imports the CLI)."""
     out = Path(out).resolve()
     previous = out / "demo_config.yaml"
     if previous.is_file() and DemoConfig.load(previous).to_dict() != cfg.to_dict():
@@ -169,7 +170,7 @@ def run_demo(out: str | Path, cfg: DemoConfig, quiet: bool = False) -> Path:
         raise DemoError(f"{out} exists and is not a demo run folder; use another --out")
     out.mkdir(parents=True, exist_ok=True)
     w = bundled_weights(cfg.weights_dir or None)
-    r = _Runner(out, quiet)
+    r = _Runner(out, quiet, cli)
     t_start = time.perf_counter()
     cfg.save(out / "demo_config.yaml")
     n_stages = 9
@@ -275,7 +276,6 @@ def run_demo(out: str | Path, cfg: DemoConfig, quiet: bool = False) -> Path:
 
     # 9. report
     header("report")
-    from rv2.demo.report import write_demo_report
 
     total = time.perf_counter() - t_start
     report = write_demo_report(out, cfg, r.log, w, total)

@@ -3,7 +3,7 @@
 A `Case` holds everything the world knows about one image: demographics, view,
 anatomy and findings (each finding with a side and a severity, positive or
 uncertain). `render(case, size, site)` draws the radiograph from those
-parameters; `rv2.demo.reports.write_report(case)` writes its report from the
+parameters; `rv2.demo.radiology_reports.write_report(case)` writes its report from the
 same parameters, so image, report and labels always agree.
 
 Anatomy, in normalised image coordinates (x right, y down, PA view, the

@@ -41,7 +41,7 @@ import numpy as np
 
 from rv2.config import Config, write_artifact_meta
 from rv2.data.schema import CHEXPERT_LABELS
-from rv2.demo.reports import impression, labels, write_report
+from rv2.demo.radiology_reports import impression, labels, write_report
 from rv2.demo.sites import GROUPS, get_site
 from rv2.demo.world import Case, _seed, render, sample_case, sample_subject
 

@@ -2,7 +2,6 @@
 
 Both draw ONE set of seeded bootstrap resamples per test set and use it for
 every label, model and subgroup, so model differences are paired. Methods:
-
 - per label and macro (over the configured labels defined in the set) AUROC and
   AP with percentile bootstrap CIs;
 - subgroups sex x race/ethnicity and sex x age bin: macro AUROC, fairness gap
@@ -29,8 +28,10 @@ from rv2.config import Config
 from rv2.data.schema import EVAL_LABELS, STUDY_RACES
 from rv2.evaluate import io
 from rv2.evaluate.bootstrap import macro, percentile_ci, resample_auc_ap
+from rv2.evaluate.delong import delong_test
 from rv2.evaluate.fairness import subgroup_metrics
 from rv2.evaluate.permutation import permutation_diffs, permutation_p
+from rv2.evaluate.report_writer import write_report
 
 log = logging.getLogger(__name__)
 
@@ -237,8 +238,6 @@ def evaluate_predictions(pred, manifest, *, model_dir=None, thresholds=None, out
                      progress)
     result["kind"] = "evaluate"
     if out is not None:
-        from rv2.evaluate.report import write_report
-
         write_report(result, out, cfg, inputs=[pred, manifest], sweep=sweep)
     return result
 
@@ -267,7 +266,6 @@ def compare_predictions(preds: Sequence, manifest, *, model_dirs=None, threshold
     Returns the report dictionary (also `out/report.json`): each model's
     evaluation plus, per test set, one comparison per model against the baseline.
     """
-    from rv2.evaluate.delong import delong_test
 
     cfg = config or EvaluateConfig()
     if len(preds) < 2:
@@ -338,7 +336,5 @@ def compare_predictions(preds: Sequence, manifest, *, model_dirs=None, threshold
             comps[names[k]] = {"per_label": per, "macro": mac, "gaps": gaps}
         result["test_sets"][set_name]["comparisons"] = comps
     if out is not None:
-        from rv2.evaluate.report import write_report
-
         write_report(result, out, cfg, inputs=[*preds, manifest], sweep=sweep)
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from rv2.errors import UserError
+from rv2.evaluate.fairness import _codes
 from rv2.evaluate.kernels import boot_auc_ap
 from rv2.evaluate.validate import as_binary_labels, as_scores
 
@@ -29,7 +30,6 @@ def average_precision(y_true, scores) -> float:
 
 def subgroup_auroc(y_true, scores, groups) -> dict:
     """{subgroup: macro AUROC over the labels defined in it}; y_true, scores: (n, L) or (n,)."""
-    from rv2.evaluate.fairness import _codes
 
     y = as_binary_labels(y_true)
     s = as_scores(scores, "scores", y)

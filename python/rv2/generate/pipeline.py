@@ -25,7 +25,8 @@ from rv2.generate.config import GenerateConfig
 from rv2.generate.executor import Executor, InProcessExecutor
 from rv2.generate.sampler import latent_shape
 from rv2.generate.stages import SamplingPlan, StageRunner, StageSet
-from rv2.models.sd import check_model_dir
+from rv2.generate.store import ShardedStore, StoreError
+from rv2.models.sd import check_model_dir, load_components
 
 log = logging.getLogger("rv2.generate")
 
@@ -37,7 +38,6 @@ CARRY_COLUMNS = ("prompt_id", "prompt", "sex", "race", "age", "age_bin", "source
 
 class PromptsError(UserError):
     """The prompts table cannot be generated from; the message says why and what to do."""
-
 
 def load_prompts(src) -> "Any":
     """Read and check an expanded prompts table (Parquet path or DataFrame)."""
@@ -203,7 +203,6 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
     """
     from tqdm.auto import tqdm
 
-    from rv2.generate.store import ShardedStore, StoreError
 
     cfg = (cfg or GenerateConfig()).validate()
     df = load_prompts(prompts)
@@ -300,8 +299,6 @@ def _build_stages(cfg: GenerateConfig, model_dir: Path | None, qc_models: Any, c
         return stages
     dtype = resolve_dtype(cfg.sampler.dtype, device)
     if components is None:
-        from rv2.models.sd import load_components
-
         components = load_components(model_dir, torch_dtype=dtype)
     return eager_stages(components, device, dtype, qc=qc)
 

@@ -1,7 +1,6 @@
 """The crash-safe dataset store of `rv2 generate`.
 
 Layout of a store folder:
-
     images/s00000/<image_id>.png   accepted images, at most `shard_size` per shard
     journal.jsonl                  one JSON line per generation attempt (the truth)
     manifest.parquet               accepted images: a valid rv2 dataset manifest
@@ -27,6 +26,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from rv2.data.manifest import conform, sidecar_path, summary_counts, validate
+from rv2.data.schema import REQUIRED_COLUMNS
 from rv2.errors import UserError
 from rv2.files import (
     atomic_path,
@@ -36,6 +37,7 @@ from rv2.files import (
     dumps,
     fsync_dir,
 )
+from rv2.generate.config import StoreConfig
 
 log = logging.getLogger("rv2.generate.store")
 
@@ -53,7 +55,6 @@ RUN_KEYS = ("model_hash", "qc_hash", "steps", "guidance", "height", "width", "ba
 
 class StoreError(UserError):
     """The store folder cannot be used as asked (locked, or made by other settings)."""
-
 
 def encode_image(img: np.ndarray, fmt: str = "png", quality: int = 95, compress_level: int = 4) -> bytes:
     """uint8 H x W (gray) or H x W x 3 (RGB) -> PNG (lossless) or JPEG bytes."""
@@ -76,8 +77,6 @@ class ShardedStore:
     """Images in bounded shard folders + an append-only journal; see the module doc."""
 
     def __init__(self, root: str | os.PathLike, store_cfg=None, run_info: dict | None = None):
-        from rv2.generate.config import StoreConfig
-
         self.root = Path(root)
         self.cfg = store_cfg or StoreConfig()
         self.run_info = dict(run_info or {})
@@ -126,7 +125,6 @@ class ShardedStore:
         self.close()
 
     def _check_run_info(self) -> None:
-
         path = self.root / RUN_INFO
         if path.is_file():
             old = json.loads(path.read_text())
@@ -275,8 +273,6 @@ class ShardedStore:
         """Accepted images as an rv2 dataset manifest (schema columns and dtypes, validated)."""
         import pandas as pd
 
-        from rv2.data.manifest import conform, validate
-        from rv2.data.schema import REQUIRED_COLUMNS
 
         rows = sorted(self.accepted.values(), key=lambda r: r["image_id"])
         df = pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(REQUIRED_COLUMNS))
@@ -299,7 +295,6 @@ class ShardedStore:
 
     def write_tables(self) -> tuple[Path, Path]:
         """manifest.parquet (+ its sidecar, as `rv2.data.manifest` writes them) and qc_log.parquet."""
-        from rv2.data.manifest import sidecar_path, summary_counts
 
         man = self.manifest_frame()
         path = self._atomic_parquet(man, MANIFEST)

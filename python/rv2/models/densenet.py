@@ -14,6 +14,7 @@ from typing import Sequence
 
 from rv2.data.schema import CHEXPERT_LABELS
 from rv2.errors import UserError
+from rv2.weights import find_weights
 
 ARCH = "densenet121"
 
@@ -38,8 +39,6 @@ def densenet121(num_classes: int = len(CHEXPERT_LABELS), init: str = "scratch",
     model = tv_densenet121(weights=None, num_classes=num_classes)
     if init == "imagenet":
         if weights_path is None:
-            from rv2.weights import find_weights
-
             weights_path = find_weights(["densenet_imagenet"], [weights_dir])["densenet_imagenet"]
         state = load_imagenet_state(weights_path)
         missing, unexpected = model.load_state_dict(state, strict=False)

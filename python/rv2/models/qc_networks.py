@@ -3,7 +3,6 @@ for the published weight files, and rv2's "QC bundle" folder for small stand-ins
 
 Every wrapper takes decoded generations, B x 1 x H x W floats in [0, 1], and
 returns what the QC rule needs:
-
 * `SexModel(net)`  -> P(female), shape (B,). `net`: 2 logits, Male=0, Female=1
   (chexploration ResNet-34). Input: 3 channels of raw 0-255 intensities.
 * `RaceModel(net)` -> probabilities over RACE_CLASSES, shape (B, 3). `net`
@@ -42,6 +41,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rv2.errors import UserError
+from rv2.files import atomic_write_text
+from rv2.weights import find_weights, locate
 
 log = logging.getLogger("rv2.models.qc_networks")
 
@@ -59,7 +60,6 @@ AUTHORS_PRE_SIZE = 224
 
 class QCWeightsError(UserError):
     """A QC weight file or bundle that exists but cannot be used."""
-
 
 # ------------------------------------------------------------------ preprocessing
 
@@ -285,7 +285,6 @@ def save_qc_bundle(out_dir: str | os.PathLike, sex_net: nn.Module, race_net: nn.
     """
     from safetensors.torch import save_file
 
-    from rv2.files import atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -413,7 +412,6 @@ def load_age_net(path: str | os.PathLike) -> nn.Module:
 def qc_weight_paths(dirs: Sequence[str | os.PathLike | None] = ()) -> dict[str, Path]:
     """Paths of the real QC files: race, age and sex (the chexploration file, else
     torchxrayvision's copy); one MissingWeightsError naming all that is missing."""
-    from rv2.weights import find_weights, locate
 
     # Prefer the chexploration file; torchxrayvision's copy is the same model.
     sex_key = "sex_xrv" if locate("sex_xrv", dirs) and not locate("sex", dirs) else "sex"

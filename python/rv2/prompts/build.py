@@ -17,6 +17,7 @@ import re
 import numpy as np
 import pandas as pd
 
+from rv2.data.manifest import validate
 from rv2.data.report_sections import extract_impression, normalize_whitespace
 from rv2.data.schema import CHEXPERT_LABELS
 from rv2.errors import UserError
@@ -137,7 +138,6 @@ def _source_impression(row: dict, source: str) -> str | None:
 
 def validate_input(df: pd.DataFrame, name: str = "manifest") -> None:
     """The manifest schema (rv2.data.manifest.validate) plus a text column to read."""
-    from rv2.data.manifest import validate
 
     validate(df, name)
     if "impression" not in df.columns and "report" not in df.columns:

@@ -14,6 +14,7 @@ from rv2.data.adapters import (
     padchest,
     vindr,
 )
+from rv2.errors import UserError
 
 ADAPTERS: dict[str, Callable] = {
     "mimic": mimic.index_mimic,
@@ -27,8 +28,6 @@ ADAPTERS: dict[str, Callable] = {
 
 
 def get_adapter(dataset: str) -> Callable:
-    from rv2.errors import UserError
-
     try:
         return ADAPTERS[dataset]
     except KeyError:

@@ -20,14 +20,13 @@ import click
 def train_generator(config_path, overrides, preset, print_config):
     """Fine-tune UNet + text encoder (VAE frozen); resumable; writes a diffusers pipeline."""
     import yaml
-
-    from rv2.generate.train_config import load_train_config
+    from rv2.finetune.config import load_train_config
 
     cfg = load_train_config(config_path, overrides, preset)
     if print_config:
         click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return
-    from rv2.generate.train import train_generator as run
+    from rv2.finetune.train import train_generator as run
 
     out = run(cfg)
     import os

@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from rv2.generate import train_data as td
-from rv2.generate.train import denoising_loss, find_checkpoints, train_generator
-from rv2.generate.train_config import TrainGeneratorConfig
+from rv2.finetune import data as td
+from rv2.finetune.config import TrainGeneratorConfig
+from rv2.finetune.train import denoising_loss, find_checkpoints, train_generator
 from rv2.models import sd
+from rv2.testing.sd import tiny_components
 
 REPO = Path(__file__).resolve().parents[2]
 RES = 32  # pixels; tiny VAE latents are 16x16
@@ -70,7 +71,7 @@ def test_tiny_model_overfits_a_handful_of_images(tmp_path):
     images = _images(tmp_path / "img", 4)
     cfg = _cfg(tmp_path / "run", images, "optim.batch_size=4", "optim.max_steps=40",
                "data.latent_cache=true")
-    comps = sd.tiny_components(seed=0, sample_size=RES)
+    comps = tiny_components(seed=0, sample_size=RES)
     ds = td.build_dataset(cfg.data)
     pixels = torch.stack([ds[i]["pixels"] for i in range(4)])
     prompts = [r.prompt for r in ds.records]
@@ -91,14 +92,14 @@ def test_interrupted_and_resumed_run_follows_the_same_trajectory(tmp_path):
             "optim.warmup_steps=2", "model.ema=true", "model.ema_decay=0.9",
             "checkpoint.every=2", "checkpoint.keep_last=2")
     full = train_generator(_cfg(tmp_path / "full", images, *opts),
-                           sd.tiny_components(seed=0, sample_size=RES))
+                           tiny_components(seed=0, sample_size=RES))
 
     cut = _cfg(tmp_path / "cut", images, *opts)
     with pytest.raises(Crash):
-        train_generator(cut, sd.tiny_components(seed=0, sample_size=RES), on_step=crash_at(5))
+        train_generator(cut, tiny_components(seed=0, sample_size=RES), on_step=crash_at(5))
     assert [p.name for p in find_checkpoints(tmp_path / "cut" / "checkpoints")] == \
         ["step-00000002", "step-00000004"]  # keep-last-2; nothing half-written
-    resumed = train_generator(cut, sd.tiny_components(seed=0, sample_size=RES))
+    resumed = train_generator(cut, tiny_components(seed=0, sample_size=RES))
     a, b = _log(tmp_path / "full"), _log(tmp_path / "cut")
     assert [r["step"] for r in b] == [str(s) for s in range(1, 9)]
     for ra, rb in zip(a, b):  # bit-identical losses, learning rates and sample counts
@@ -120,7 +121,7 @@ def test_workers_latent_cache_and_gradient_checkpointing_train_like_the_baseline
                                         "model.gradient_checkpointing=true"])]:
         run = tmp_path / name
         train_generator(_cfg(run, images, "optim.max_steps=3", *extra),
-                        sd.tiny_components(seed=0, sample_size=RES))
+                        tiny_components(seed=0, sample_size=RES))
         runs[name] = [float(r["loss"]) for r in _log(run)]
     assert runs["workers"] == runs["pixels"]  # loader workers do not change the order
     # same draws per sample number: only float summation order differs
@@ -136,7 +137,7 @@ def test_cli_trains_from_a_model_folder_and_writes_a_loadable_pipeline(tmp_path)
     from rv2.cli import main
     from rv2.config import read_artifact_meta
 
-    base = sd.save_pipeline(sd.tiny_components(seed=1, sample_size=RES), tmp_path / "base")
+    base = sd.save_pipeline(tiny_components(seed=1, sample_size=RES), tmp_path / "base")
     _images(tmp_path / "data" / "img", 3)
     table = tmp_path / "data" / "prompts.parquet"
     pd.DataFrame({"image_id": ["a", "b", "c"], "path": [f"img/im{i}.png" for i in range(3)],
@@ -177,7 +178,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     The 2-process run also builds the latent cache together (each process encodes every
     other image into one file); the 1-process run reads pixels.
     """
-    base = sd.save_pipeline(sd.tiny_components(seed=0, sample_size=RES), tmp_path / "base")
+    base = sd.save_pipeline(tiny_components(seed=0, sample_size=RES), tmp_path / "base")
     images = _images(tmp_path / "img", 5)
     common = ["--set", f"model.base={base}", "--set", "data.source=folder",
               "--set", f"data.image_dir={images}", "--set", f"data.resolution={RES}",
@@ -214,17 +215,17 @@ def test_prompt_dropout_trains_the_unconditional_branch_and_resumes_exactly(tmp_
     images = _images(tmp_path / "img", 3)
     opts = ("optim.max_steps=6", "checkpoint.every=2", "model.prompt_dropout=0.5")
     base = train_generator(_cfg(tmp_path / "none", images, "optim.max_steps=6"),
-                           sd.tiny_components(seed=0, sample_size=RES))
+                           tiny_components(seed=0, sample_size=RES))
     full = train_generator(_cfg(tmp_path / "full", images, *opts),
-                           sd.tiny_components(seed=0, sample_size=RES))
+                           tiny_components(seed=0, sample_size=RES))
     a0, a = _log(tmp_path / "none"), _log(tmp_path / "full")
     # same timesteps and noise per sample; only the dropped prompts change the losses
     assert [r["loss"] for r in a0] != [r["loss"] for r in a]
 
     cut = _cfg(tmp_path / "cut", images, *opts)
     with pytest.raises(Crash):
-        train_generator(cut, sd.tiny_components(seed=0, sample_size=RES), on_step=crash_at(3))
-    train_generator(cut, sd.tiny_components(seed=0, sample_size=RES))
+        train_generator(cut, tiny_components(seed=0, sample_size=RES), on_step=crash_at(3))
+    train_generator(cut, tiny_components(seed=0, sample_size=RES))
     b = _log(tmp_path / "cut")
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
     assert base.is_dir() and full.is_dir()

@@ -34,8 +34,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rv2.config import ConfigError, write_artifact_meta
+from rv2.data.imageio import save_png
 from rv2.files import atomic_write_text
-from rv2.generate.train_config import TrainGeneratorConfig
+from rv2.finetune import data as td
+from rv2.finetune.config import TrainGeneratorConfig
+from rv2.models import sd
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +112,6 @@ def _resolve_resume(cfg: TrainGeneratorConfig, ckpt_root: Path) -> Path | None:
 
 
 def _build_components(cfg, components):
-    from rv2.models import sd
-
     if components is not None:
         return components, "<in-memory components>"
     if not cfg.model.base:
@@ -230,8 +231,6 @@ def _sample_validation(cfg, model, vae, tokenizer, scheduler, step: int, out: Pa
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from rv2.data.imageio import save_png
-
     v = cfg.validation
     pipe = StableDiffusionPipeline(unet=model.unet, vae=vae, text_encoder=model.text_encoder,
                                    tokenizer=tokenizer, scheduler=scheduler.__class__.from_config(
@@ -290,9 +289,6 @@ def train_generator(cfg: TrainGeneratorConfig, components=None,
     import torch.nn.functional as F
     from accelerate import Accelerator
     from tqdm.auto import tqdm
-
-    from rv2.generate import train_data as td
-    from rv2.models import sd
 
     cfg.validate()
     out = Path(cfg.output_dir).expanduser()
@@ -545,7 +541,7 @@ class _ema_weights:
 
 def _inputs(cfg) -> list:
     """Inputs hashed into rv2_meta.json: the table or the shards, and the base model folder."""
-    from rv2.generate.train_data import _expand_shards
+    from rv2.finetune.data import _expand_shards
 
     d = cfg.data
     items: list = []
@@ -571,9 +567,7 @@ def denoising_loss(components, pixels, prompts: list[str], seed: int = 0, draws:
     pixels: [N, 3, R, R] in [-1, 1].
     """
     import torch
-
-    from rv2.generate.train_data import tokenize
-    from rv2.models import sd
+    from rv2.finetune.data import tokenize
 
     sched = sd.ddpm_train_scheduler()
     unet, vae, te = components.unet, components.vae, components.text_encoder

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
+from rv2.data.imageio import load_image, pad_to_square, resize
 from rv2.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
@@ -32,7 +32,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".
 class TrainDataError(UserError):
     """Training data that cannot be used; the message names the input and the fix."""
 
-
 # ------------------------------------------------------------------ preprocessing
 
 def preprocess(img01: np.ndarray, resolution: int) -> torch.Tensor:
@@ -40,7 +39,6 @@ def preprocess(img01: np.ndarray, resolution: int) -> torch.Tensor:
 
     As in the reference: pad with zeros (black), resize to the model size, (x - 0.5) / 0.5.
     """
-    from rv2.data.imageio import pad_to_square, resize
 
     img = np.asarray(img01, dtype=np.float32)
     if img.ndim == 3 and img.shape[-1] in (3, 4):
@@ -90,7 +88,6 @@ class PairDataset(torch.utils.data.Dataset):
                 f.seek(r.offset)
                 data = f.read(r.size)
             return _tensor_from_pickle(data, f"{r.shard}:{r.key}.pt_image")
-        from rv2.data.imageio import load_image
 
         return load_image(r.path)
 

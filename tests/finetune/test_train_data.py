@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 from rv2.config import ConfigError
-from rv2.generate import train_data as td
-from rv2.generate.train_config import TrainGeneratorConfig, load_train_config
+from rv2.finetune import data as td
+from rv2.finetune.config import TrainGeneratorConfig, load_train_config
 
 
 def _img(h, w, k=0):
