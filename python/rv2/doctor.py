@@ -13,7 +13,7 @@ import platform
 import sys
 from pathlib import Path
 
-from rv2 import __version__, _native, weights
+from rv2 import __version__, _native, envs, weights
 
 CORE = ("numpy", "pandas", "pyarrow", "click", "yaml", "tqdm", "PIL")
 OPTIONAL = ("torch", "torchvision", "diffusers", "transformers", "accelerate", "open_clip",
@@ -68,6 +68,7 @@ def collect() -> dict:
         if v is None:
             report["broken"].append(f"core dependency {m} cannot be imported")
     report["optional"] = {m: _version(m) for m in OPTIONAL}
+    report["environment"] = envs.snapshot()
 
     info = _native.build_info()
     report["native"] = info
@@ -122,6 +123,8 @@ def format_report(r: dict) -> str:
     lines += [f"  {k:16s} {ok(v)}" for k, v in r["core"].items()]
     lines += ["optional packages:"]
     lines += [f"  {k:16s} {ok(v)}" for k, v in r["optional"].items()]
+    if r.get("environment"):
+        lines += ["environment:"] + [f"  {k}={v}" for k, v in r["environment"].items()]
     n = r["native"]
     lines += ["", f"native (rv2._C):  target={n.get('target')}  compiler={n.get('compiler') or '-'}"
               f"  cuda_archs={n.get('cuda_archs') or '-'}"

@@ -108,17 +108,32 @@ def json_default(o: Any) -> Any:
     return str(o)
 
 
+def plain(o: Any, nan_to_none: bool = False) -> Any:
+    """`o` with numpy scalars as Python ones (recursively through dicts, lists and
+    tuples; dict keys as strings) and pandas NA as None; with `nan_to_none`, NaN and
+    inf become None too (strict JSON for non-Python readers)."""
+    import numpy as np
+
+    if isinstance(o, dict):
+        return {str(k): plain(v, nan_to_none) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [plain(v, nan_to_none) for v in o]
+    if isinstance(o, np.bool_):
+        return bool(o)
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, (np.floating, float)):
+        f = float(o)
+        return None if nan_to_none and not math.isfinite(f) else f
+    if o.__class__.__name__ in ("NAType", "NaTType"):
+        return None
+    return o
+
+
 def dumps(obj: Any, **kw) -> str:
     """JSON text of `obj` with `json_default` (NaN stays NaN, as Python's json writes it)."""
     return json.dumps(obj, default=json_default, **kw)
 
 
-def finite_or_none(x: Any) -> Any:
-    """A float that JSON consumers other than Python can read: NaN/inf -> None."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "clean_temporaries",
-           "fsync_dir", "tmp_path_for", "json_default", "dumps", "finite_or_none"]
+           "fsync_dir", "tmp_path_for", "json_default", "dumps", "plain"]

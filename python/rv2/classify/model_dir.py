@@ -32,6 +32,7 @@ REQUIRED = (WEIGHTS, MODEL_CONFIG, THRESHOLDS)
 class ModelDirError(MissingInputError):
     """A model folder that lacks a file predict needs."""
 
+
 def check_model_dir(path: str | os.PathLike) -> Path:
     p = Path(path)
     if not p.is_dir():

@@ -53,6 +53,7 @@ RUNTIME_KEYS = ("device", "num_workers", "progress", "cache_images", "eval_batch
 class TrainingStateError(UserError):
     """An output folder holding a different run."""
 
+
 @dataclasses.dataclass
 class Phase:
     name: str            # main | pretrain | finetune
@@ -258,7 +259,6 @@ def plan_phases(cfg: ClassifierConfig, out: Path, sets: dict) -> list[Phase]:
 def _initial_model(cfg: ClassifierConfig, ph: Phase):
     import torch
 
-
     torch.manual_seed(cfg.seed + 1000 * ph.index)
     if ph.init in ("imagenet", "scratch"):
         return densenet121(len(CHEXPERT_LABELS), init=ph.init, weights_dir=cfg.weights_dir)
@@ -304,7 +304,6 @@ def evaluate(model, ds, cfg, device, skipped: list | None = None):
     import torch
     from tqdm.auto import tqdm
 
-
     bs = cfg.eval_batch_size or 2 * cfg.batch_size
     loader = _loader(ds, bs, list(range(len(ds))), cfg, device)
     probs, targets, masks = [], [], []
@@ -336,7 +335,6 @@ def run_phase(cfg: ClassifierConfig, ph: Phase, model, val_ds, device, *,
               on_epoch_end: Callable | None = None) -> None:
     import torch
     from tqdm.auto import tqdm
-
 
     ph.dir.mkdir(parents=True, exist_ok=True)
     state_file = ph.dir / md.STATE
@@ -464,7 +462,6 @@ def _dumps(obj) -> str:
 def finalize(cfg: ClassifierConfig, ph: Phase, sets: dict, device) -> None:
     """Best weights -> validation thresholds, model config, metadata; drop the training state."""
     import torch
-
 
     state = torch.load(ph.dir / md.STATE, map_location="cpu", weights_only=False)["loop"]
     model = densenet121(len(CHEXPERT_LABELS), init="scratch")

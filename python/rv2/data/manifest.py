@@ -40,6 +40,7 @@ STRING_COLUMNS = ("image_id", "path", "patient_id", "study_id", "dataset", "view
 class ManifestError(UserError):
     """A file that is not a valid rv2 manifest."""
 
+
 def sidecar_path(manifest_path: str | os.PathLike) -> Path:
     p = Path(manifest_path)
     return p.with_name(p.stem + ".sidecar.json")

@@ -205,7 +205,6 @@ def pixel_stats(ds: ManifestDataset, max_images: int = 2000, seed: int = 0,
     (all of them when there are at most `max_images`); unreadable ones are skipped."""
     from tqdm.auto import tqdm
 
-
     n = len(ds)
     idx = np.arange(n) if n <= max_images else np.sort(
         np.random.default_rng(seed).choice(n, size=max_images, replace=False))

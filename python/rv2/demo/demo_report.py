@@ -11,7 +11,7 @@ import json
 import math
 from pathlib import Path
 
-from rv2.files import atomic_write_text
+from rv2.files import atomic_write_text, dumps
 
 
 def _read(p: Path) -> dict:
@@ -164,7 +164,7 @@ def write_demo_report(out: Path, cfg, stage_log: list[dict], weights: dict, tota
     md = "\n".join(L)
     report = out / "report.md"
     atomic_write_text(report, md)
-    atomic_write_text(out / "report.json", json.dumps(res, indent=2, default=str))
+    atomic_write_text(out / "report.json", dumps(res, indent=2))
     atomic_write_text(out / "report.html", _to_html(md))
     return report
 

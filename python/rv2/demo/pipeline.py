@@ -37,6 +37,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 class DemoError(RV2Error, RuntimeError):
     """A demo stage failed; the message names the stage and its command."""
 
+
 @dataclasses.dataclass
 class DemoConfig(Config):
     """Settings of `rv2 demo`; `size` picks the defaults of everything else."""
@@ -130,7 +131,6 @@ class _Runner:
 def _test_manifest(data: Path, world_root: Path, out: Path) -> Path:
     """MIMIC's test split and the external sites in one manifest, paths relative to the world."""
     import pandas as pd
-
 
     m = read_manifest(data / "mimic.parquet")
     c = read_manifest(data / "chexpert.parquet")

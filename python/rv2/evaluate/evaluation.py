@@ -2,6 +2,7 @@
 
 Both draw ONE set of seeded bootstrap resamples per test set and use it for
 every label, model and subgroup, so model differences are paired. Methods:
+
 - per label and macro (over the configured labels defined in the set) AUROC and
   AP with percentile bootstrap CIs;
 - subgroups sex x race/ethnicity and sex x age bin: macro AUROC, fairness gap

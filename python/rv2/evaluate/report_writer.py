@@ -16,23 +16,9 @@ import numpy as np
 
 from rv2.config import write_artifact_meta
 from rv2.errors import MissingInputError, UserError
-from rv2.files import atomic_write_text
+from rv2.files import atomic_write_text, plain
 
 FAMILIES = {"sex_race": "sex x race/ethnicity", "sex_age": "sex x age"}
-
-
-def _clean(o):
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    if isinstance(o, (np.floating, float)):
-        return float(o) if math.isfinite(o) else None
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    return o
 
 
 def _f(x, d=3):
@@ -300,7 +286,7 @@ def write_report(result: dict, out, config=None, *, inputs=(), sweep=None) -> Pa
     out = Path(out)
     figs = out / "figures"
     figs.mkdir(parents=True, exist_ok=True)
-    result = _clean(result)
+    result = plain(result, nan_to_none=True)
     kind = result.get("kind", "evaluate")
     doc = _Doc("rv2 evaluation report" if kind == "evaluate" else "rv2 model comparison")
     cfg = result["config"]

@@ -14,13 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from rv2 import __version__
 from rv2.config import hash_input, write_artifact_meta
 from rv2.data.schema import CHEXPERT_LABELS, SEXES, STUDY_RACES, age_bin
 from rv2.errors import UserError
-from rv2.files import atomic_write_text, dumps
+from rv2.files import atomic_write_text, dumps, plain
 from rv2.generate.config import GenerateConfig
 from rv2.generate.executor import Executor, InProcessExecutor
 from rv2.generate.sampler import latent_shape
@@ -41,6 +39,7 @@ class PromptsError(UserError):
 
 def load_prompts(src) -> "Any":
     """Read and check an expanded prompts table (Parquet path or DataFrame)."""
+
     import pandas as pd
 
     name = "<DataFrame>"
@@ -86,26 +85,6 @@ def load_prompts(src) -> "Any":
     return df.reset_index(drop=True)
 
 
-def _py(v):
-    """A JSON-friendly scalar (NaN labels stay NaN; pandas NA -> None)."""
-    if v is None:
-        return None
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating, float)):
-        return float(v)
-    if isinstance(v, (np.bool_,)):
-        return bool(v)
-    try:
-        import pandas as pd
-
-        if v is pd.NA or v is pd.NaT:
-            return None
-    except ImportError:  # pragma: no cover
-        pass
-    return v
-
-
 def base_record(row: dict, rv2_version: str, model_id: str, model_hash: str, qc_id: str) -> dict:
     """The manifest fields of one prompt: requested demographics as the demographics,
     labels from the source row, synthetic provenance."""
@@ -118,20 +97,20 @@ def base_record(row: dict, rv2_version: str, model_id: str, model_hash: str, qc_
         "dataset": "synthetic",
         "view": "PA",
         "sex": str(row["sex"]),
-        "age": _py(row["age"]),
-        "age_bin": _py(row["age_bin"]),
+        "age": plain(row["age"]),
+        "age_bin": plain(row["age_bin"]),
         "race": str(row["race"]),
-        "split": _py(row["split"]),
-        **{lab: _py(row[lab]) for lab in CHEXPERT_LABELS},
+        "split": plain(row["split"]),
+        **{lab: plain(row[lab]) for lab in CHEXPERT_LABELS},
         "prompt_id": pid,
         "prompt": str(row["prompt"]),
-        "source_prompt_id": _py(row.get("source_prompt_id")),
-        "source_image_id": _py(row.get("image_id")),
-        "source_dataset": _py(row.get("dataset")),
-        "source_study_id": _py(row.get("study_id")),
-        "source_path": _py(row.get("path")),
-        "impression": _py(row.get("impression")),
-        "variant": _py(row.get("variant")),
+        "source_prompt_id": plain(row.get("source_prompt_id")),
+        "source_image_id": plain(row.get("image_id")),
+        "source_dataset": plain(row.get("dataset")),
+        "source_study_id": plain(row.get("study_id")),
+        "source_path": plain(row.get("path")),
+        "impression": plain(row.get("impression")),
+        "variant": plain(row.get("variant")),
         "model_id": model_id,
         "model_hash": model_hash,
         "qc_model": qc_id,
@@ -202,7 +181,6 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
     executor: who schedules the work items (default: `InProcessExecutor(cfg.batch_size)`).
     """
     from tqdm.auto import tqdm
-
 
     cfg = (cfg or GenerateConfig()).validate()
     df = load_prompts(prompts)

@@ -1,6 +1,7 @@
 """The crash-safe dataset store of `rv2 generate`.
 
 Layout of a store folder:
+
     images/s00000/<image_id>.png   accepted images, at most `shard_size` per shard
     journal.jsonl                  one JSON line per generation attempt (the truth)
     manifest.parquet               accepted images: a valid rv2 dataset manifest
@@ -55,6 +56,7 @@ RUN_KEYS = ("model_hash", "qc_hash", "steps", "guidance", "height", "width", "ba
 
 class StoreError(UserError):
     """The store folder cannot be used as asked (locked, or made by other settings)."""
+
 
 def encode_image(img: np.ndarray, fmt: str = "png", quality: int = 95, compress_level: int = 4) -> bytes:
     """uint8 H x W (gray) or H x W x 3 (RGB) -> PNG (lossless) or JPEG bytes."""
@@ -272,7 +274,6 @@ class ShardedStore:
     def manifest_frame(self):
         """Accepted images as an rv2 dataset manifest (schema columns and dtypes, validated)."""
         import pandas as pd
-
 
         rows = sorted(self.accepted.values(), key=lambda r: r["image_id"])
         df = pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(REQUIRED_COLUMNS))

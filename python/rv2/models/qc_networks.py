@@ -3,6 +3,7 @@ for the published weight files, and rv2's "QC bundle" folder for small stand-ins
 
 Every wrapper takes decoded generations, B x 1 x H x W floats in [0, 1], and
 returns what the QC rule needs:
+
 * `SexModel(net)`  -> P(female), shape (B,). `net`: 2 logits, Male=0, Female=1
   (chexploration ResNet-34). Input: 3 channels of raw 0-255 intensities.
 * `RaceModel(net)` -> probabilities over RACE_CLASSES, shape (B, 3). `net`
@@ -60,6 +61,7 @@ AUTHORS_PRE_SIZE = 224
 
 class QCWeightsError(UserError):
     """A QC weight file or bundle that exists but cannot be used."""
+
 
 # ------------------------------------------------------------------ preprocessing
 
@@ -284,7 +286,6 @@ def save_qc_bundle(out_dir: str | os.PathLike, sex_net: nn.Module, race_net: nn.
     "width": 8, "n_out": 2}, "input_size": 64}, ..., "pre_size": None}.
     """
     from safetensors.torch import save_file
-
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
