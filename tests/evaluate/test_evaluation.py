@@ -147,7 +147,7 @@ def test_compare_is_paired_and_machine_readable(world, tmp_path):
     assert "multi-label DeLong" in data["methods"]["macro_auroc"]
     assert "ranks" in data["methods"]["auprc"]
     assert m["ap"]["permutation_p"] == pytest.approx(1 / (CFG.n_perm + 1))
-    a0 = r["test_sets"]["mimic"]["models"]["pred_0"]["macro"]["auroc"]["estimate"]
+    a0 = r["test_sets"]["mimic"]["models"]["model_0"]["macro"]["auroc"]["estimate"]
     a1 = r["test_sets"]["mimic"]["models"]["model_1"]["macro"]["auroc"]["estimate"]
     assert m["auroc"]["diff"]["estimate"] == pytest.approx(a1 - a0)
     assert (tmp_path / "cmp" / "figures" / "subgroups_nih_sex_age.png").is_file()
