@@ -121,18 +121,18 @@ def main() -> None:
         for name, (wall, cpu) in rows:
             print(f"{name:<46} {wall:>8.2f} {cpu:>8.2f} {base[0] / wall:>7.1f}x {base[1] / cpu:>7.1f}x")
 
-    table("bootstrap: AUROC+AP, 2 models, %d labels" % L, "careful numpy", [
-        ("careful numpy, by image (scaled from %d)" % args.twin_boot, t_twin),
-        ("careful numpy, by patient (scaled from %d)" % args.twin_boot, t_pat_twin),
-        ("scikit-learn loop (scaled from %d resamples)" % args.sk_boot, t_sk),
-        ("native rv2._C, by image (all %d)" % B, t_nat),
-        ("native rv2._C, by patient (all %d)" % B, t_pat),
-        ("streaming bound (%.1f GB/s, %d float32 per resample)" % (bw / 1e9, touched),
+    table(f"bootstrap: AUROC+AP, 2 models, {L} labels", "careful numpy", [
+        (f"careful numpy, by image (scaled from {args.twin_boot})", t_twin),
+        (f"careful numpy, by patient (scaled from {args.twin_boot})", t_pat_twin),
+        (f"scikit-learn loop (scaled from {args.sk_boot} resamples)", t_sk),
+        (f"native rv2._C, by image (all {B})", t_nat),
+        (f"native rv2._C, by patient (all {B})", t_pat),
+        (f"streaming bound ({bw / 1e9:.1f} GB/s, {touched} float32 per resample)",
          (bound_boot, bound_boot * threads))])
-    table("permutation test of AP, %d labels" % L, "careful numpy", [
-        ("careful numpy twin (scaled from %d permutations)" % args.twin_perm, t_ptwin),
-        ("native rv2._C (all %d permutations)" % args.perm, t_pnat),
-        ("streaming bound (%d float32 per permutation)" % (L * 2 * n),
+    table(f"permutation test of AP, {L} labels", "careful numpy", [
+        (f"careful numpy twin (scaled from {args.twin_perm} permutations)", t_ptwin),
+        (f"native rv2._C (all {args.perm} permutations)", t_pnat),
+        (f"streaming bound ({L * 2 * n} float32 per permutation)",
          (bound_perm, bound_perm * threads))])
     print()
     print(f"native vs twin max |diff| on shared resamples: {dev:.2e}; native vs scikit-learn "

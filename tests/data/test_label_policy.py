@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from rv2.data.label_policy import DEFAULT, LabelPolicy, LabelPolicyError, from_legacy
 from rv2.data.schema import CHEXPERT_LABELS, EVAL_LABELS
 

@@ -4,16 +4,22 @@ import math
 
 import numpy as np
 import pytest
-from scipy.stats import norm
-from sklearn.metrics import roc_auc_score
-
 from rv2 import _native
 from rv2.evaluate import kernels as K
-from rv2.evaluate.bootstrap import (basic_ci, bootstrap_ci, cluster_codes, macro,
-                                    percentile_ci, resample_auc_ap, weights_from_indices)
+from rv2.evaluate.bootstrap import (
+    basic_ci,
+    bootstrap_ci,
+    cluster_codes,
+    macro,
+    percentile_ci,
+    resample_auc_ap,
+    weights_from_indices,
+)
 from rv2.evaluate.delong import delong_macro_test, delong_test
 from rv2.evaluate.fairness import fairness_report, gap_ci
 from rv2.evaluate.permutation import percentile_ranks, permutation_test
+from scipy.stats import norm
+from sklearn.metrics import roc_auc_score
 
 needs_native = pytest.mark.skipif(not _native.HAS_NATIVE,
                                   reason=f"rv2._C not built ({_native.NATIVE_ERROR})")
@@ -49,7 +55,7 @@ def test_patient_weights_native_equal_twin_and_expanded_case_weights():
 
 
 def test_image_unit_reproduces_earlier_resamples_and_patient_unit_draws_patients():
-    y, s, pid, _ = clustered(60, 2, 1.0, 2)
+    y, s, _pid, _ = clustered(60, 2, 1.0, 2)
     a = resample_auc_ap(y[:, None], [s[:, None]], n_boot=20, seed=3)
     b = resample_auc_ap(y[:, None], [s[:, None]], n_boot=20, seed=3, clusters=np.arange(y.size))
     np.testing.assert_array_equal(a.auc, b.auc)  # one case per unit = the image bootstrap

@@ -103,7 +103,7 @@ def test_label_policy_follows_the_model_and_refuses_another(world, tmp_path):
 
 
 def test_bootstrap_unit_and_undefined_label_rule(world, tmp_path):
-    base = dict(n_boot=40, by_test_set=False)
+    base = {"n_boot": 40, "by_test_set": False}
     pat = evaluate_predictions(world["preds"][0], world["manifest"], progress=False,
                                config=EvaluateConfig(**base))
     img = evaluate_predictions(world["preds"][0], world["manifest"], progress=False,

@@ -16,7 +16,7 @@ trained classifier (model_config.json, thresholds.json) and named in reports.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -50,7 +50,7 @@ class LabelPolicy:
         object.__setattr__(self, "blank", b)
 
     @classmethod
-    def parse(cls, value: "str | Mapping | LabelPolicy | None") -> "LabelPolicy":
+    def parse(cls, value: str | Mapping | LabelPolicy | None) -> LabelPolicy:
         """From "uncertain=0,blank=ignore", a mapping, a LabelPolicy, or None (the default)."""
         if value is None:
             return cls()

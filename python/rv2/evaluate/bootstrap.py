@@ -15,7 +15,7 @@ percentile method over the valid resamples and report their share.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -157,7 +157,7 @@ def cluster_codes(ids) -> tuple[np.ndarray, int]:
     missing = s.isna() | (s == "")
     s = s.where(~missing, "__row" + pd.Series(np.arange(len(s))).astype("string"))
     codes, uniques = pd.factorize(s.to_numpy(), sort=False)
-    return codes.astype(np.int32), int(len(uniques))
+    return codes.astype(np.int32), len(uniques)
 
 
 def macro(values: np.ndarray, defined: np.ndarray, undefined: str = "skip") -> np.ndarray:

@@ -28,18 +28,23 @@ import dataclasses
 import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Literal
 
 import numpy as np
-
-from typing import Literal
 
 from rv2.config import Config
 from rv2.data.label_policy import LabelPolicy
 from rv2.data.schema import EVAL_LABELS, STUDY_RACES
 from rv2.evaluate import io
-from rv2.evaluate.bootstrap import UNDEFINED_RULES, cluster_codes, macro, percentile_ci, resample_auc_ap
+from rv2.evaluate.bootstrap import (
+    UNDEFINED_RULES,
+    cluster_codes,
+    macro,
+    percentile_ci,
+    resample_auc_ap,
+)
 from rv2.evaluate.fairness import subgroup_metrics
 from rv2.evaluate.permutation import permutation_diffs, permutation_p
 
@@ -342,7 +347,7 @@ def compare_predictions(preds: Sequence, manifest, *, model_dirs=None, threshold
     cfg = config or EvaluateConfig()
     if len(preds) < 2:
         raise io.EvaluationInputError("compare needs at least two --pred files")
-    result, (man, labels, y, scores, sets, names, clusters) = _run(
+    result, (_man, labels, y, scores, sets, names, clusters) = _run(
         manifest, list(preds), model_dirs, thresholds, names, cfg, progress)
     result["kind"] = "compare"
     result["baseline"] = names[0]

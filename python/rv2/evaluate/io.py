@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -40,7 +40,7 @@ def _read_parquet(path, what: str):
         raise EvaluationInputError(f"{what} not found: {p}")
     try:
         return pd.read_parquet(p)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
+    except Exception as exc:
         raise EvaluationInputError(f"{what} {p}: not a readable Parquet file: {exc}") from exc
 
 
