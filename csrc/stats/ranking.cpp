@@ -47,7 +47,16 @@ struct SortedCases {
   std::vector<int64_t> idx;      // case index at each sorted position
   std::vector<uint8_t> pos;      // 1 if that case is positive
   std::vector<int64_t> tie_end;  // exclusive end of each tie group
+  std::vector<int32_t> unit;     // weight column of each sorted case (its resampling unit)
 };
+
+// Weight column of each sorted case: the case itself (image bootstrap) or its
+// cluster (patient bootstrap: every image of a drawn patient gets its count).
+void set_units(SortedCases& s, const int32_t* cluster) {
+  s.unit.resize(s.idx.size());
+  for (size_t k = 0; k < s.idx.size(); ++k)
+    s.unit[k] = cluster ? cluster[s.idx[k]] : static_cast<int32_t>(s.idx[k]);
+}
 
 // Positive flags and tie-group ends of cases already in descending score order.
 void finish_sorted(SortedCases& s, const double* score, const double* label) {
@@ -234,8 +243,8 @@ void walk_boot(const SortedCases& sc, const float* wblk, const int32_t* grp, int
   for (int64_t end : sc.tie_end) {
     for (; j < end; ++j) {
       const int64_t c = sc.idx[j];
-      if (j + kPrefetch < m) prefetch(wblk + sc.idx[j + kPrefetch] * kBlock);
-      const float* row = wblk + c * kBlock;
+      if (j + kPrefetch < m) prefetch(wblk + static_cast<int64_t>(sc.unit[j + kPrefetch]) * kBlock);
+      const float* row = wblk + static_cast<int64_t>(sc.unit[j]) * kBlock;
       for (int64_t k = 0; k < K; ++k) {
         const int32_t g = grp[k * n + c];
         if (g < 0) continue;
@@ -250,27 +259,42 @@ void walk_boot(const SortedCases& sc, const float* wblk, const int32_t* grp, int
 
 // auc, ap of shape (S, B, G): for each score row s, weight row b and group g,
 // the metric over cases with groups[k, i] == g for some k, each case counted
-// weights[b, i] times. labels: (S, n) (one row per score row).
+// weights[b, u(i)] times, u(i) = cluster[i] when given (weights (B, U): one
+// count per resampling unit, e.g. a patient), else i (weights (B, n)).
+// labels: (S, n) (one row per score row).
 py::tuple boot_auc_ap(F64Array scores, F64Array labels, I32Array weights, I32Array groups,
-                      int64_t n_groups, std::optional<I64Array> order) {
+                      int64_t n_groups, std::optional<I64Array> order,
+                      std::optional<I32Array> cluster) {
   auto sb = scores.request(), lb = labels.request(), wb = weights.request(), gb = groups.request();
   if (sb.ndim != 2) throw std::invalid_argument("scores must be (S, n)");
   const int64_t S = sb.shape[0], n = sb.shape[1];
   if (lb.ndim != 2 || lb.shape[0] != S || lb.shape[1] != n)
     throw std::invalid_argument("labels must have the shape of scores (S, n)");
-  if (wb.ndim != 2 || wb.shape[1] != n)
-    throw std::invalid_argument("weights must be (B, n) with n = scores.shape[1]");
+  const int32_t* cl = nullptr;
+  py::buffer_info cb;
+  if (cluster) {
+    cb = cluster->request();
+    check_1d(cb, n, "cluster");
+    cl = static_cast<const int32_t*>(cb.ptr);
+  }
+  if (wb.ndim != 2 || (!cl && wb.shape[1] != n))
+    throw std::invalid_argument(cl ? "weights must be (B, U), one column per unit"
+                                   : "weights must be (B, n) with n = scores.shape[1]");
   if (gb.ndim != 2 || gb.shape[1] != n)
     throw std::invalid_argument("groups must be (K, n) with n = scores.shape[1]");
   if (n_groups < 1) throw std::invalid_argument("n_groups must be >= 1");
-  const int64_t B = wb.shape[0], K = gb.shape[0];
+  const int64_t B = wb.shape[0], K = gb.shape[0], U = wb.shape[1];
+  if (cl)
+    for (int64_t i = 0; i < n; ++i)
+      if (cl[i] < 0 || cl[i] >= U)
+        throw std::invalid_argument("cluster holds a unit outside [0, weights.shape[1])");
   const double* s = static_cast<const double*>(sb.ptr);
   const double* y = static_cast<const double*>(lb.ptr);
   const int32_t* w = static_cast<const int32_t*>(wb.ptr);
   const int32_t* grp = static_cast<const int32_t*>(gb.ptr);
   for (int64_t i = 0; i < K * n; ++i)
     if (grp[i] >= n_groups) throw std::invalid_argument("groups holds a code >= n_groups");
-  for (int64_t i = 0; i < B * n; ++i)
+  for (int64_t i = 0; i < B * U; ++i)
     if (w[i] < 0 || w[i] >= (1 << 24))
       throw std::invalid_argument("weights must be counts in [0, 2^24)");
 
@@ -289,19 +313,21 @@ py::tuple boot_auc_ap(F64Array scores, F64Array labels, I32Array weights, I32Arr
     py::gil_scoped_release release;
     std::vector<SortedCases> sorted(static_cast<size_t>(S));
     parallel_for(S, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r)
+      for (int64_t r = r0; r < r1; ++r) {
         sorted[r] = ord ? cases_from_order(s + r * n, y + r * n, ord + r * n, n, "boot_auc_ap")
                         : sort_cases(s + r * n, y + r * n, n, "boot_auc_ap");
+        set_units(sorted[r], cl);
+      }
     });
     int64_t blocks = 0;
-    std::vector<float> wt = block_transpose(w, B, n, blocks);
+    std::vector<float> wt = block_transpose(w, B, U, blocks);
     // task = block * S + row: neighbouring tasks share a block of weights
     parallel_for(S * blocks, 1, [&](int64_t t0, int64_t t1) {
       BlockAccumulator acc(n_groups);
       for (int64_t task = t0; task < t1; ++task) {
         const int64_t r = task % S, blk = task / S, b0 = blk * kBlock;
         const SortedCases& sc = sorted[r];
-        const float* wblk = wt.data() + blk * n * kBlock;
+        const float* wblk = wt.data() + blk * U * kBlock;
         const int64_t m = static_cast<int64_t>(sc.idx.size());
         walk_boot(sc, wblk, grp, K, n, m, acc);
         for (int64_t b = 0; b < kBlock && b0 + b < B; ++b) {
@@ -474,9 +500,11 @@ py::tuple delong_placements(F64Array scores, F64Array labels) {
 void register_stats(py::module_& m) {
   m.def("boot_auc_ap", &boot_auc_ap, py::arg("scores"), py::arg("labels"), py::arg("weights"),
         py::arg("groups"), py::arg("n_groups"), py::arg("order") = py::none(),
+        py::arg("cluster") = py::none(),
         "Weighted AUROC and average precision, (S, B, G) each, for S score rows (labels (S, n)), "
         "B weight rows and G case groups (groups: (K, n) int32 codes, -1 = none), one sort per row "
-        "(or the caller's order: (S, n) int64, known cases by descending score, then -1).");
+        "(or the caller's order: (S, n) int64, known cases by descending score, then -1). "
+        "cluster: (n,) int32 unit of each case; weights are then (B, U), one count per unit.");
   m.def("bootstrap_counts", &bootstrap_counts, py::arg("draws"),
         "Row-wise bincount of bootstrap draws (rows, n) int64 -> (rows, n) int32 counts.");
   m.def("perm_auc_ap", &perm_auc_ap, py::arg("scores_a"), py::arg("scores_b"), py::arg("labels"),

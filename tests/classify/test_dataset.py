@@ -5,13 +5,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from rv2.classify.data import (
-    image_sample,
-    patient_subset,
-    select_split,
-    uncertain_policy_of,
-    val_rows,
-)
+from rv2.classify.data import image_sample, patient_subset, select_split, val_rows
 from rv2.data.schema import CHEXPERT_LABELS
 from rv2.data.torch_dataset import ManifestDataset, label_targets, pixel_stats
 
@@ -52,7 +46,10 @@ def test_item_is_centre_cropped_resized_normalized_three_channel(tmp_path):
     assert item["ok"] and item["image"].shape == (3, 10, 10) and item["image"].dtype == torch.float32
     # centre crop keeps only the white square: (1 - 0.5) / 0.25 = 2 everywhere
     assert torch.allclose(item["image"], torch.full((3, 10, 10), 2.0), atol=1e-5)
-    assert item["target"][:3].tolist() == [1, 0, 0] and item["mask"][:3].tolist() == [1, 1, 0]
+    # default label policy uncertain=0,blank=0: every label enters the loss
+    assert item["target"][:4].tolist() == [1, 0, 0, 0] and item["mask"][:4].tolist() == [1, 1, 1, 1]
+    ign = ManifestDataset(df, tmp_path, image_size=10, label_policy="uncertain=ignore,blank=ignore")[0]
+    assert ign["target"][:4].tolist() == [1, 0, 0, 0] and ign["mask"][:4].tolist() == [1, 1, 0, 0]
     assert item["sex"] == "" and math.isnan(item["age"]) and item["race"] == "White"
     batch = torch.utils.data.default_collate([item, item])
     assert batch["image"].shape == (2, 3, 10, 10) and batch["ok"].tolist() == [True, True]
@@ -120,10 +117,3 @@ def test_split_selection(tmp_path):
     assert select_split(df, None, "m").x.tolist() == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="splits present"):
         select_split(df, "holdout", "m")
-    p = tmp_path / "m.parquet"
-    df.to_parquet(p)
-    assert uncertain_policy_of(p) is None
-    (tmp_path / "m.parquet.rv2.json").write_text('{"config": {"uncertain_policy": "ones"}}')
-    assert uncertain_policy_of(p) == "ones"
-    (tmp_path / "m.sidecar.json").write_text('{"uncertain_label_policy": "zeros"}')  # rv2 data index
-    assert uncertain_policy_of(p) == "zeros"

@@ -197,16 +197,34 @@ def test_bad_training_image_stops_or_is_skipped(tiny_data, tmp_path):
     assert sk.image_id.tolist() == [df.image_id[3]]
 
 
-def test_policy_from_a_manifest_written_by_the_data_stage(tiny_data, tmp_path):
-    from rv2.data.manifest import write_manifest
+def test_label_policy_recorded_with_the_model_and_used_for_thresholds(tiny_data, tmp_path):
+    """One label policy: the loss masks, the threshold counts and the model folder agree."""
+    from rv2.data.label_policy import LabelPolicy
 
-    m = write_manifest(pd.read_parquet(tiny_data["real"]), tiny_data["real"].parent / "indexed.parquet",
-                       {"uncertain_label_policy": "ones"})
-    out = train_classifier(ClassifierConfig(real=str(m), val=str(tiny_data["val"]), out=str(tmp_path / "m"),
-                                            image_size=32, init="scratch", epochs=1, max_steps=1,
-                                            batch_size=16, num_workers=0, progress=False))
-    s = json.loads((out / "rv2_meta.json").read_text())["summary"]
-    assert s["data"]["uncertain_policy"] == "ones" and s["data"]["real_used"]["images"] == 48
+    kw = dict(real=str(tiny_data["real"]), val=str(tiny_data["val"]), image_size=32, init="scratch",
+              epochs=1, max_steps=1, batch_size=16, num_workers=0, progress=False)
+    val = pd.read_parquet(tiny_data["val"])
+    raw = val[list(CHEXPERT_LABELS)].to_numpy(dtype=np.float64, na_value=np.nan)
+    for text in ("uncertain=0,blank=0", "uncertain=ignore,blank=ignore"):
+        out = train_classifier(ClassifierConfig(out=str(tmp_path / text.replace(",", "_")),
+                                                label_policy=text, **kw))
+        pol = LabelPolicy.parse(text)
+        assert json.loads((out / "model_config.json").read_text())["label_policy"] == text
+        thr = json.loads((out / "thresholds.json").read_text())
+        assert thr["label_policy"] == text
+        assert [thr["n"][k] for k in CHEXPERT_LABELS] == pol.kept(raw).tolist()
+        s = json.loads((out / "rv2_meta.json").read_text())["summary"]
+        assert s["data"]["label_policy"] == text
+        assert list(s["data"]["labels_kept"]["val"].values()) == pol.kept(raw).tolist()
+
+
+def test_version_1_config_maps_to_one_label_policy():
+    old = {"config_class": "ClassifierConfig", "config_version": 1, "uncertain_policy": "ones",
+           "unknown_policy": "ignore"}
+    assert ClassifierConfig.from_dict(old).label_policy == "uncertain=1,blank=ignore"
+    assert ClassifierConfig.from_dict({"config_version": 1}).label_policy == "uncertain=ignore,blank=0"
+    with pytest.raises(ValueError, match="uncertain must be one of"):
+        ClassifierConfig(label_policy="uncertain=maybe")
 
 
 def test_early_stop_on_val_loss_and_best_checkpoint_by_auroc(tiny_data, tmp_path, monkeypatch):

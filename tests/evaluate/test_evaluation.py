@@ -39,13 +39,15 @@ def test_evaluate_writes_report_with_correct_numbers(world, tmp_path):
     rows = (man["dataset"] == "nih").to_numpy()
     per = r["test_sets"]["nih"]["models"]["model_0"]["per_label"]
     aucs = []
-    for lab in EVAL_LABELS:
-        y = man[lab].to_numpy()[rows]
-        k = (y == 0) | (y == 1)  # -1 and NaN left out
-        ref = roc_auc_score(y[k], pred[lab].to_numpy()[rows][k])
+    for lab in EVAL_LABELS:  # default label policy: uncertain and blank are negatives
+        y = np.nan_to_num(man[lab].to_numpy()[rows].clip(0, 1), nan=0.0)
+        ref = roc_auc_score(y, pred[lab].to_numpy()[rows])
         assert per[lab]["auroc"]["estimate"] == pytest.approx(ref, abs=1e-12)
-        assert per[lab]["n"] == int(k.sum())
+        assert per[lab]["n"] == int(rows.sum())
         aucs.append(ref)
+    assert data["label_policy"]["policy"] == "uncertain=0,blank=0"
+    assert data["bootstrap"]["unit"] == "patient"
+    assert data["test_sets"]["nih"]["units"] == man.loc[rows, "patient_id"].nunique()
     mac = r["test_sets"]["nih"]["models"]["model_0"]["macro"]
     assert mac["auroc"]["estimate"] == pytest.approx(np.mean(aucs))
     assert mac["auroc"]["low"] < mac["auroc"]["estimate"] < mac["auroc"]["high"]
@@ -61,6 +63,70 @@ def test_evaluate_writes_report_with_correct_numbers(world, tmp_path):
     assert row["underdiagnosis"]["estimate"] == pytest.approx(expect)
     md = (out / "report.md").read_text()
     assert "female / Black" in md and "fairness gap" in md
+    assert "uncertain=0,blank=0" in md and "undefined labels: skip" in md
+    # the old rule, asked for explicitly: -1 and blank left out
+    old = evaluate_predictions(world["preds"][0], world["manifest"], progress=False,
+                               config=EvaluateConfig(n_boot=20, label_policy="uncertain=ignore,"
+                                                                            "blank=ignore"))
+    lab = "Atelectasis"
+    y = man[lab].to_numpy()[rows]
+    k = (y == 0) | (y == 1)
+    assert old["test_sets"]["nih"]["models"]["pred_0"]["per_label"][lab]["auroc"]["estimate"] \
+        == pytest.approx(roc_auc_score(y[k], pred[lab].to_numpy()[rows][k]), abs=1e-12)
+
+
+def test_label_policy_follows_the_model_and_refuses_another(world, tmp_path):
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    th = json.loads((world["models"][0] / "thresholds.json").read_text())
+    (mdir / "thresholds.json").write_text(json.dumps(th))
+    (mdir / "model_config.json").write_text(json.dumps({"label_policy": "uncertain=1,blank=0"}))
+    cfg = EvaluateConfig(n_boot=20)
+    r = evaluate_predictions(world["preds"][0], world["manifest"], model_dir=mdir, config=cfg,
+                             progress=False)
+    assert r["label_policy"]["policy"] == "uncertain=1,blank=0"
+    assert r["label_policy"]["source"] == "recorded with the model"
+    other = EvaluateConfig(n_boot=20, label_policy="uncertain=0,blank=0")
+    with pytest.raises(EvaluationInputError, match="differs from the one the model.*"
+                                                    "--allow-label-policy-mismatch"):
+        evaluate_predictions(world["preds"][0], world["manifest"], model_dir=mdir, config=other)
+    r = evaluate_predictions(world["preds"][0], world["manifest"], model_dir=mdir,
+                             config=EvaluateConfig(n_boot=20, label_policy="uncertain=0,blank=0",
+                                                   allow_label_policy_mismatch=True),
+                             out=tmp_path / "rep", progress=False)
+    assert r["label_policy"]["mismatch_allowed"]
+    assert "allowed explicitly" in (tmp_path / "rep" / "report.md").read_text()
+    res = CliRunner().invoke(main, ["evaluate", "--pred", str(world["preds"][0]), "--manifest",
+                                    str(world["manifest"]), "--model", str(mdir), "--out",
+                                    str(tmp_path / "cli"), "--label-policy", "uncertain=0"])
+    assert res.exit_code != 0 and "differs from the one the model" in res.output
+
+
+def test_bootstrap_unit_and_undefined_label_rule(world, tmp_path):
+    base = {"n_boot": 40, "by_test_set": False}
+    pat = evaluate_predictions(world["preds"][0], world["manifest"], progress=False,
+                               config=EvaluateConfig(**base))
+    img = evaluate_predictions(world["preds"][0], world["manifest"], progress=False,
+                               config=EvaluateConfig(bootstrap_unit="image", **base))
+    a = pat["test_sets"]["all"]["models"]["pred_0"]["macro"]["auroc"]
+    b = img["test_sets"]["all"]["models"]["pred_0"]["macro"]["auroc"]
+    assert a["estimate"] == b["estimate"] and (a["low"], a["high"]) != (b["low"], b["high"])
+    assert pat["bootstrap"]["unit"] == "patient" and img["bootstrap"]["unit"] == "image"
+    man = pd.read_parquet(world["manifest"])
+    man.drop(columns="patient_id").assign(Edema=0.0).to_parquet(tmp_path / "m.parquet")
+    skip = evaluate_predictions(world["preds"][0], tmp_path / "m.parquet", progress=False,
+                                config=EvaluateConfig(**base))
+    zero = evaluate_predictions(world["preds"][0], tmp_path / "m.parquet", progress=False,
+                                config=EvaluateConfig(undefined_label="zero", **base),
+                                out=tmp_path / "z")
+    assert skip["bootstrap"] == {"unit": "image", "reason": "the manifest has no patient_id"}
+    ms = skip["test_sets"]["all"]["models"]["pred_0"]["macro"]
+    mz = zero["test_sets"]["all"]["models"]["pred_0"]["macro"]
+    assert ms["labels_undefined"] == mz["labels_undefined"] == ["Edema"]
+    assert ms["labels_in_macro"] == 7 and mz["labels_in_macro"] == 8
+    assert mz["auroc"]["estimate"] == pytest.approx(ms["auroc"]["estimate"] * 7 / 8)
+    md = (tmp_path / "z" / "report.md").read_text()
+    assert "undefined labels: zero" in md and "scored 0 in the macro): Edema" in md
 
 
 def test_compare_is_paired_and_machine_readable(world, tmp_path):
@@ -76,6 +142,10 @@ def test_compare_is_paired_and_machine_readable(world, tmp_path):
             v["delong"]["auc_a"] - v["delong"]["auc_b"], abs=1e-12)
     m = c["macro"]
     assert m["auroc"]["diff"]["low"] > 0 and m["auroc"]["bootstrap_test"]["p"] < 0.05
+    assert m["auroc"]["test"]["method"] == "delong" and m["auroc"]["test"]["p"] < 0.05
+    assert m["auroc"]["delong"]["diff"] == pytest.approx(m["auroc"]["diff"]["estimate"])
+    assert "multi-label DeLong" in data["methods"]["macro_auroc"]
+    assert "ranks" in data["methods"]["auprc"]
     assert m["ap"]["permutation_p"] == pytest.approx(1 / (CFG.n_perm + 1))
     a0 = r["test_sets"]["mimic"]["models"]["model_0"]["macro"]["auroc"]["estimate"]
     a1 = r["test_sets"]["mimic"]["models"]["model_1"]["macro"]["auroc"]["estimate"]

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal, Mapping
 
 from rv2.config import Config
+from rv2.data.label_policy import DEFAULT_TEXT, LabelPolicy, from_legacy
 
 STRATEGIES = ("real", "synthetic", "mixed", "pretrain-finetune")
 VAL_SPLIT_ALIASES = ("val", "valid", "validate", "validation")
@@ -12,7 +13,7 @@ VAL_SPLIT_ALIASES = ("val", "valid", "validate", "validation")
 
 @dataclasses.dataclass
 class ClassifierConfig(Config):
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2  # 2: label_policy replaces uncertain_policy / unknown_policy
 
     strategy: Literal["real", "synthetic", "mixed", "pretrain-finetune"] = "real"
     real: str | None = None        # manifest of real training images
@@ -54,9 +55,9 @@ class ClassifierConfig(Config):
     time_limit_s: float | None = None    # per training phase; stops after the current step
     seed: int = 0
 
-    # Labels
-    uncertain_policy: Literal["ignore", "zeros", "ones"] | None = None  # None: manifest sidecar, else ignore
-    unknown_policy: Literal["zeros", "ignore"] = "zeros"
+    # Labels: what uncertain (-1) and blank labels become, for the loss, the thresholds and
+    # (recorded in the model folder) evaluation: "uncertain=0|1|ignore,blank=0|ignore".
+    label_policy: str = DEFAULT_TEXT
 
     # Normalization: from the full real training manifest if given, else the synthetic one
     norm_mean: float | None = None
@@ -74,3 +75,14 @@ class ClassifierConfig(Config):
     decoder: Literal["pil", "dali"] = "pil"
     on_bad_image: Literal["error", "skip"] = "error"
     progress: bool = True
+
+    def __post_init__(self):
+        self.label_policy = str(LabelPolicy.parse(self.label_policy))  # checked, canonical
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>") -> "ClassifierConfig":
+        data = dict(data)
+        if int(data.get("config_version", cls.VERSION)) < 2:  # version 1 spelled the policy in two keys
+            unc, unk = data.pop("uncertain_policy", None), data.pop("unknown_policy", None)
+            data.setdefault("label_policy", str(from_legacy(unc, unk)))
+        return super().from_dict(data, source=source)

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 
 from rv2.classify.config import VAL_SPLIT_ALIASES
-from rv2.config import meta_path_for
 from rv2.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -32,27 +31,6 @@ def manifest_root(manifest: str | Path, *roots: str | None) -> Path:
         if recorded and Path(recorded).is_dir():
             return Path(recorded)
     return Path(manifest).resolve().parent
-
-
-def uncertain_policy_of(manifest: str | Path) -> str | None:
-    """The uncertain-label policy recorded with a manifest: its sidecar
-    (`<stem>.sidecar.json`, key uncertain_label_policy) or its rv2 metadata."""
-
-    p = Path(manifest)
-    for f in (p.with_name(p.stem + ".sidecar.json"), meta_path_for(p)):
-        if not f.is_file():
-            continue
-        try:
-            meta = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        for section in (meta, meta.get("config") or {}):
-            if isinstance(section, dict):
-                for key in ("uncertain_label_policy", "uncertain_policy"):
-                    v = section.get(key)
-                    if isinstance(v, str):
-                        return v
-    return None
 
 
 def select_split(df: pd.DataFrame, split: str | None, name: str, *, aliases=()) -> pd.DataFrame:

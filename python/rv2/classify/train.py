@@ -37,6 +37,7 @@ from rv2.classify.metrics import auroc_per_label, mean_defined
 from rv2.classify.thresholds import best_f1_thresholds
 from rv2.config import write_artifact_meta
 from rv2.data.dali import dali_device
+from rv2.data.label_policy import LabelPolicy
 from rv2.data.manifest import read_manifest
 from rv2.data.schema import CHEXPERT_LABELS
 from rv2.errors import UserError
@@ -172,19 +173,16 @@ def load_datasets(cfg: ClassifierConfig, out: Path) -> dict:
         vroot = cdata.manifest_root(cfg.real, cfg.real_root, cfg.root)
     summary["val"] = cdata.describe(vdf)
 
-    policy = cfg.uncertain_policy
-    if policy is None:
-        found = {cdata.uncertain_policy_of(p) for p in (cfg.real, cfg.synthetic, cfg.val) if p}
-        found.discard(None)
-        if len(found) > 1:
-            raise UserError(f"the manifests record different uncertain-label policies {sorted(found)}; "
-                             "set uncertain_policy explicitly")
-        policy = found.pop() if found else "ignore"
-    summary["uncertain_policy"] = policy
-    summary["unknown_policy"] = cfg.unknown_policy
+    policy = LabelPolicy.parse(cfg.label_policy)
+    summary["label_policy"] = str(policy)
+    summary["labels_kept"] = {
+        k: dict(zip(CHEXPERT_LABELS, policy.kept(
+            df[list(CHEXPERT_LABELS)].to_numpy(dtype=np.float64, na_value=np.nan)).tolist()))
+        for k, df in [*((k, f[0]) for k, f in frames.items()), ("val", vdf)]
+        if all(c in df.columns for c in CHEXPERT_LABELS)}
 
-    common = dict(image_size=cfg.image_size, labels=CHEXPERT_LABELS, uncertain_policy=policy,
-                  unknown_policy=cfg.unknown_policy, decoder=cfg.decoder,
+    common = dict(image_size=cfg.image_size, labels=CHEXPERT_LABELS, label_policy=policy,
+                  decoder=cfg.decoder,
                   dali_device_id=dali_device(cfg.decoder, _device(cfg.device), cfg.num_workers))
     norm = _normalization(cfg, out, real_full, frames, common)
     summary["normalization"] = norm
@@ -224,8 +222,7 @@ def _normalization(cfg, out: Path, real_full, frames, common) -> dict:
             src_df, root = frames["synthetic"]
             src = cfg.synthetic
         stats_ds = ManifestDataset(src_df, root, require_labels=False, name=f"{Path(src).name}",
-                                   **{k: v for k, v in common.items() if k not in ("uncertain_policy",
-                                                                                 "unknown_policy")})
+                                   **{k: v for k, v in common.items() if k != "label_policy"})
         norm = {**pixel_stats(stats_ds, max_images=cfg.norm_max_images, seed=cfg.seed,
                               progress=cfg.progress), "source": str(src)}
     norm["image_size"] = cfg.image_size
@@ -474,10 +471,13 @@ def finalize(cfg: ClassifierConfig, ph: Phase, sets: dict, device) -> None:
     aurocs = auroc_per_label(target, mask, probs, labels)
     mean_auc, n_auc = mean_defined(aurocs)
     thr["source"] = "validation set, best checkpoint"
+    # the policy the loss and these thresholds used; rv2 evaluate checks against it
+    thr["label_policy"] = cfg.label_policy
     atomic_write_text(ph.dir / md.THRESHOLDS, _dumps(thr))
     norm = sets["norm"]
-    atomic_write_text(ph.dir / md.MODEL_CONFIG,
-                      _dumps(model_config(labels, cfg.image_size, norm["mean"], norm["std"])))
+    mcfg = model_config(labels, cfg.image_size, norm["mean"], norm["std"])
+    mcfg["label_policy"] = cfg.label_policy
+    atomic_write_text(ph.dir / md.MODEL_CONFIG, _dumps(mcfg))
     atomic_write_text(ph.dir / md.NORMALIZATION, _dumps(norm))
     if ph.dir != Path(cfg.out):
         cfg.save(ph.dir / md.CONFIG)

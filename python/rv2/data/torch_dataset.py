@@ -3,7 +3,7 @@
 Each item is a dict:
   image   float32 [3, S, S]: centre crop to square, resize to S (antialias),
           [0,1], (x - mean) / std, grayscale replicated to 3 channels
-  target  float32 [L]: label values after the uncertain/unknown policy
+  target  float32 [L]: label values after the label policy
   mask    float32 [L]: 1 where the label enters the loss, 0 where it is masked
   index   row number in the manifest; image_id; sex, race, age_bin ("" if
           missing), age (NaN if missing)
@@ -12,8 +12,8 @@ Each item is a dict:
           that is fatal (training by default) or reported and skipped (predict).
 
 Label values in a manifest are 1, 0, -1 (uncertain) or NaN (not mentioned).
-uncertain_policy: ignore (masked) | zeros | ones. unknown_policy (NaN):
-zeros (not mentioned = negative) | ignore (masked).
+`label_policy` (rv2.data.label_policy) maps uncertain to 0 | 1 | ignore (masked)
+and blank to 0 | ignore; default uncertain=0,blank=0.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import pandas as pd
 from rv2.data import imageio
 from rv2.data.dali import DaliDecoder
 from rv2.data.imageio import ImageReadError, load_image
+from rv2.data.label_policy import LabelPolicy, from_legacy
 from rv2.data.schema import CHEXPERT_LABELS, UNCERTAIN_POLICIES
 from rv2.errors import UserError
 
@@ -43,26 +44,13 @@ except ImportError:  # pragma: no cover
 
 def label_targets(values: np.ndarray, uncertain_policy: str = "ignore",
                   unknown_policy: str = "zeros") -> tuple[np.ndarray, np.ndarray]:
-    """(target, mask) float32 arrays from raw label values (1, 0, -1, NaN)."""
+    """(target, mask) float32 arrays from raw label values (1, 0, -1, NaN), older
+    spelling of LabelPolicy.targets (uncertain ignore|zeros|ones, unknown zeros|ignore)."""
     if uncertain_policy not in UNCERTAIN_POLICIES:
         raise UserError(f"uncertain_policy must be one of {UNCERTAIN_POLICIES}, got {uncertain_policy!r}")
     if unknown_policy not in UNKNOWN_POLICIES:
         raise UserError(f"unknown_policy must be one of {UNKNOWN_POLICIES}, got {unknown_policy!r}")
-    v = np.asarray(values, dtype=np.float64)
-    known = ~np.isnan(v)
-    bad = known & ~np.isin(v, (1.0, 0.0, -1.0))
-    if bad.any():
-        raise UserError(f"label values must be 1, 0, -1 or NaN; found {sorted(set(v[bad].tolist()))[:5]}")
-    target = np.where(v == 1.0, 1.0, 0.0)
-    mask = np.ones_like(v)
-    unc = v == -1.0
-    if uncertain_policy == "ignore":
-        mask[unc] = 0.0
-    elif uncertain_policy == "ones":
-        target[unc] = 1.0
-    if unknown_policy == "ignore":
-        mask[~known] = 0.0
-    return target.astype(np.float32), mask.astype(np.float32)
+    return from_legacy(uncertain_policy, unknown_policy).targets(values)
 
 
 def resolve_path(root: Path, rel: str) -> Path:
@@ -86,8 +74,8 @@ class ManifestDataset(Dataset):
     """Images and labels of a manifest (a DataFrame; `path` relative to `root`)."""
 
     def __init__(self, manifest: pd.DataFrame, root: str | os.PathLike, *, image_size: int = 224,
-                 labels: Sequence[str] = CHEXPERT_LABELS, uncertain_policy: str = "ignore",
-                 unknown_policy: str = "zeros", mean: float = 0.0, std: float = 1.0,
+                 labels: Sequence[str] = CHEXPERT_LABELS,
+                 label_policy: "LabelPolicy | str | None" = None, mean: float = 0.0, std: float = 1.0,
                  require_labels: bool = True, cache: bool = False, name: str = "manifest",
                  decoder: str = "pil", dali_device_id: int | None = None):
         missing = [c for c in ("image_id", "path") if c not in manifest.columns]
@@ -114,9 +102,10 @@ class ManifestDataset(Dataset):
         self.paths = [str(p) for p in self.df["path"]]
         self.image_ids = [str(x) for x in self.df["image_id"]]
         n = len(self.df)
+        self.label_policy = LabelPolicy.parse(label_policy)
         if require_labels:
             raw = self.df[list(self.labels)].to_numpy(dtype=np.float64, na_value=np.nan)
-            self.target, self.mask = label_targets(raw, uncertain_policy, unknown_policy)
+            self.target, self.mask = self.label_policy.targets(raw)
         else:
             self.target = np.zeros((n, len(self.labels)), np.float32)
             self.mask = np.zeros((n, len(self.labels)), np.float32)

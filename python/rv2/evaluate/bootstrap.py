@@ -1,7 +1,11 @@
-"""Case bootstrap with multinomial weights, shared by labels, models and subgroups.
+"""Case or patient bootstrap with multinomial weights, shared by labels, models and subgroups.
 
 Resampling n cases with replacement is the same as weighting each case by how
-often it was drawn (bincount of the draws). The weights come in chunks of rows
+often it was drawn (bincount of the draws). With several images per patient the
+unit is the patient (`clusters`): U patients are drawn with replacement and
+every image of a patient counts as often as the patient was drawn; the kernels
+take the (B, U) patient counts and each case's patient code, so the patient
+bootstrap costs no more than the image one. The weights come in chunks of rows
 (memory stays bounded: rows * n * 16 bytes per chunk, never a B x n float64
 matrix) from seeded numpy streams (one per block of 16 resamples), so the
 same seed gives the same resamples for every label, every model of a paired
@@ -11,13 +15,13 @@ percentile method over the valid resamples and report their share.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from rv2.errors import UserError
 from rv2.evaluate.kernels import _native_op, boot_auc_ap, rank_order
-from rv2.evaluate.validate import as_binary_labels, as_scores
+from rv2.evaluate.validate import as_binary_labels, as_scores, check_lengths
 
 CHUNK_BYTES = 64 << 20
 
@@ -86,37 +90,88 @@ def bootstrap_weights(n: int, n_boot: int, seed: int = 0, chunk: int | None = No
 
 @dataclasses.dataclass(frozen=True)
 class CI:
-    """A point estimate with its percentile bootstrap interval."""
+    """A point estimate with its bootstrap interval (percentile unless `method` says)."""
 
     estimate: float
     low: float
     high: float
     level: float
     valid_share: float  # share of resamples where the statistic was defined
+    method: str = "percentile"
+    reason: str | None = None  # why low/high are missing, when they are
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
+def _missing_reason(estimate: float, n_valid: int, n: int) -> str | None:
+    if not np.isfinite(estimate):
+        return "undefined at the point estimate"
+    if n_valid == 0:
+        return f"undefined in all {n} resamples"
+    return None
+
+
 def percentile_ci(estimate: float, resampled: np.ndarray, level: float = 0.95) -> CI:
-    """Percentile CI over the finite values of `resampled` (NaN when none)."""
+    """Percentile CI over the finite values of `resampled` (NaN when none, with a reason)."""
     vals = np.asarray(resampled, np.float64).ravel()
     ok = np.isfinite(vals)
     share = float(ok.mean()) if vals.size else 0.0
-    if not ok.any() or not np.isfinite(estimate):
-        return CI(float(estimate), float("nan"), float("nan"), level, share)
+    reason = _missing_reason(estimate, int(ok.sum()), vals.size)
+    if reason:
+        return CI(float(estimate), float("nan"), float("nan"), level, share, reason=reason)
     tail = 100 * (1 - level) / 2
     lo, hi = np.percentile(vals[ok], [tail, 100 - tail])
     return CI(float(estimate), float(lo), float(hi), level, share)
 
 
-def macro(values: np.ndarray, defined: np.ndarray) -> np.ndarray:
+def basic_ci(estimate: float, resampled: np.ndarray, level: float = 0.95,
+             lower: float | None = None) -> CI:
+    """Basic (pivotal) bootstrap CI: [2 t - q_hi, 2 t - q_lo], clipped below at `lower`.
+
+    It reflects the resampling distribution about the estimate, so a statistic
+    that resampling biases upward (a max - min gap) is not pushed up with it.
+    """
+    p = percentile_ci(estimate, resampled, level)
+    if p.reason:
+        return dataclasses.replace(p, method="basic")
+    lo, hi = 2 * p.estimate - p.high, 2 * p.estimate - p.low
+    if lower is not None:
+        lo, hi = max(lo, lower), max(hi, lower)
+    return CI(p.estimate, float(lo), float(hi), level, p.valid_share, method="basic")
+
+
+UNDEFINED_RULES = {
+    "skip": "labels undefined in the set (one class only) are left out of the macro",
+    "zero": "labels undefined in the set (one class only) score 0 and are averaged in "
+            "(torchmetrics' convention)",
+}
+
+
+def cluster_codes(ids) -> tuple[np.ndarray, int]:
+    """(n,) int32 unit codes and the number of units from per-case ids (e.g.
+    patient_id); a missing id (None/NaN/"") makes the case its own unit."""
+    import pandas as pd
+
+    s = pd.Series(np.asarray(ids, dtype=object)).astype("string")
+    missing = s.isna() | (s == "")
+    s = s.where(~missing, "__row" + pd.Series(np.arange(len(s))).astype("string"))
+    codes, uniques = pd.factorize(s.to_numpy(), sort=False)
+    return codes.astype(np.int32), len(uniques)
+
+
+def macro(values: np.ndarray, defined: np.ndarray, undefined: str = "skip") -> np.ndarray:
     """Mean over the label axis (-2) of the labels `defined` (L, G) at the point.
 
-    values: (..., L, G). A label outside `defined` is ignored; if a defined one
-    is NaN in a resample, that resample's macro is NaN (the macro keeps one
-    meaning across resamples). NaN for a group with no defined label.
+    values: (..., L, G). undefined="skip": a label outside `defined` is ignored;
+    if a defined one is NaN in a resample, that resample's macro is NaN (the
+    macro keeps one meaning across resamples). NaN for a group with no defined
+    label. undefined="zero": every label enters, an undefined value as 0.
     """
+    if undefined == "zero":
+        return np.nan_to_num(values, nan=0.0).mean(axis=-2)
+    if undefined != "skip":
+        raise UserError(f"undefined-label rule must be 'skip' or 'zero', got {undefined!r}")
     d = defined.astype(bool)
     k = d.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -141,13 +196,16 @@ class Resampled:
 def resample_auc_ap(labels: np.ndarray, scores: Sequence[np.ndarray], *, n_boot: int = 1000,
                     seed: int = 0, groups: np.ndarray | None = None, n_groups: int = 1,
                     counts: dict[str, np.ndarray] | None = None, chunk: int | None = None,
-                    progress: bool = False, native: bool | None = None) -> Resampled:
+                    clusters=None, progress: bool = False,
+                    native: bool | None = None) -> Resampled:
     """Bootstrap AUROC and AP for several models on shared resamples.
 
     labels: (n, L) 1/0/NaN; scores: M arrays (n, L); groups: (K, n) int32
     codes (-1 none) into n_groups groups (None: one group of all cases);
     counts: name -> (n, G) 0/1 indicator matrices whose weighted column sums
-    are wanted per resample (e.g. underdiagnosis numerators and denominators).
+    are wanted per resample (e.g. underdiagnosis numerators and denominators);
+    clusters: one id per case (e.g. patient_id): resample these units, all
+    cases of a drawn unit together (None: resample cases).
     """
     labels = np.asarray(labels, np.float64)
     n, L = labels.shape
@@ -162,6 +220,9 @@ def resample_auc_ap(labels: np.ndarray, scores: Sequence[np.ndarray], *, n_boot:
     S_labels = np.ascontiguousarray(np.tile(labels.T, (M, 1)))
     order = rank_order(S_scores, S_labels)  # one sort per row for all chunks
     a, p = boot_auc_ap(S_scores, S_labels, ones, groups, n_groups, order=order, native=native)
+    cl, U = (None, n) if clusters is None else cluster_codes(clusters)
+    if cl is not None and cl.shape != (n,):
+        raise UserError(f"clusters has {cl.shape[0]} entries for {n} cases")
     point_auc = a[:, 0].reshape(M, L, n_groups)
     point_ap = p[:, 0].reshape(M, L, n_groups)
     auc = np.empty((M, n_boot, L, n_groups))
@@ -169,15 +230,21 @@ def resample_auc_ap(labels: np.ndarray, scores: Sequence[np.ndarray], *, n_boot:
     mats = {k: np.asarray(v, np.float32) for k, v in counts.items()}
     extra_b = {k: np.empty(v.shape[:-2] + (n_boot, v.shape[-1])) for k, v in mats.items()}
     extra_p = {k: v.sum(axis=-2).astype(np.float64) for k, v in mats.items()}
+    if cl is not None:  # per-unit sums: a unit's weight multiplies all its cases
+        for k, v in mats.items():
+            agg = np.zeros((U, v.shape[-1]), np.float32)
+            np.add.at(agg, cl, v)
+            mats[k] = agg
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_boot, desc="bootstrap", unit="resample")
     b0 = 0
-    for w in bootstrap_weights(n, n_boot, seed, chunk):
+    for w in bootstrap_weights(U, n_boot, seed, chunk):
         b1 = b0 + w.shape[0]
-        a, p = boot_auc_ap(S_scores, S_labels, w, groups, n_groups, order=order, native=native)
+        a, p = boot_auc_ap(S_scores, S_labels, w, groups, n_groups, order=order, cluster=cl,
+                           native=native)
         auc[:, b0:b1] = a.reshape(M, L, b1 - b0, n_groups).transpose(0, 2, 1, 3)
         ap[:, b0:b1] = p.reshape(M, L, b1 - b0, n_groups).transpose(0, 2, 1, 3)
         if mats:
@@ -195,33 +262,39 @@ def resample_auc_ap(labels: np.ndarray, scores: Sequence[np.ndarray], *, n_boot:
 
 
 def bootstrap_ci(y_true, scores, metric: str = "auroc", *, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95, native: bool | None = None) -> CI:
+                 level: float = 0.95, clusters=None, native: bool | None = None) -> CI:
     """Percentile bootstrap CI of AUROC ("auroc") or average precision ("ap") of one label.
 
-    y_true: 1/0 with -1/NaN unknown (left out); scores: one float per case.
+    y_true: 1/0 with -1/NaN unknown (left out); scores: one float per case;
+    clusters: one id per case (e.g. patient_id) to resample patients, not images.
     """
     if metric not in ("auroc", "ap"):
         raise UserError(f"metric must be 'auroc' or 'ap', got {metric!r}")
     y = as_binary_labels(y_true)
+    check_lengths("bootstrap_ci", y_true=y, scores=scores, clusters=clusters)
     s = as_scores(scores, "scores", y)
     if s.shape != y.shape or y.ndim != 1:
         raise UserError(f"bootstrap_ci: y_true {y.shape} and scores {s.shape} must be 1-D "
                          "and of equal length")
-    r = resample_auc_ap(y[:, None], [s[:, None]], n_boot=n_boot, seed=seed, native=native)
+    r = resample_auc_ap(y[:, None], [s[:, None]], n_boot=n_boot, seed=seed, clusters=clusters,
+                        native=native)
     point, res = (r.point_auc, r.auc) if metric == "auroc" else (r.point_ap, r.ap)
     return percentile_ci(float(point[0, 0, 0]), res[0, :, 0, 0], level)
 
 
 def bootstrap_macro_ci(y_true, scores, metric: str = "auroc", *, n_boot: int = 1000,
-                       seed: int = 0, level: float = 0.95) -> CI:
-    """CI of the macro (mean over defined labels) AUROC or AP; y_true, scores: (n, L)."""
+                       seed: int = 0, level: float = 0.95, clusters=None,
+                       undefined: str = "skip") -> CI:
+    """CI of the macro AUROC or AP; y_true, scores: (n, L). undefined: "skip" averages
+    the labels defined at the point, "zero" scores undefined labels 0 (UNDEFINED_RULES)."""
     y = as_binary_labels(y_true)
+    check_lengths("bootstrap_macro_ci", y_true=y, scores=scores, clusters=clusters)
     s = as_scores(scores, "scores", y)
     if y.ndim != 2 or s.shape != y.shape:
         raise UserError(f"bootstrap_macro_ci: y_true {y.shape} and scores {s.shape} must be "
                          "(n, L)")
-    r = resample_auc_ap(y, [s], n_boot=n_boot, seed=seed)
+    r = resample_auc_ap(y, [s], n_boot=n_boot, seed=seed, clusters=clusters)
     point, res = (r.point_auc, r.auc) if metric == "auroc" else (r.point_ap, r.ap)
     defined = np.isfinite(point[0])
-    return percentile_ci(float(macro(point[0], defined)[0]), macro(res[0], defined)[:, 0],
-                         level)
+    return percentile_ci(float(macro(point[0], defined, undefined)[0]),
+                         macro(res[0], defined, undefined)[:, 0], level)

@@ -10,6 +10,12 @@
   left out of the gaps. min_count = 16 matches the references' "more than 15".
 - CIs of gaps: the gap is recomputed inside each bootstrap resample over the
   subgroups that entered the point gap (NaN resamples are dropped and counted).
+  A max - min over noisy subgroup values is biased upward, and resampling adds
+  the same bias again, so the percentile interval of a gap sits above the gap
+  itself; the default interval is the basic (pivotal) one, which reflects the
+  resampled gaps about the estimate (`gap_ci="percentile"` for the plain one).
+  When a CI is missing, `reason` says why (which subgroups were undefined in
+  how many resamples).
 """
 from __future__ import annotations
 
@@ -18,8 +24,10 @@ import dataclasses
 import numpy as np
 
 from rv2.errors import UserError
-from rv2.evaluate.bootstrap import CI, macro, percentile_ci, resample_auc_ap
+from rv2.evaluate.bootstrap import CI, basic_ci, macro, percentile_ci, resample_auc_ap
 from rv2.evaluate.validate import as_binary_labels, as_scores
+
+GAP_CIS = ("basic", "percentile")
 
 
 def gap(values) -> float:
@@ -95,18 +103,38 @@ class FairnessResult:
                                        if self.underdiagnosis_gap else None)}
 
 
+def gap_ci(estimate: float, resampled_groups: np.ndarray, names: list, level: float,
+           method: str = "basic") -> CI:
+    """CI of a max - min gap from (B, G) resampled subgroup values (G = the subgroups
+    in the point gap); a missing CI names the subgroups that were undefined."""
+    if method not in GAP_CIS:
+        raise UserError(f"gap_ci must be one of {GAP_CIS}, got {method!r}")
+    res = _gap_rows(resampled_groups)
+    ci = (basic_ci(estimate, res, level, lower=0.0) if method == "basic"
+          else percentile_ci(estimate, res, level))
+    if ci.reason and np.isfinite(estimate) and resampled_groups.size:
+        share = np.isnan(resampled_groups).mean(axis=0)
+        worst = [f"{names[g]} ({share[g]:.0%})" for g in np.argsort(-share) if share[g] > 0][:3]
+        ci = dataclasses.replace(ci, reason=f"{ci.reason}: a subgroup had a label with one "
+                                            f"class only; undefined share: {', '.join(worst)}")
+    elif ci.reason and not np.isfinite(estimate):
+        ci = dataclasses.replace(ci, reason="fewer than two subgroups with a defined value "
+                                            "and enough cases")
+    return ci
+
+
 def subgroup_metrics(point_auc: np.ndarray, res_auc: np.ndarray, labels: np.ndarray,
                      member: np.ndarray, names: list, *, min_count: int, level: float,
-                     nf_true: np.ndarray | None = None, ud_point=None, ud_res=None
-                     ) -> FairnessResult:
+                     nf_true: np.ndarray | None = None, ud_point=None, ud_res=None,
+                     undefined: str = "skip", gap_method: str = "basic") -> FairnessResult:
     """Assemble subgroup rows and gaps from resampled arrays of ONE model.
 
     point_auc (L, G), res_auc (B, L, G); member (n, G) bool; ud_point (num,
     den) of shape (G,) each and ud_res (num, den) of shape (B, G) each.
     """
     defined = np.isfinite(point_auc)
-    p_macro = macro(point_auc, defined)
-    r_macro = macro(res_auc, defined)
+    p_macro = macro(point_auc, defined, undefined)
+    r_macro = macro(res_auc, defined, undefined)
     n_g = member.sum(axis=0)
     pos_g = ((labels == 1)[:, :, None] & member[:, None, :]).sum(axis=0)  # (L, G)
     use_auc = (n_g >= min_count) & np.isfinite(p_macro)
@@ -132,16 +160,19 @@ def subgroup_metrics(point_auc: np.ndarray, res_auc: np.ndarray, labels: np.ndar
             row["underdiagnosis"] = percentile_ci(float(ud_rate[g]), ud_r[:, g], level).to_dict()
             row["in_underdiagnosis_gap"] = bool(use_ud[g])
         rows.append(row)
-    fg = percentile_ci(gap(p_macro[use_auc]), _gap_rows(r_macro[:, use_auc]), level)
+    sel = [names[g] for g in np.flatnonzero(use_auc)]
+    fg = gap_ci(gap(p_macro[use_auc]), r_macro[:, use_auc], sel, level, gap_method)
     ug = None
     if ud_rate is not None:
-        ug = percentile_ci(gap(ud_rate[use_ud]), _gap_rows(ud_r[:, use_ud]), level)
+        sel = [names[g] for g in np.flatnonzero(use_ud)]
+        ug = gap_ci(gap(ud_rate[use_ud]), ud_r[:, use_ud], sel, level, gap_method)
     return FairnessResult(rows, fg, ug)
 
 
 def fairness_report(y_true, scores, groups, *, no_finding_true=None, no_finding_pred=None,
                     n_boot: int = 1000, seed: int = 0, min_count: int = 16,
-                    level: float = 0.95) -> FairnessResult:
+                    level: float = 0.95, clusters=None, undefined: str = "skip",
+                    gap_method: str = "basic") -> FairnessResult:
     """Subgroup macro AUROC, fairness gap and underdiagnosis gap with bootstrap CIs.
 
     y_true, scores: (n, L) (or 1-D for one label); groups: one subgroup name per
@@ -166,10 +197,11 @@ def fairness_report(y_true, scores, groups, *, no_finding_true=None, no_finding_
         neg = member & (nf_t == 0)[:, None]
         counts = {"ud_num": neg & nf_p[:, None], "ud_den": neg}
     r = resample_auc_ap(y, [s], n_boot=n_boot, seed=seed, groups=codes[None, :], n_groups=G,
-                        counts=counts)
+                        counts=counts, clusters=clusters)
     ud_point = ud_res = None
     if counts:
         ud_point = (r.extra["ud_num"][0], r.extra["ud_den"][0])
         ud_res = (r.extra["ud_num"][1], r.extra["ud_den"][1])
     return subgroup_metrics(r.point_auc[0], r.auc[0], y, member, names, min_count=min_count,
-                            level=level, nf_true=nf_t, ud_point=ud_point, ud_res=ud_res)
+                            level=level, nf_true=nf_t, ud_point=ud_point, ud_res=ud_res,
+                            undefined=undefined, gap_method=gap_method)

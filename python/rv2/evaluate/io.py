@@ -3,27 +3,31 @@
 - Predictions: Parquet with `image_id` and one float column per label, named
   as rv2.data.schema.CHEXPERT_LABELS (what `rv2 predict` writes).
 - Manifest: Parquet with `image_id`, the label columns (1 positive, 0 negative,
-  -1 uncertain, NaN not mentioned), `sex`, `race` and `age_bin` (or `age`).
-  For evaluation 1 is positive, 0 negative, and -1 / NaN are unknown: such a
-  case is left out of that label's metrics (it still counts for the others).
+  -1 uncertain, NaN not mentioned), `sex`, `race` and `age_bin` (or `age`),
+  and `patient_id` for the patient bootstrap. The label policy
+  (rv2.data.label_policy; default uncertain=0,blank=0, or the one the model
+  was trained with) maps -1 and blank to 0, 1 or "left out of that label".
 - Thresholds: `thresholds.json` of the model folder, or any file of the same
-  form {"labels": [...], "thresholds": {label: float}, "rule": ">=" or ">"}.
+  form {"labels": [...], "thresholds": {label: float}, "rule": ">=" or ">",
+  "label_policy": "uncertain=...,blank=..."}.
 """
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
+from rv2.data.label_policy import LabelPolicy
 from rv2.data.manifest import ManifestError
 from rv2.data.manifest import read_manifest as read_any
 from rv2.data.schema import age_bin as _age_bin
 from rv2.errors import UserError
 
 THRESHOLDS_FILE = "thresholds.json"
+MODEL_CONFIG_FILE = "model_config.json"
 
 
 class EvaluationInputError(UserError):
@@ -38,7 +42,7 @@ def _read_parquet(path, what: str):
         raise EvaluationInputError(f"{what} not found: {p}")
     try:
         return pd.read_parquet(p)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
+    except Exception as exc:
         raise EvaluationInputError(f"{what} {p}: not a readable Parquet file: {exc}") from exc
 
 
@@ -113,8 +117,9 @@ def read_predictions(path, manifest, labels: Sequence[str], manifest_path="manif
     return scores
 
 
-def truth_matrix(manifest, labels: Sequence[str], path="manifest") -> np.ndarray:
-    """(n, L) float64: 1 positive, 0 negative, NaN unknown (-1 and NaN)."""
+def truth_matrix(manifest, labels: Sequence[str], path="manifest",
+                 policy: LabelPolicy | str | None = None) -> np.ndarray:
+    """(n, L) float64 under the label policy: 1 positive, 0 negative, NaN left out."""
     missing = [c for c in labels if c not in manifest.columns]
     if missing:
         raise EvaluationInputError(f"manifest {path}: missing label column(s) {missing}")
@@ -123,7 +128,30 @@ def truth_matrix(manifest, labels: Sequence[str], path="manifest") -> np.ndarray
     if bad.any():
         raise EvaluationInputError(f"manifest {path}: label values must be 1, 0, -1 or empty; "
                                    f"found {np.unique(y[bad])[:5].tolist()}")
-    return np.where(y == -1.0, np.nan, y)
+    return LabelPolicy.parse(policy).apply(y)
+
+
+def model_label_policy(model_dir=None, thresholds_file=None) -> tuple[str | None, str | None]:
+    """(policy text, file it came from) recorded with a trained model, or (None, None):
+    model_config.json or thresholds.json of the model folder, or the thresholds file."""
+    files = []
+    if model_dir is not None:
+        files += [Path(model_dir) / MODEL_CONFIG_FILE, Path(model_dir) / THRESHOLDS_FILE]
+    if thresholds_file is not None:
+        files.append(Path(thresholds_file))
+    for f in files:
+        if not f.is_file():
+            continue
+        try:
+            value = json.loads(f.read_text()).get("label_policy")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            continue
+        if value is not None:
+            try:
+                return str(LabelPolicy.parse(value)), os.fspath(f)
+            except ValueError as exc:
+                raise EvaluationInputError(f"{f}: {exc}") from exc
+    return None, None
 
 
 def read_thresholds(model_dir=None, thresholds_file=None) -> dict | None:

@@ -88,14 +88,22 @@ def _boot_one_py(scores, labels, weights, groups, n_groups):
     return auc, ap
 
 
-def boot_auc_ap_py(scores, labels, weights, groups, n_groups):
-    """Twin of _C.boot_auc_ap: scores, labels (S, n) -> (auc, ap), each (S, B, n_groups)."""
+def boot_auc_ap_py(scores, labels, weights, groups, n_groups, cluster=None):
+    """Twin of _C.boot_auc_ap: scores, labels (S, n) -> (auc, ap), each (S, B, n_groups).
+
+    cluster: (n,) unit of each case, weights then (B, U): a case counts as often
+    as its unit (patient) was drawn."""
     scores = np.atleast_2d(np.asarray(scores, np.float64))
     labels = np.atleast_2d(np.asarray(labels, np.float64))
     weights = np.asarray(weights, np.int32)
     groups = np.asarray(groups, np.int32)
     if (weights < 0).any() or (weights >= 1 << 24).any():
         raise UserError("weights must be counts in [0, 2^24)")
+    if cluster is not None:
+        cluster = np.asarray(cluster, np.int32)
+        if cluster.size and (cluster.min() < 0 or cluster.max() >= weights.shape[1]):
+            raise UserError("cluster holds a unit outside [0, weights.shape[1])")
+        weights = weights[:, cluster]
     for s, y in zip(scores, labels):
         _check_finite(s, y, "boot_auc_ap")
     out = [_boot_one_py(s, y, weights, groups, n_groups) for s, y in zip(scores, labels)]
@@ -123,7 +131,7 @@ def rank_order(scores, labels) -> np.ndarray:
 
 
 def boot_auc_ap(scores, labels, weights, groups=None, n_groups: int = 1, *, order=None,
-                native: bool | None = None):
+                cluster=None, native: bool | None = None):
     """Weighted AUROC and AP for B weight rows and G case groups.
 
     scores: (n,) or (S, n) score rows; labels: (n,) or (S, n) (a 1-D label
@@ -133,6 +141,8 @@ def boot_auc_ap(scores, labels, weights, groups=None, n_groups: int = 1, *, orde
     group it is coded for; None: one group of all cases). Returns (auc, ap),
     each (B, n_groups) for 1-D scores, else (S, B, n_groups); NaN where undefined.
     order: rank_order(scores, labels), to skip the native sort (checked there).
+    cluster: (n,) int32 resampling unit of each case in [0, U) (e.g. patient
+    codes); weights are then (B, U), and a case counts as often as its unit.
     """
     one = np.ndim(scores) == 1
     scores = np.ascontiguousarray(np.atleast_2d(scores), np.float64)
@@ -145,16 +155,21 @@ def boot_auc_ap(scores, labels, weights, groups=None, n_groups: int = 1, *, orde
     if groups is None:
         groups, n_groups = np.zeros((1, n), np.int32), 1
     groups = np.ascontiguousarray(np.atleast_2d(groups), np.int32)
-    if labels.shape != (S, n) or weights.shape[1] != n or groups.shape[1] != n:
+    if cluster is not None:
+        cluster = np.ascontiguousarray(cluster, np.int32)
+    if (labels.shape != (S, n) or groups.shape[1] != n
+            or (cluster is None and weights.shape[1] != n)
+            or (cluster is not None and cluster.shape != (n,))):
         raise UserError(f"boot_auc_ap: shapes disagree: scores {scores.shape}, labels "
-                         f"{labels.shape}, weights {weights.shape}, groups {groups.shape}")
+                         f"{labels.shape}, weights {weights.shape}, groups {groups.shape}"
+                         + (f", cluster {cluster.shape}" if cluster is not None else ""))
     op = _native_op("boot_auc_ap", native)
     if op is None:
-        auc, ap = boot_auc_ap_py(scores, labels, weights, groups, int(n_groups))
+        auc, ap = boot_auc_ap_py(scores, labels, weights, groups, int(n_groups), cluster)
     else:
         if order is not None:
             order = np.ascontiguousarray(np.atleast_2d(order), np.int64)
-        auc, ap = op(scores, labels, weights, groups, int(n_groups), order)
+        auc, ap = op(scores, labels, weights, groups, int(n_groups), order, cluster)
     return (auc[0], ap[0]) if one else (auc, ap)
 
 

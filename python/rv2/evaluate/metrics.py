@@ -6,11 +6,12 @@ import numpy as np
 from rv2.errors import UserError
 from rv2.evaluate.fairness import _codes
 from rv2.evaluate.kernels import boot_auc_ap
-from rv2.evaluate.validate import as_binary_labels, as_scores
+from rv2.evaluate.validate import as_binary_labels, as_scores, check_lengths
 
 
 def _point(y_true, scores, which: int) -> float:
     y = as_binary_labels(y_true)
+    check_lengths(("auroc", "average_precision")[which], y_true=y, scores=scores)
     s = as_scores(scores, "scores", y)
     if y.ndim != 1 or s.shape != y.shape:
         raise UserError(f"y_true {y.shape} and scores {s.shape} must be 1-D, equal length")
@@ -32,6 +33,7 @@ def subgroup_auroc(y_true, scores, groups) -> dict:
     """{subgroup: macro AUROC over the labels defined in it}; y_true, scores: (n, L) or (n,)."""
 
     y = as_binary_labels(y_true)
+    check_lengths("subgroup_auroc", y_true=y, scores=scores, groups=groups)
     s = as_scores(scores, "scores", y)
     if y.ndim == 1:
         y, s = y[:, None], s[:, None]

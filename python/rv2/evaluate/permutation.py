@@ -1,8 +1,17 @@
 """Paired permutation test of an AUPRC (or AUROC) difference.
 
-Each permutation swaps the two models' scores case by case with probability
+Each permutation swaps the two models' outputs case by case with probability
 1/2 (one swap vector per permutation, shared by all labels so the macro stays
 paired), recomputes the difference, and p = (1 + #{|d*| >= |d_obs|}) / (R + 1).
+
+What is swapped (`swap`):
+- "rank" (default): each model's within-model percentile ranks (midrank / k
+  over the k cases known for the label). AUROC and AP depend on the scores only
+  through their order, so the observed values are unchanged, while swaps no
+  longer mix two scales: with raw scores, a model whose outputs crowd near 0
+  swapped with one spread over [0, 1] makes every permuted ranking a blend
+  dominated by the wider scale, and the test loses power.
+- "score": the raw scores (the textbook form).
 A tolerance of 1e-12 absorbs float noise in the comparison. The kernel sorts
 the pooled scores once per label (kernels.perm_auc_ap).
 """
@@ -14,7 +23,7 @@ import numpy as np
 
 from rv2.errors import UserError
 from rv2.evaluate.kernels import perm_auc_ap
-from rv2.evaluate.validate import as_binary_labels, as_scores
+from rv2.evaluate.validate import as_binary_labels, as_scores, check_lengths
 
 TOL = 1e-12
 
@@ -47,11 +56,30 @@ def swap_chunks(n: int, n_perm: int, seed: int, chunk: int | None = None):
         done += c
 
 
+SWAPS = ("rank", "score")
+
+
+def percentile_ranks(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per column, midranks / k among the cases whose label is known (others 0)."""
+    from scipy.stats import rankdata
+
+    out = np.zeros(scores.shape, np.float64)
+    for j in range(scores.shape[1]):
+        k = ~np.isnan(labels[:, j])
+        if k.any():
+            out[k, j] = rankdata(scores[k, j], method="average") / k.sum()
+    return out
+
+
 def permutation_diffs(labels: np.ndarray, a: np.ndarray, b: np.ndarray, *, metric: str,
-                      n_perm: int, seed: int, native: bool | None = None,
+                      n_perm: int, seed: int, swap: str = "rank", native: bool | None = None,
                       progress: bool = False):
     """Observed (L,) metric of a and b and the (R, L) permuted differences a* - b*."""
+    if swap not in SWAPS:
+        raise UserError(f"swap must be one of {SWAPS}, got {swap!r}")
     n, L = labels.shape
+    if swap == "rank":
+        a, b = percentile_ranks(a, labels), percentile_ranks(b, labels)
     col = 1 if metric == "ap" else 0
     obs = np.empty((2, L))
     none = np.zeros((1, n), np.uint8)
@@ -88,15 +116,18 @@ def permutation_p(observed: float, permuted: np.ndarray) -> float:
 
 
 def permutation_test(y_true, scores_a, scores_b, metric: str = "ap", *, n_perm: int = 1000,
-                     seed: int = 0, native: bool | None = None) -> PermutationResult:
+                     seed: int = 0, swap: str = "rank",
+                     native: bool | None = None) -> PermutationResult:
     """Paired permutation test of metric(a) - metric(b) ("ap" or "auroc").
 
     1-D input: one label. (n, L) input: the macro over labels defined for both
     models (the result's value_a / value_b / diff / p), and per_label results.
+    swap: "rank" (within-model percentile ranks, default) or "score" (raw scores).
     """
     if metric not in ("ap", "auroc"):
         raise UserError(f"metric must be 'ap' or 'auroc', got {metric!r}")
     y = as_binary_labels(y_true)
+    check_lengths("permutation_test", y_true=y, scores_a=scores_a, scores_b=scores_b)
     a = as_scores(scores_a, "scores_a", y)
     b = as_scores(scores_b, "scores_b", y)
     if not (a.shape == b.shape == y.shape) or y.ndim not in (1, 2):
@@ -106,7 +137,7 @@ def permutation_test(y_true, scores_a, scores_b, metric: str = "ap", *, n_perm: 
     if single:
         y, a, b = y[:, None], a[:, None], b[:, None]
     obs, diffs = permutation_diffs(y, a, b, metric=metric, n_perm=n_perm, seed=seed,
-                                   native=native)
+                                   swap=swap, native=native)
     defined = np.isfinite(obs).all(axis=0)
     per = [dict(label=j, value_a=float(obs[0, j]), value_b=float(obs[1, j]),
                 diff=float(obs[0, j] - obs[1, j]),

@@ -27,11 +27,16 @@ def _f(x, d=3):
 
 def _ci(c, d=3):
     if not c or c.get("estimate") is None or not math.isfinite(c["estimate"]):
-        return "n/a"
+        return "n/a" + (f" ({c['reason']})" if c and c.get("reason") else "")
     lo, hi = c.get("low"), c.get("high")
     if lo is None or not math.isfinite(lo):
-        return f"{c['estimate']:.{d}f}"
+        why = f"; no CI: {c['reason']}" if c.get("reason") else ""
+        return f"{c['estimate']:.{d}f}{why}"
     return f"{c['estimate']:.{d}f} [{lo:.{d}f}, {hi:.{d}f}]"
+
+
+def _rule(result) -> str:
+    return f"undefined labels: {result['macro_rule']['undefined_label']}"
 
 
 def _p(p):
@@ -231,13 +236,14 @@ def _model_section(doc, result, s, m):
     rows = [[lab, v["n"], v["positives"], _ci(v["auroc"]), _ci(v["ap"]),
              _f(v["auroc"]["valid_share"], 2)] for lab, v in mr["per_label"].items()]
     mac = mr["macro"]
-    rows.append([f"macro ({mac['labels_in_macro']} labels)", "", "", _ci(mac["auroc"]),
-                 _ci(mac["ap"]), _f(mac["auroc"]["valid_share"], 2)])
+    rows.append([f"macro ({mac['labels_in_macro']} labels; {_rule(result)})", "", "",
+                 _ci(mac["auroc"]), _ci(mac["ap"]), _f(mac["auroc"]["valid_share"], 2)])
     doc.table(["label", "n", "positives", "AUROC [95% CI]", "AP [95% CI]", "valid resamples"],
               rows)
     if mac["labels_undefined"]:
-        doc.p(f"Undefined (one class only, left out of the macro): "
-              f"{', '.join(mac['labels_undefined'])}.")
+        how = ("left out of the macro" if mac.get("undefined_label", "skip") == "skip"
+               else "scored 0 in the macro")
+        doc.p(f"Undefined (one class only, {how}): {', '.join(mac['labels_undefined'])}.")
     if mr.get("underdiagnosis_rate"):
         doc.p(f"Underdiagnosis rate (all cases): {_ci(mr['underdiagnosis_rate'])}.")
     for family, fr in mr["fairness"].items():
@@ -250,11 +256,13 @@ def _model_section(doc, result, s, m):
             rows.append([r["group"], r["n"], r.get("n_nf_positive", "-"),
                          r.get("n_nf_negative", "-"), f"{r['labels_defined']}",
                          _ci(r["auroc"]), ud, inc])
-        doc.table(["subgroup", "n", "NF+", "NF-", "labels", "macro AUROC [CI]",
-                   "underdiagnosis [CI]", "in gaps (AUROC/UD)"], rows)
+        doc.table(["subgroup", "n", "NF+", "NF-", "labels",
+                   f"macro AUROC [CI] ({_rule(result)})", "underdiagnosis [CI]",
+                   "in gaps (AUROC/UD)"], rows)
         ug = _ci(fr["underdiagnosis_gap"]) if fr["underdiagnosis_gap"] else "n/a (no thresholds)"
+        method = fr["fairness_gap"].get("method", "percentile")
         doc.p(f"{FAMILIES[family]}: fairness gap {_ci(fr['fairness_gap'])}, "
-              f"underdiagnosis gap {ug}.")
+              f"underdiagnosis gap {ug} ({method} bootstrap intervals).")
 
 
 def _comparison_section(doc, result, s):
@@ -267,12 +275,16 @@ def _comparison_section(doc, result, s):
             rows.append([lab, _ci(v["auroc_diff"]), _f(dl.get("z"), 2), _p(dl.get("p")),
                          _ci(v["ap_diff"]), _p(v["ap_permutation_p"])])
         mac = c["macro"]
-        rows.append([f"macro ({mac['labels_in_macro']})", _ci(mac["auroc"]["diff"]),
-                     _f(mac["auroc"]["bootstrap_test"]["z"], 2),
-                     _p(mac["auroc"]["bootstrap_test"]["p"]) + " (bootstrap)",
+        test = mac["auroc"].get("test", dict(mac["auroc"]["bootstrap_test"], method="bootstrap"))
+        rows.append([f"macro ({mac['labels_in_macro']}; {_rule(result)})",
+                     _ci(mac["auroc"]["diff"]), _f(test.get("z"), 2),
+                     _p(test.get("p")) + f" ({test['method']})",
                      _ci(mac["ap"]["diff"]), _p(mac["ap"].get("permutation_p"))])
         doc.table(["label", "ΔAUROC [95% CI]", "z (DeLong)", "p", "ΔAP [95% CI]",
                    "p (permutation)"], rows)
+        if mac.get("labels_undefined"):
+            doc.p(f"Undefined for a model of this pair ({_rule(result)}): "
+                  f"{', '.join(mac['labels_undefined'])}.")
         g = c["gaps"]
         doc.table(["family", "fairness gap model", "baseline", "underdiagnosis gap model",
                    "baseline"],
@@ -290,17 +302,27 @@ def write_report(result: dict, out, config=None, *, inputs=(), sweep=None) -> Pa
     kind = result.get("kind", "evaluate")
     doc = _Doc("rv2 evaluation report" if kind == "evaluate" else "rv2 model comparison")
     cfg = result["config"]
+    lp, bs, mr = result["label_policy"], result["bootstrap"], result["macro_rule"]
     doc.p(f"Models: {', '.join(result['models'])}. Labels: {', '.join(result['labels'])}. "
-          f"Bootstrap B = {cfg['n_boot']} (seed {cfg['seed']}), {int(cfg['level'] * 100)}% "
-          f"percentile CIs; subgroups with fewer than {cfg['min_count']} cases are shown but "
-          f"left out of gaps. Labels: {result['label_policy']}.")
+          f"Bootstrap B = {cfg['n_boot']} (seed {cfg['seed']}) over {bs['unit']}s "
+          f"({bs['reason']}), {int(cfg['level'] * 100)}% percentile CIs ({cfg['gap_ci']} "
+          f"intervals for gaps); subgroups with fewer than {cfg['min_count']} cases are shown "
+          f"but left out of gaps.")
+    doc.p(f"Label policy: {lp['description']} ({lp['source']}"
+          + ("; differs from a model's own, allowed explicitly" if lp["mismatch_allowed"] else "")
+          + f"). Macro rule ({_rule(result)}): {mr['description']}.")
     if kind == "compare":
         doc.p("Methods: " + "; ".join(f"{k}: {v}" for k, v in result["methods"].items()) + ".")
     doc.h("Macro AUROC per model and test set")
     fig_auroc(result, figs / "auroc.png")
     doc.img("figures/auroc.png", "Macro AUROC with 95% CI per model and test set")
-    doc.table(["test set", "n"] + result["models"],
-              [[s, v["n"]] + [_ci(v["models"][m]["macro"]["auroc"]) for m in result["models"]]
+    doc.table(["test set", "n", f"{bs['unit']}s"]
+              + [f"{m} ({_rule(result)})" for m in result["models"]] + ["undefined labels (one class)"],
+              [[s, v["n"], v.get("units", "")]
+               + [_ci(v["models"][m]["macro"]["auroc"]) for m in result["models"]]
+               + [", ".join(sorted({lab for m in result["models"]
+                                    for lab in v["models"][m]["macro"]["labels_undefined"]}))
+                  or "none"]
                for s, v in result["test_sets"].items()])
     doc.h("Fairness")
     fig_gap_vs_auroc(result, "fairness_gap", figs / "fairness_gap_vs_auroc.png",

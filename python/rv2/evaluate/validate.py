@@ -37,3 +37,20 @@ def as_scores(s, name: str, labels: np.ndarray | None = None) -> np.ndarray:
         raise UserError(f"{name}: {int(bad.sum())} score(s) are NaN or infinite (first at "
                          f"index {idx}); fix the predictions before evaluating")
     return arr
+
+
+def check_lengths(what: str, **arrays) -> int:
+    """One value (row) per case in every array given (None skipped); non-empty.
+
+    Raises a UserError naming the arrays and their lengths instead of letting
+    numpy fail on a broadcast, and for empty input instead of returning NaN.
+    """
+    sizes = {k: int(np.shape(v)[0]) if np.ndim(v) else 1 for k, v in arrays.items()
+             if v is not None}
+    if len(set(sizes.values())) > 1:
+        listed = ", ".join(f"{k} has {n}" for k, n in sizes.items())
+        raise UserError(f"{what}: inputs must have one value per case, but {listed}")
+    n = next(iter(sizes.values()), 0)
+    if n == 0:
+        raise UserError(f"{what}: no cases (empty {', '.join(sizes)}); nothing to evaluate")
+    return n
