@@ -32,7 +32,10 @@ def _volatile(key: str) -> bool:
     return any(v in k for v in VOLATILE)
 
 
-def _same(a, b, where: str, diffs: list[str]) -> None:
+def _same(a, b, where: str, diffs: list[str], roots: tuple[str, str] = ("", "")) -> None:
+    if isinstance(a, str) and isinstance(b, str) and roots[0]:
+        # paths inside each run folder name that folder: compare them relative to it
+        a, b = a.replace(roots[0], "<run>"), b.replace(roots[1], "<run>")
     if isinstance(a, dict) and isinstance(b, dict):
         for k in sorted(set(a) | set(b)):
             if _volatile(str(k)):
@@ -40,13 +43,13 @@ def _same(a, b, where: str, diffs: list[str]) -> None:
             if k not in a or k not in b:
                 diffs.append(f"{where}.{k}: only in {'B' if k not in a else 'A'}")
                 continue
-            _same(a[k], b[k], f"{where}.{k}", diffs)
+            _same(a[k], b[k], f"{where}.{k}", diffs, roots)
     elif isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
             diffs.append(f"{where}: {len(a)} vs {len(b)} items")
             return
         for i, (x, y) in enumerate(zip(a, b)):
-            _same(x, y, f"{where}[{i}]", diffs)
+            _same(x, y, f"{where}[{i}]", diffs, roots)
     elif isinstance(a, float) and isinstance(b, float):
         if not (a == b or (math.isnan(a) and math.isnan(b))):
             diffs.append(f"{where}: {a!r} vs {b!r}")
@@ -83,7 +86,8 @@ def compare(a: Path, b: Path) -> list[str]:
             if pa.read_bytes() != pb.read_bytes() and "figure" not in rel.as_posix():
                 diffs.append(f"{rel}: image bytes differ")
         elif rel.name in ("report.json", "summary.json", "thresholds.json", "normalization.json"):
-            _same(json.loads(pa.read_text()), json.loads(pb.read_text()), str(rel), diffs)
+            _same(json.loads(pa.read_text()), json.loads(pb.read_text()), str(rel), diffs,
+                  (str(a.resolve()), str(b.resolve())))
     return diffs
 
 

@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_manifest
 from rv2.classify.predictor import Predictor, Preprocessing
 from rv2.data.imageio import ImageReadError, load_image
 from rv2.data.schema import CHEXPERT_LABELS
 from rv2.data.torch_dataset import preprocess
+
+from .conftest import make_manifest
 
 REAL_CXR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real-cxr"
 
@@ -57,10 +58,11 @@ def test_bytes_tensor_and_rv2_predict_agree(model_dir):
     ref = predict(out, df, val.parent, device="cpu", progress=False, batch_size=4)
     assert by_bytes.shape == (6, len(CHEXPERT_LABELS)) and by_bytes.dtype == np.float32
     assert np.array_equal(by_bytes, by_tensor)
-    assert np.array_equal(by_bytes, ref[list(CHEXPERT_LABELS)].to_numpy())
+    # rv2 predict batches by 4: batched convolutions may round apart in the last bits
+    assert np.allclose(by_bytes, ref[list(CHEXPERT_LABELS)].to_numpy(), rtol=0, atol=1e-6)
     # a 1-channel tensor is replicated to the model's 3 channels
     one = p.prepare([load_image(val.parent / df.path[0])])[:, :1]
-    assert np.array_equal(p.predict_tensor(one), by_tensor[:1])
+    assert np.array_equal(p.predict_tensor(one), p.predict_tensor(p.prepare([load_image(val.parent / df.path[0])])))
 
 
 @pytest.mark.skipif(not REAL_CXR.is_dir(), reason="../shared/data/real-cxr is absent")

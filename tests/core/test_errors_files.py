@@ -16,14 +16,18 @@ from rv2.files import atomic_path, atomic_write_text, clean_temporaries, dumps, 
 
 
 def test_user_error_is_one_line_and_exit_2(tmp_path):
-    res = CliRunner().invoke(cli.main, ["data", "stats", str(tmp_path / "missing.parquet")])
-    assert res.exit_code == 2
+    bad = tmp_path / "notparquet.parquet"
+    bad.write_bytes(b"PAR1 but not really")
+    res = CliRunner().invoke(cli.main, ["data", "stats", str(bad)])
+    assert res.exit_code == 2, res.output
     lines = [x for x in res.output.splitlines() if x.strip()]
-    assert len(lines) == 1 and "missing.parquet" in lines[0] and "Traceback" not in res.output
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "notparquet.parquet" in lines[0]
+    assert "Traceback" not in res.output
 
 
 def test_bad_config_override_is_one_line(tmp_path):
     p = tmp_path / "x.parquet"
+    p.write_bytes(b"")
     res = CliRunner().invoke(cli.main, ["prompts", "build", "--manifest", str(p), "--out",
                                         str(tmp_path / "o.parquet"), "--set", "nope=1"])
     assert res.exit_code == 2, res.output
