@@ -36,6 +36,7 @@ import torch  # noqa: E402
 GPU_CHECK = {
     "order": 20,
     "timeout_s": 100,
+    "dry_timeout_s": 300,
     "gpu": ["--devices", "cuda", "--image-size", "224", "--batch-size", "64", "--steps", "10",
             "--images", "256", "--workers", "4", "--threads", "8", "--json", "{json}"],
     "dry": ["--devices", "cpu", "--image-size", "32", "--batch-size", "2", "--steps", "1",

@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO / "python"))
 GPU_CHECK = {
     "order": 10,
     "timeout_s": 200,
+    "dry_timeout_s": 300,
     "gpu": ["--device", "cuda", "--size", "sd21", "--steps", "75", "--guidance", "4",
             "--n", "16", "--batch-size", "8", "--repeats", "1", "--json", "{json}"],
     "dry": ["--device", "cpu", "--size", "tiny", "--steps", "2", "--guidance", "4", "--n", "2",
