@@ -202,12 +202,12 @@ def flops_per_image(comp, steps: int, guidance: float, device: str) -> dict:
     import copy
 
     import torch
-    from rv2.generate.sampler import latent_shape
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     dtype = comp.unet.dtype
-    x = torch.zeros(1, *latent_shape(comp), device=device, dtype=dtype)
+    uc = comp.unet.config
+    x = torch.zeros(1, uc.in_channels, uc.sample_size, uc.sample_size, device=device, dtype=dtype)
     ids = torch.zeros(1, comp.tokenizer.model_max_length, dtype=torch.long, device=device)
     counted = {}
     with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH):
@@ -223,8 +223,8 @@ def flops_per_image(comp, steps: int, guidance: float, device: str) -> dict:
     sched = copy.deepcopy(comp.scheduler)
     sched.set_timesteps(steps)
     calls = len(sched.timesteps)
-    cfg = 2 if guidance > 1 else 1
-    total = cfg * calls * counted["unet"] + counted["vae_decode"] + cfg * counted["text_encoder"]
+    mult = 2 if guidance > 1 else 1  # classifier-free guidance doubles the batch
+    total = mult * calls * counted["unet"] + counted["vae_decode"] + mult * counted["text_encoder"]
     return {"unet_calls": calls, "per_forward_gflop": {k: v / 1e9 for k, v in counted.items()},
             "tflop_per_image": total / 1e12}
 
@@ -267,8 +267,7 @@ def main(argv=None) -> int:
     else:
         comp = sd21_components(dtype, device)
 
-    sys.path.insert(0, str(REPO / "tests" / "generate"))
-    from gen_helpers import prompts_table  # the tests' prompts table builder
+    from rv2.testing.prompts import prompts_table
 
     df = prompts_table(args.n, seed=1)
     cfg = GenerateConfig()

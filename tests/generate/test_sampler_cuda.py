@@ -9,8 +9,9 @@ import torch
 from gen_helpers import prompts_table, tiny
 from PIL import Image
 from rv2.generate.config import GenerateConfig
+from rv2.generate.eager import eager_stages
 from rv2.generate.pipeline import generate_dataset
-from rv2.generate.sampler import decode, denoise, encode_text, latent_shape, latents_for
+from rv2.generate.sampler import denoise, latent_shape, latents_for
 
 pytestmark = pytest.mark.gpu
 
@@ -24,15 +25,13 @@ TOLERANCE = {torch.float16: (0.01, 0.008), torch.bfloat16: (0.06, 0.05)}
 
 
 def _sample(dtype: torch.dtype, device: str):
-    comp = tiny(0)
-    for m in (comp.unet, comp.vae, comp.text_encoder):
-        m.to(device=device, dtype=dtype)
+    st = eager_stages(tiny(0), device, dtype)
     lat, _ = latents_for([f"p{i}" for i in range(len(PROMPTS))], [0] * len(PROMPTS),
-                         latent_shape(comp), device=device, dtype=dtype)
-    cond = encode_text(comp, PROMPTS, device)
-    uncond = encode_text(comp, [""], device)
-    x = denoise(comp, cond, uncond, lat, STEPS, 4.0)
-    return x.float().cpu(), decode(comp, x).cpu()
+                         latent_shape(st.denoiser, st.decoder), device=device, dtype=dtype)
+    cond = st.text_encoder.encode(PROMPTS)
+    uncond = st.text_encoder.encode([""])
+    x = denoise(st.denoiser, st.scheduler, cond, uncond, lat, STEPS, 4.0)
+    return x.float().cpu(), st.decoder.decode(x).cpu()
 
 
 @pytest.fixture(scope="module")
