@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -185,12 +186,13 @@ def main() -> None:
     print(df.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     if args.json:
         out = {"title": f"DenseNet-121 training and predict throughput ({args.devices})",
-               "rows": [{k: (None if v != v else round(v, 3)) if isinstance(v, float) else v for k, v in r.items()}
+               "rows": [{k: (None if math.isnan(v) else round(v, 3)) if isinstance(v, float) else v for k, v in r.items()}
                         for r in df.to_dict("records")],
-               "notes": [setting, f"{col}: against the {first} fp32 row of the same kind (pipeline rows "
-                                  "on CUDA run bf16 autocast and have no fp32 row)",
-                         "of model-only: a pipeline row against the step row of the same device and "
-                         "precision"]}
+               "notes": [setting,
+                         (f"{col}: against the {first} fp32 row of the same kind (pipeline rows "
+                          "on CUDA run bf16 autocast and have no fp32 row)"),
+                         ("of model-only: a pipeline row against the step row of the same device "
+                          "and precision")]}
         Path(args.json).write_text(json.dumps(out, indent=2))
 
 

@@ -211,15 +211,16 @@ def flops_per_image(comp, steps: int, guidance: float, device: str) -> dict:
     ids = torch.zeros(1, comp.tokenizer.model_max_length, dtype=torch.long, device=device)
     counted = {}
     with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH):
-        for name, fn in (("text_encoder", lambda: comp.text_encoder(ids)[0]),
-                         ("unet", lambda: comp.unet(x, torch.tensor([500], device=device),
-                                                    encoder_hidden_states=ctx, return_dict=False)),
-                         ("vae_decode", lambda: comp.vae.decode(x, return_dict=False))):
-            with FlopCounterMode(display=False) as fc:
-                res = fn()
-            if name == "text_encoder":
-                ctx = res
-            counted[name] = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            ctx = comp.text_encoder(ids)[0]
+        counted["text_encoder"] = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            comp.unet(x, torch.tensor([500], device=device), encoder_hidden_states=ctx,
+                      return_dict=False)
+        counted["unet"] = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            comp.vae.decode(x, return_dict=False)
+        counted["vae_decode"] = fc.get_total_flops()
     sched = copy.deepcopy(comp.scheduler)
     sched.set_timesteps(steps)
     calls = len(sched.timesteps)

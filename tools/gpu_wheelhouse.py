@@ -13,7 +13,6 @@ with a device call fit its 64 MiB. Exits 1 with the sizes when they do not fit.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
@@ -109,7 +108,7 @@ def check(dest: Path, pins: list[Pin], tree: int, limit: int = LIMIT_BYTES) -> l
     wheels = sorted(dest.glob("*.whl"))
     rows, seen = [], {}
     for w in wheels:
-        name, version, tags = parse_wheel(w.name)
+        name, _, tags = parse_wheel(w.name)
         if not installs_there(tags):
             raise WheelhouseError(f"{w.name} does not install on the GPU machine (CPython 3.12, "
                                   "manylinux x86_64): download it with tools/gpu_wheelhouse.py")
@@ -164,7 +163,7 @@ def download(dest: Path, pins: list[Pin]) -> None:
     for plat in PLATFORMS:
         cmd += ["--platform", plat]
     print("pip download", " ".join(p.spec for p in todo), flush=True)
-    r = subprocess.run(cmd + [p.spec for p in todo])
+    r = subprocess.run(cmd + [p.spec for p in todo], check=False)
     if r.returncode:
         raise WheelhouseError(f"pip download failed (exit {r.returncode}) for "
                               f"{', '.join(p.spec for p in todo)}; see pip's message above")

@@ -39,7 +39,8 @@ def test_dry_run_writes_both_summaries(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(REPO / "python"))
     r = subprocess.run(["bash", str(TOOLS / "gpu_check.sh"), "--dry-run", "--skip-wheelhouse",
-                        "--out", str(out)], capture_output=True, text=True, env=env, timeout=900)
+                        "--out", str(out)], capture_output=True, text=True, env=env, timeout=1200,
+                       check=False)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.log",
                                                       "gpu_check.md", "junit.xml"]
@@ -60,7 +61,7 @@ def test_dry_run_writes_both_summaries(tmp_path):
     assert t["skipped"] >= 8 and t["passed"] == t["failed"] == 0
     assert all("CUDA" in reason for reason in t["skips"])
     gen = s["benchmarks"]["bench_generate"]
-    assert [r["ratio"] for r in gen["rows"]][0] == 1.0
+    assert gen["rows"][0]["ratio"] == 1.0  # the authors' approach is the baseline
     assert all(r["images_per_s"] > 0 and 0 < r["of_fp32_matmul"] for r in gen["rows"])
     assert gen["flops"]["tflop_per_image"] > 0 and gen["flops"]["unet_calls"] == 3
     cls = s["benchmarks"]["bench_classify"]
@@ -72,6 +73,22 @@ def test_dry_run_writes_both_summaries(tmp_path):
         assert part in md
     log = (out / "gpu_check.log").read_text()
     assert "== build" in log and "-- bench_classify: ok in" in log
+
+
+def test_sd21_benchmark_model_counts_the_published_flops():
+    """The GPU benchmark's SD 2.1-size components, built on the meta device (no memory,
+    no GPU): their counted FLOPs are deployment.md's figures."""
+    import torch
+
+    bg = _load("bench_generate")
+    comp = bg.sd21_components(torch.float16, "meta")
+    assert sum(p.numel() for p in comp.unet.parameters()) == 865_910_724
+    f = bg.flops_per_image(comp, 75, 4.0, "meta")
+    g = f["per_forward_gflop"]
+    assert f["unet_calls"] == 76
+    assert abs(g["unet"] - bg.UNET_GFLOP_SD21) < 1 and abs(g["vae_decode"] - bg.VAE_DEC_GFLOP_SD21) < 1
+    assert abs(g["text_encoder"] - bg.CLIP_GFLOP_SD21) < 0.5
+    assert 124 < f["tflop_per_image"] < 126
 
 
 # --------------------------------------------------------------------------- the step runner
