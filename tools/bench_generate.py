@@ -296,7 +296,8 @@ def main(argv=None) -> int:
     for name, r in (("authors' approach (pipeline + per-batch QC rebuild, batch-1 QC)", a),
                     ("rv2 generate (batched stages, QC built once, batched)", o)):
         ips = r["images"] / r["wall_s"]
-        rows.append({"approach": name, "images": r["images"], "wall_s": round(r["wall_s"], 3),
+        rows.append({"approach": name, "images": r["images"], "qc_passed": r["passed"],
+                     "wall_s": round(r["wall_s"], 3),
                      "images_per_s": round(ips, 4), "tflops": float(f"{ips * flops['tflop_per_image']:.4g}"),
                      f"of_{peak_dtype}_matmul": float(f"{ips * flops['tflop_per_image'] / peak:.4g}")})
     for r in rows:
