@@ -8,7 +8,7 @@ TARGET ?= cpu
 STAMP  := $(VENV)/.rv2-installed
 NATIVE_SRC := $(shell find csrc -type f 2>/dev/null) CMakeLists.txt setup.py
 
-.PHONY: venv install native test test-all demo bench wheel wheel-check build-cuda clean
+.PHONY: venv install native test test-all demo bench wheel wheel-check build-cuda clean gpu-wheelhouse
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -65,3 +65,8 @@ build-cuda: $(STAMP)
 
 clean:
 	rm -rf build dist python/rv2/_C*.so .pytest_cache
+
+# Wheels the lent GPU machine lacks (tools/gpu-wheels.txt) into .whl/, checked to fit with the
+# working tree in one device call's 64 MiB; GPU_WHEELS_WITHOUT=NAME leaves an optional one out.
+gpu-wheelhouse: $(PY)
+	$(PY) tools/gpu_wheelhouse.py --dest .whl $(foreach n,$(GPU_WHEELS_WITHOUT),--without $(n))

@@ -11,12 +11,15 @@ Rows, per device:
   predict step   forward + sigmoid on in-memory tensors (model only)
   predict pipeline `rv2.classify.predict` over the same PNG manifest
 Model-only rows are measured in fp32 (NCHW), fp32 channels-last and, on CUDA, bf16
-autocast + channels-last (what training and predict use there). Ratios are against the CPU fp32 row of the same
-kind, measured in the same run.
+autocast + channels-last (what training and predict use there). Ratios are against the fp32 row
+of the same kind on the first device listed (CPU fp32 with the default devices), measured in the
+same run.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 import tempfile
 import time
@@ -28,6 +31,18 @@ sys.path.insert(0, str(REPO / "python"))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+
+# Read by tools/gpu_check.py (ast, never imported): how the one-call GPU check runs this.
+# On the GPU the baseline is the GPU's own fp32 row (the CPU rows would spend the budget).
+GPU_CHECK = {
+    "order": 20,
+    "timeout_s": 100,
+    "dry_timeout_s": 300,
+    "gpu": ["--devices", "cuda", "--image-size", "224", "--batch-size", "64", "--steps", "10",
+            "--images", "256", "--workers", "4", "--threads", "8", "--json", "{json}"],
+    "dry": ["--devices", "cpu", "--image-size", "32", "--batch-size", "2", "--steps", "1",
+            "--images", "4", "--threads", "2", "--json", "{json}"],
+}
 
 
 def write_dataset(folder: Path, n: int, size: int) -> Path:
@@ -122,7 +137,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers for the pipeline rows")
     ap.add_argument("--devices", default="cpu,cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--json", default=None, help="also write the table here")
     args = ap.parse_args()
+    for name in args.devices.split(","):
+        if torch.device(name).type == "cuda" and not torch.cuda.is_available():
+            raise SystemExit(f"bench_classify: --devices {args.devices}: CUDA is not available here")
     torch.set_num_threads(args.threads)
     size, bs = args.image_size, args.batch_size
     rows = []
@@ -147,14 +166,34 @@ def main() -> None:
             rows.append({"device": name, "row": "predict pipeline", "precision": amp, "images/s": ips})
             print(f"  {name:5s} predict pipeline {amp:18s} {ips:9.1f} img/s", flush=True)
     df = pd.DataFrame(rows)
-    base = {r: df[(df.device == "cpu") & (df.row == r) & (df.precision == "fp32")]["images/s"]
+    first = args.devices.split(",")[0]
+    base = {r: df[(df.device == first) & (df.row == r) & (df.precision == "fp32")]["images/s"]
             for r in df.row.unique()}
-    df["x vs cpu fp32"] = [v / float(base[r].iloc[0]) if len(base[r]) else float("nan")
-                           for r, v in zip(df.row, df["images/s"])]
-    print(f"\nDenseNet-121, {size}x{size}, batch {bs}, {args.threads} CPU thread(s), "
-          f"{args.workers} loader worker(s); torch {torch.__version__}"
-          + (f"; GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
+    col = f"x vs {first} fp32"
+    df[col] = [v / float(base[r].iloc[0]) if len(base[r]) else float("nan")
+               for r, v in zip(df.row, df["images/s"])]
+    # a pipeline row against the model-only row of its device and precision: what decoding,
+    # loading and bookkeeping leave of the model's own throughput
+    step = {(d, r.split()[0], p): v for d, r, p, v in zip(df.device, df.row, df.precision,
+                                                         df["images/s"]) if r.endswith("step")}
+    df["of model-only"] = [v / step[(d, r.split()[0], p)] if r.endswith("pipeline")
+                           and (d, r.split()[0], p) in step else float("nan")
+                           for d, r, p, v in zip(df.device, df.row, df.precision, df["images/s"])]
+    setting = (f"DenseNet-121, {size}x{size}, batch {bs}, {args.threads} CPU thread(s), "
+               f"{args.workers} loader worker(s); torch {torch.__version__}"
+               + (f"; GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
+    print(f"\n{setting}")
     print(df.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    if args.json:
+        out = {"title": f"DenseNet-121 training and predict throughput ({args.devices})",
+               "rows": [{k: (None if math.isnan(v) else round(v, 3)) if isinstance(v, float) else v for k, v in r.items()}
+                        for r in df.to_dict("records")],
+               "notes": [setting,
+                         (f"{col}: against the {first} fp32 row of the same kind (pipeline rows "
+                          "on CUDA run bf16 autocast and have no fp32 row)"),
+                         ("of model-only: a pipeline row against the step row of the same device "
+                          "and precision")]}
+        Path(args.json).write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -12,11 +12,14 @@ Both sides use the same components, dtype, prompts, steps and guidance, and
 max_attempts=1, so they make the same number of images. Prints a table with
 images/s and the ratio. On a GPU with --size sd21 (SD 2.1-sized components with
 random weights) it also measures the card's bf16 matmul rate and reports the
-achieved fraction of it (about 125 TFLOP per image at 75 steps with guidance).
+achieved fraction of it. FLOPs per image are counted (torch's FlopCounterMode on one
+forward of each component) at whatever size runs, about 125 TFLOP at SD 2.1 size and 75
+steps with guidance; on the CPU the rate is the fp32 matmul rate.
 
     python tools/bench_generate.py                       # CPU, tiny model
     python tools/bench_generate.py --device cuda --size sd21 --steps 75 --n 32 --batch-size 16
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,6 +32,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))
+
+# Read by tools/gpu_check.py (ast, never imported): how the one-call GPU check runs this.
+GPU_CHECK = {
+    "order": 10,
+    "timeout_s": 200,
+    "dry_timeout_s": 300,
+    "gpu": ["--device", "cuda", "--size", "sd21", "--steps", "75", "--guidance", "4",
+            "--n", "16", "--batch-size", "8", "--repeats", "1", "--json", "{json}"],
+    "dry": ["--device", "cpu", "--size", "tiny", "--steps", "2", "--guidance", "4", "--n", "2",
+            "--batch-size", "2", "--repeats", "1", "--threads", "2", "--json", "{json}"],
+}
 
 UNET_GFLOP_SD21 = 804.0     # one UNet forward, 64x64 latent, 77x1024 context (deployment.md)
 VAE_DEC_GFLOP_SD21 = 2514.0
@@ -153,21 +167,67 @@ def ours(comp, df, qc_dir, cfg, device, tmp: Path, model_dir=None) -> dict:
             "stages": s["this_run"]["stage_seconds"]}
 
 
-def matmul_tflops(device: str) -> float:
+def matmul_tflops(device: str = "cuda", dtype: str = "bf16", n: int = 8192,
+                  min_s: float = 0.3) -> float:
+    """Measured rate of n x n x n matrix products (TFLOP/s), timed for at least min_s."""
     import torch
 
-    n = 8192
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    a = torch.randn(n, n, device=device, dtype=dt)
+    b = torch.randn(n, n, device=device, dtype=dt)
+    out = torch.empty(n, n, device=device, dtype=dt)
+
+    def sync():
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+
     for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    reps = 20
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    torch.cuda.synchronize()
-    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e12
+        torch.mm(a, b, out=out)
+    sync()
+    reps, t0 = 0, time.perf_counter()
+    while True:
+        for _ in range(10):
+            torch.mm(a, b, out=out)
+        reps += 10
+        sync()
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_s:
+            return 2 * n ** 3 * reps / elapsed / 1e12
+
+
+def flops_per_image(comp, steps: int, guidance: float, device: str) -> dict:
+    """FLOPs of one image, counted on one forward of each component (batch 1, the math
+    attention kernel so that attention is counted as its matrix products): UNet calls
+    (x2 with guidance) + VAE decode + text encoder (x2 with guidance)."""
+    import copy
+
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    dtype = comp.unet.dtype
+    uc = comp.unet.config
+    x = torch.zeros(1, uc.in_channels, uc.sample_size, uc.sample_size, device=device, dtype=dtype)
+    ids = torch.zeros(1, comp.tokenizer.model_max_length, dtype=torch.long, device=device)
+    counted = {}
+    with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH):
+        with FlopCounterMode(display=False) as fc:
+            ctx = comp.text_encoder(ids)[0]
+        counted["text_encoder"] = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            comp.unet(x, torch.tensor([500], device=device), encoder_hidden_states=ctx,
+                      return_dict=False)
+        counted["unet"] = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            comp.vae.decode(x, return_dict=False)
+        counted["vae_decode"] = fc.get_total_flops()
+    sched = copy.deepcopy(comp.scheduler)
+    sched.set_timesteps(steps)
+    calls = len(sched.timesteps)
+    mult = 2 if guidance > 1 else 1  # classifier-free guidance doubles the batch
+    total = mult * calls * counted["unet"] + counted["vae_decode"] + mult * counted["text_encoder"]
+    return {"unet_calls": calls, "per_forward_gflop": {k: v / 1e9 for k, v in counted.items()},
+            "tflop_per_image": total / 1e12}
 
 
 def main(argv=None) -> int:
@@ -208,8 +268,7 @@ def main(argv=None) -> int:
     else:
         comp = sd21_components(dtype, device)
 
-    sys.path.insert(0, str(REPO / "tests" / "generate"))
-    from gen_helpers import prompts_table  # the tests' prompts table builder
+    from rv2.testing.prompts import prompts_table
 
     df = prompts_table(args.n, seed=1)
     cfg = GenerateConfig()
@@ -230,32 +289,44 @@ def main(argv=None) -> int:
             ro = ours(comp, df, qc_dir, cfg, device, tmp / f"o{rep}")
             a = ra if a is None or ra["wall_s"] < a["wall_s"] else a
             o = ro if o is None or ro["wall_s"] < o["wall_s"] else o
+    flops = flops_per_image(comp, args.steps, args.guidance, device)
+    peak_dtype = "bf16" if device.startswith("cuda") else "fp32"
+    peak = matmul_tflops(device, peak_dtype, 8192 if device.startswith("cuda") else 1024)
     rows = []
     for name, r in (("authors' approach (pipeline + per-batch QC rebuild, batch-1 QC)", a),
                     ("rv2 generate (batched stages, QC built once, batched)", o)):
-        rows.append({"approach": name, "images": r["images"], "wall_s": round(r["wall_s"], 3),
-                     "images_per_s": round(r["images"] / r["wall_s"], 4)})
-    ratio = rows[1]["images_per_s"] / rows[0]["images_per_s"]
-    print(f"\nbench_generate: device={device} dtype={dtype} size={args.size} steps={args.steps} "
-          f"guidance={args.guidance} n={args.n} batch={args.batch_size} qc={qc_kind} "
-          f"threads={torch.get_num_threads()} repeats={args.repeats} (best of each)")
-    print(f"{'approach':<66} {'images':>6} {'wall s':>9} {'img/s':>9} {'ratio':>7}")
+        ips = r["images"] / r["wall_s"]
+        rows.append({"approach": name, "images": r["images"], "qc_passed": r["passed"],
+                     "wall_s": round(r["wall_s"], 3),
+                     "images_per_s": round(ips, 4), "tflops": float(f"{ips * flops['tflop_per_image']:.4g}"),
+                     f"of_{peak_dtype}_matmul": float(f"{ips * flops['tflop_per_image'] / peak:.4g}")})
+    for r in rows:
+        r["ratio"] = round(r["images_per_s"] / rows[0]["images_per_s"], 3)
+    ratio = rows[1]["ratio"]
+    setting = (f"device={device} dtype={str(dtype).replace('torch.', '')} size={args.size} "
+               f"steps={args.steps} guidance={args.guidance} n={args.n} batch={args.batch_size} "
+               f"qc={qc_kind} threads={torch.get_num_threads()} repeats={args.repeats} (best of each)")
+    print(f"\nbench_generate: {setting}")
+    frac = f"of_{peak_dtype}_matmul"
+    print(f"{'approach':<66} {'images':>6} {'wall s':>9} {'img/s':>9} {'TFLOP/s':>8} {'of peak':>8} {'ratio':>7}")
     for r in rows:
         print(f"{r['approach']:<66} {r['images']:>6} {r['wall_s']:>9.2f} {r['images_per_s']:>9.3f} "
-              f"{r['images_per_s'] / rows[0]['images_per_s']:>6.2f}x")
-    print("rv2 stage seconds:", json.dumps(o["stages"]))
-    result = {"config": vars(args), "device": device, "dtype": str(dtype), "qc": qc_kind,
-              "rows": rows, "ratio": ratio, "stages": o["stages"]}
-    if device.startswith("cuda") and args.size == "sd21":
-        peak = matmul_tflops(device)
-        cfg_mult = 2 if args.guidance > 1 else 1
-        per_img = ((args.steps + 1) * cfg_mult * UNET_GFLOP_SD21 + VAE_DEC_GFLOP_SD21
-                   + cfg_mult * CLIP_GFLOP_SD21) / 1e3
-        for r in rows:
-            ach = r["images_per_s"] * per_img
-            print(f"{r['approach'][:40]:<40} {ach:8.1f} TFLOP/s = {ach / peak:6.1%} of measured "
-                  f"bf16 matmul {peak:.0f} TFLOP/s ({per_img:.1f} TFLOP/image)")
-        result.update({"matmul_tflops": peak, "tflop_per_image": per_img})
+              f"{r['tflops']:>8.3g} {r[frac]:>8.1%} {r['ratio']:>6.2f}x")
+    g = flops["per_forward_gflop"]
+    notes = [setting,
+             f"{flops['tflop_per_image']:.3g} TFLOP per image: {flops['unet_calls']} UNet calls x "
+             f"{g['unet']:.4g} GFLOP{' x 2 (guidance)' if args.guidance > 1 else ''}, VAE decode "
+             f"{g['vae_decode']:.4g} GFLOP, text encoder {g['text_encoder']:.4g} GFLOP (counted)"
+             + (f"; deployment.md's SD 2.1 figures: UNet {UNET_GFLOP_SD21:.0f}, VAE decode "
+                f"{VAE_DEC_GFLOP_SD21:.0f}, CLIP {CLIP_GFLOP_SD21:.0f}" if args.size == "sd21" else ""),
+             f"peak: measured {peak_dtype} matmul {peak:.4g} TFLOP/s on {device}",
+             "rv2 stage seconds: " + json.dumps({k: round(v, 3) for k, v in o["stages"].items()})]
+    for n in notes[1:]:
+        print(n)
+    result = {"title": f"generation with QC, rv2 vs the authors' approach ({args.size}, {device})",
+              "rows": rows, "notes": notes, "config": vars(args), "device": device,
+              "dtype": str(dtype), "qc": qc_kind, "ratio": ratio, "stages": o["stages"],
+              "flops": flops, "matmul_tflops": peak, "matmul_dtype": peak_dtype}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
