@@ -20,7 +20,7 @@ class MeanNet(nn.Module):
         if self.n_out == 1:
             return (self.offset + self.scale * m)[:, None]
         # logits of class k: -(k - scale * frac(m)) ^ 2, so the argmax moves with m
-        k = torch.arange(self.n_out, dtype=x.dtype)[None]
+        k = torch.arange(self.n_out, dtype=x.dtype, device=x.device)[None]
         pos = (self.scale * m)[:, None] % self.n_out
         return -(k - pos) ** 2
 
