@@ -120,6 +120,11 @@ class StageRunner:
     _uncond: Any = None
 
     def _timed(self, name: str, t0: float) -> None:
+        dev = getattr(self.stages.denoiser, "device", None)
+        if getattr(dev, "type", None) == "cuda":   # kernels run async: charge them to their stage
+            import torch
+
+            torch.cuda.synchronize(dev)
         self.timings[name] += time.perf_counter() - t0
 
     def encode_text(self, items: Sequence[WorkItem]):
