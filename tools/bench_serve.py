@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def make_model_dir(folder: Path, size: int) -> Path:
@@ -72,7 +72,7 @@ def child(folder: Path, onnx: Path, threads: int) -> None:
 
     set_threads(threads)
     preds = predictors(folder, onnx, threads)
-    kw = dict(http_port=0, grpc_port=0, decode_threads=1)
+    kw = {"http_port": 0, "grpc_port": 0, "decode_threads": 1}
     servers = {
         "trivial": ServerThread(preds["trivial"], ServeSettings(max_batch_size=8, **kw)),
         "densenet": ServerThread(preds["densenet"], ServeSettings(max_batch_size=8, **kw)),
@@ -113,6 +113,7 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--seconds", type=float, default=5.0, help="per measured cell")
     ap.add_argument("--threads", type=int, default=2, help="compute threads (ORT intra-op, torch)")
+    ap.add_argument("--only", default=None, help="comma-separated servers to measure (trivial, densenet)")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -147,6 +148,9 @@ def main() -> None:
         cells = [("trivial", "http", 1), ("trivial", "grpc", 1), ("trivial", "http", 8), ("trivial", "grpc", 8),
                  ("densenet", "http", 1), ("densenet", "grpc", 1), ("densenet", "http", 8),
                  ("densenet", "grpc", 8), ("densenet-nobatch", "grpc", 8)]
+        if args.only:
+            keep = set(args.only.split(","))
+            cells = [c for c in cells if c[0].split("-")[0] in keep]
         for server, proto, conc in cells:
             http_port, grpc_port = ports[server]
             url = f"127.0.0.1:{http_port if proto == 'http' else grpc_port}"
@@ -159,7 +163,7 @@ def main() -> None:
                          "errors": len(r.errors), "p50": r.p(50) * 1e3, "p99": r.p(99) * 1e3,
                          "rps": r.throughput, "batch": (n1 - n0) / max(e1 - e0, 1),
                          "bare": b * 1e3, "overhead": (r.p(50) - b) * 1e3,
-                         "server": (o1 - o0) / max(s1 - s0, 1) / 1e3})
+                         "insrv": (o1 - o0) / max(s1 - s0, 1) / 1e3})
     finally:
         proc.stdin.close()
         proc.wait(60)
@@ -172,12 +176,13 @@ def main() -> None:
     for r in rows:
         print(f"| {r['server']} | {r['proto']} | {r['conc']} | {r['n']} | {r['errors']} | {r['p50']:.2f} | "
               f"{r['p99']:.2f} | {r['rps']:.1f} | {r['batch']:.2f} | {r['bare']:.2f} | {r['overhead']:.2f} | "
-              f"{r['server']:.2f} |")
+              f"{r['insrv']:.2f} |")
     get = {(r["server"], r["proto"], r["conc"]): r for r in rows}
-    tb, nb = get[("densenet", "grpc", 8)], get[("densenet-nobatch", "grpc", 8)]
-    print(f"\nthroughput at concurrency 8, dynamic batching vs none (gRPC, DenseNet ORT): "
-          f"{tb['rps'] / max(nb['rps'], 1e-9):.2f}x")
-    for proto in ("http", "grpc"):
+    if ("densenet", "grpc", 8) in get:
+        tb, nb = get[("densenet", "grpc", 8)], get[("densenet-nobatch", "grpc", 8)]
+        print(f"\nthroughput at concurrency 8, dynamic batching vs none (gRPC, DenseNet ORT): "
+              f"{tb['rps'] / max(nb['rps'], 1e-9):.2f}x")
+    for proto in ("http", "grpc") if ("trivial", "http", 1) in get else ():
         t = get[("trivial", proto, 1)]
         print(f"front-end overhead p50 at batch 1 ({proto}{' binary' if proto == 'http' else ''}): "
               f"{t['overhead']:.2f} ms (target <= 2 ms; Triton 2.51's front end measured 8-11 ms here)")

@@ -8,9 +8,9 @@ import pytest
 
 pytest.importorskip("tritonclient.grpc", reason="needs tritonclient[http,grpc] (pip install 'rv2[test]')")
 
-from rv2.classify.predictor import Predictor  # noqa: E402
-from rv2.serve.server import ServerThread  # noqa: E402
-from rv2.serve.service import ServeSettings  # noqa: E402
+from rv2.classify.predictor import Predictor
+from rv2.serve.server import ServerThread
+from rv2.serve.service import ServeSettings
 
 
 def _classify_conftest():
@@ -57,8 +57,8 @@ def predictor(clf_dir):
 
 
 def settings(**kw) -> ServeSettings:
-    base = dict(http_port=0, grpc_port=0, host="127.0.0.1", decode_threads=1, keepalive_s=30.0,
-                shutdown_grace_s=10.0)
+    base = {"http_port": 0, "grpc_port": 0, "host": "127.0.0.1", "decode_threads": 1, "keepalive_s": 30.0,
+                "shutdown_grace_s": 10.0}
     base.update(kw)
     return ServeSettings(**base)
 

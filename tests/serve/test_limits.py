@@ -18,7 +18,14 @@ from rv2.serve.protocol import serialize_bytes
 from rv2.serve.server import ServerThread, wait_until
 from tritonclient.utils import InferenceServerException
 
-from .conftest import SIZE, bytes_input, clients, gated_predictor, settings, tensor_input
+from .conftest import (
+    SIZE,
+    bytes_input,
+    clients,
+    gated_predictor,
+    settings,
+    tensor_input,
+)
 
 
 def post(port, path, body: bytes, headers=None, timeout=60):
@@ -78,8 +85,8 @@ def dicom_without_pixels():
 def _cases(real_cxr):
     png = (real_cxr / "00000001_000.png").read_bytes()
     ok = x()
-    one = lambda blob: binary_body([("image_bytes", "BYTES", [1], serialize_bytes([blob]))])  # noqa: E731
-    J = lambda obj: (json.dumps(obj).encode(), {})  # noqa: E731
+    one = lambda blob: binary_body([("image_bytes", "BYTES", [1], serialize_bytes([blob]))])
+    J = lambda obj: (json.dumps(obj).encode(), {})
     return {
         # name: (path, (body, headers), status, words in the error)
         "wrong shape": ("classifier", binary_body([("image", "FP32", [1, 3, SIZE + 1, SIZE], x(1, 3, SIZE + 1).tobytes())]),

@@ -16,9 +16,9 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -163,4 +163,4 @@ class Batcher:
             pos += n
 
 
-__all__ = ["Batcher", "BatchResult"]
+__all__ = ["BatchResult", "Batcher"]

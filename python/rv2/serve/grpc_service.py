@@ -18,7 +18,13 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from rv2.errors import UserError
-from rv2.serve.protocol import InferRequest, InputTensor, OutputRequest, RequestError, VERSION
+from rv2.serve.protocol import (
+    VERSION,
+    InferRequest,
+    InputTensor,
+    OutputRequest,
+    RequestError,
+)
 from rv2.serve.service import InferenceService
 
 log = logging.getLogger(__name__)
@@ -146,7 +152,7 @@ class GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
             return await self._infer(request, context)
         except RequestError as exc:
             await self._abort(context, exc)
-        except Exception as exc:  # noqa: BLE001 - a bug: INTERNAL, keep serving
+        except Exception as exc:
             log.exception("infer failed")
             await self._abort(context, RequestError(f"internal error: {type(exc).__name__}: {exc}", 500))
 

@@ -27,8 +27,13 @@ import logging
 import zlib
 from urllib.parse import unquote
 
-from rv2.serve.protocol import (InferRequest, InputTensor, OutputRequest, RequestError,
-                                VERSION)
+from rv2.serve.protocol import (
+    VERSION,
+    InferRequest,
+    InputTensor,
+    OutputRequest,
+    RequestError,
+)
 from rv2.serve.service import InferenceService
 
 log = logging.getLogger(__name__)
@@ -45,7 +50,7 @@ def _error_body(msg: str) -> bytes:
 
 
 class _Head:
-    __slots__ = ("method", "path", "query", "headers", "keep_alive", "length")
+    __slots__ = ("headers", "keep_alive", "length", "method", "path", "query")
 
     def __init__(self, method, path, query, headers, keep_alive, length):
         self.method, self.path, self.query, self.headers = method, path, query, headers
@@ -447,7 +452,7 @@ class _Conn(asyncio.Protocol):
         except asyncio.CancelledError:
             self._release()
             raise
-        except Exception as exc:  # noqa: BLE001 - a bug: answer 500, keep serving
+        except Exception as exc:
             log.exception("infer failed")
             self._release()
             self._fail(RequestError(f"internal error: {type(exc).__name__}: {exc}", 500), close=False)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 
 @dataclass
@@ -98,4 +98,4 @@ def run_load(protocol: str, url: str, model: str, make_inputs: Callable, *, conc
     return res
 
 
-__all__ = ["run_load", "LoadResult", "client_module"]
+__all__ = ["LoadResult", "client_module", "run_load"]

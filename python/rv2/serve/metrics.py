@@ -130,4 +130,4 @@ def parse_text(text: str) -> dict[str, float]:
     return vals
 
 
-__all__ = ["Metrics", "parse_text", "BUCKETS_US"]
+__all__ = ["BUCKETS_US", "Metrics", "parse_text"]

@@ -64,7 +64,7 @@ class OnnxBackend:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(p), opts, providers=providers or ["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        except Exception as exc:
             raise UserError(f"{p}: ONNX Runtime cannot load it: {exc}") from exc
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name

@@ -25,8 +25,9 @@ from __future__ import annotations
 import base64
 import binascii
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -348,6 +349,19 @@ def parse_label_entry(entry: bytes | str) -> tuple[float, int, str]:
     return float(p), int(j), label
 
 
-__all__ = ["ServedModel", "InferRequest", "InputTensor", "OutputRequest", "OutputTensor",
-           "RequestError", "serialize_bytes", "deserialize_bytes", "parse_label_entry",
-           "TENSOR_INPUT", "BYTES_INPUT", "PROBS", "LABELS", "VERSION"]
+__all__ = [
+    "BYTES_INPUT",
+    "LABELS",
+    "PROBS",
+    "TENSOR_INPUT",
+    "VERSION",
+    "InferRequest",
+    "InputTensor",
+    "OutputRequest",
+    "OutputTensor",
+    "RequestError",
+    "ServedModel",
+    "deserialize_bytes",
+    "parse_label_entry",
+    "serialize_bytes",
+]

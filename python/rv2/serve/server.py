@@ -50,7 +50,9 @@ class Server:
                 raise UserError(f"cannot listen on {s.host}:{s.http_port} for HTTP: "
                                 f"{exc.strerror or exc} (choose --http-port)") from None
         if s.grpc_port >= 0:
-            from rv2.serve.grpc_service import start_grpc  # grpc is heavy: only when serving it
+            from rv2.serve.grpc_service import (
+                start_grpc,  # grpc is heavy: only when serving it
+            )
 
             self.grpc, self.grpc_port = await start_grpc(self.service, s.host, s.grpc_port)
         # live from here; ready once warm
@@ -125,7 +127,7 @@ class ServerThread:
         except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
             self.server.error = self.server.error or exc
 
-    def start(self) -> "ServerThread":
+    def start(self) -> ServerThread:
         self._thread.start()
         if not self.server.started.wait(self.timeout):
             raise TimeoutError("server did not start in time")
@@ -165,4 +167,4 @@ def wait_until(pred, timeout: float = 10.0, step: float = 0.01) -> bool:
     return pred()
 
 
-__all__ = ["Server", "ServerThread", "ServeSettings"]
+__all__ = ["ServeSettings", "Server", "ServerThread"]

@@ -22,7 +22,13 @@ from rv2.data.imageio import ImageReadError
 from rv2.errors import UserError
 from rv2.serve.batcher import Batcher
 from rv2.serve.metrics import Metrics
-from rv2.serve.protocol import BYTES_INPUT, InferRequest, OutputTensor, RequestError, ServedModel
+from rv2.serve.protocol import (
+    BYTES_INPUT,
+    InferRequest,
+    OutputTensor,
+    RequestError,
+    ServedModel,
+)
 
 # Chest radiographs reach about 4300 x 4300 and mammograms 4096 x 5120.
 DEFAULT_MAX_PIXELS = 6000 * 6000
