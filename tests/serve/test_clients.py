@@ -168,3 +168,22 @@ def test_onnx_runtime_backend_serves_the_same_model(clf_dir, predictor, tmp_path
         for mod, c in ((th, h), (tg, g)):
             probs = c.infer("classifier", [tensor_input(mod, x)]).as_numpy("probabilities")
             np.testing.assert_allclose(probs, predictor.predict_tensor(x), atol=1e-5)
+
+
+@pytest.mark.dali
+def test_dali_decoding_equals_rv2_predict_with_dali(clf_dir, predictor, real_cxr):
+    from rv2.classify import predict
+    from rv2.serve.server import ServerThread
+
+    from .conftest import settings
+
+    files = [f for f in REAL_FILES if not f.endswith(".dcm")] + ["siim_sample.dcm"]  # DICOM: Python path
+    df = pd.DataFrame({"image_id": files, "path": files})
+    want = predict(clf_dir, df, root=real_cxr, device="cpu", batch_size=1, progress=False,
+                   decoder="dali").set_index("image_id")[list(CHEXPERT_LABELS)]
+    with ServerThread(predictor, settings(decoder="dali")) as s:
+        _, g = clients(s)
+        for name in files:
+            r = g.infer("classifier", [bytes_input(tg, [(real_cxr / name).read_bytes()])])
+            np.testing.assert_allclose(r.as_numpy("probabilities")[0], want.loc[name].to_numpy(),
+                                       atol=1e-5, err_msg=name)

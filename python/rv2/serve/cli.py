@@ -78,9 +78,11 @@ def load_backend(engines_dir: str | None, threads: int):
 @click.option("--threads", type=int, default=None, help="Compute threads (default: CPUs available).")
 @click.option("--decode-threads", type=int, default=2, show_default=True,
               help="Threads decoding PNG/JPEG/DICOM inputs.")
+@click.option("--decoder", type=click.Choice(["pil", "dali"]), default="pil", show_default=True,
+              help="PNG/JPEG decoding: Pillow, or NVIDIA DALI (rv2[dali]; mixed on a CUDA device).")
 def serve(model_dir, engines_dir, host, http_port, grpc_port, model_name, device, max_batch_size,
           preferred_batch_size, max_queue_delay_microseconds, max_queue_size, request_timeout,
-          max_body_bytes, token_file, threads, decode_threads):
+          max_body_bytes, token_file, threads, decode_threads, decoder):
     """Serve a classifier on KServe v2 / Triton's protocol: HTTP and gRPC, dynamic batching,
     Prometheus /metrics; SIGTERM drains and exits 0."""
     from rv2.serve.service import ServeSettings, default_threads
@@ -101,7 +103,7 @@ def serve(model_dir, engines_dir, host, http_port, grpc_port, model_name, device
                              max_queue_delay_microseconds=max_queue_delay_microseconds,
                              max_queue_size=max_queue_size, request_timeout_s=request_timeout,
                              max_body_bytes=max_body_bytes, token=token,
-                             decode_threads=decode_threads)
+                             decode_threads=decode_threads, decoder=decoder)
     predictor = Predictor.load(model_dir, device, backend=load_backend(engines_dir, threads))
     server = Server(predictor, settings)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from rv2 import __version__
+from rv2.data.dali import DaliDecoder, dali_available
 from rv2.data.imageio import ImageReadError
 from rv2.errors import UserError
 from rv2.serve.batcher import Batcher
@@ -51,6 +53,7 @@ class ServeSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     token: str | None = None         # bearer token; None: no auth
     decode_threads: int = 2
+    decoder: str = "pil"             # "dali": NVIDIA DALI for PNG/JPEG (mixed on the GPU)
     keepalive_s: float = 75.0        # idle HTTP connections are closed after this
     shutdown_grace_s: float = 30.0
     extra: dict = field(default_factory=dict)
@@ -98,6 +101,12 @@ class InferenceService:
         self.ready = False
         self.draining = False
         self._token = settings.token.encode() if settings.token else None
+        if settings.decoder not in ("pil", "dali"):
+            raise UserError(f"decoder must be 'pil' or 'dali', got {settings.decoder!r}")
+        if settings.decoder == "dali" and not dali_available():
+            raise UserError("--decoder dali needs NVIDIA DALI: pip install 'rv2[dali]'")
+        self._dali: DaliDecoder | None = None
+        self._dali_lock = threading.Lock()  # one DALI pipeline, fed by one thread at a time
         self.metrics.pending = lambda: self.batcher.pending() if self.batcher else 0
         self.metrics.ready = lambda: self.is_ready()
 
@@ -105,6 +114,14 @@ class InferenceService:
     def start(self) -> None:
         """Warm the backend (ready means warm), then start batching."""
         pre = self.predictor.preprocessing
+        if self.settings.decoder == "dali":
+            dev = getattr(self.predictor.backend, "device", None)
+            gpu = getattr(dev, "type", None) == "cuda"
+            self._dali = DaliDecoder(pre.image_size, square="crop",
+                                     device_id=(dev.index or 0) if gpu else None,
+                                     batch_size=self.model.max_batch_size,
+                                     num_threads=max(1, self.settings.decode_threads),
+                                     max_pixels=self.settings.max_pixels)
         x = np.zeros((1, pre.channels, pre.image_size, pre.image_size), np.float32)
         self.predictor.predict_tensor(x)
         s = self.settings
@@ -172,6 +189,13 @@ class InferenceService:
 
     def _prepare(self, blobs: list[bytes]) -> np.ndarray:
         p = self.predictor
+        if self._dali is not None:  # DALI crops and resizes; the Predictor normalises
+            try:
+                with self._dali_lock:
+                    pixels = self._dali.decode_files(blobs)
+            except ImageReadError as exc:
+                raise RequestError(str(exc)) from None
+            return p.preprocessing.batch(pixels)
         try:
             images = [p.decode(b, f"{BYTES_INPUT}[{i}]", max_pixels=self.settings.max_pixels)
                       for i, b in enumerate(blobs)]
