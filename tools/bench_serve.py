@@ -95,17 +95,54 @@ def bare_p50(pred, x, seconds: float) -> float:
     return float(np.median(ts))
 
 
-def metrics(port: int) -> tuple[float, float, float, float]:
+def metrics(port: int, model: str = "classifier") -> tuple[float, float, float, float]:
+    """(inferences, executions, successes, non-compute us) from Triton-named metrics."""
     import urllib.request
 
     from rv2.serve.metrics import parse_text
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
         m = parse_text(r.read().decode())
-    lab = 'model="classifier",version="1"'
-    return (m[f"nv_inference_count{{{lab}}}"], m[f"nv_inference_exec_count{{{lab}}}"],
-            m[f"nv_inference_request_success{{{lab}}}"],
-            m[f"nv_inference_request_duration_us{{{lab}}}"] - m[f"nv_inference_compute_infer_duration_us{{{lab}}}"])
+    lab = f'model="{model}",version="1"'
+    get = lambda k: m.get(f"{k}{{{lab}}}", float("nan"))
+    return (get("nv_inference_count"), get("nv_inference_exec_count"), get("nv_inference_request_success"),
+            get("nv_inference_request_duration_us") - get("nv_inference_compute_infer_duration_us"))
+
+
+def free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def start_peer(python: str, onnx: Path, threads: int, tmp: Path):
+    """PyTriton (real Triton 2.x) from a side environment; None if it does not start."""
+    import os
+    import sysconfig
+
+    ports = free_ports(3)
+    (tmp / "peer-tmp").mkdir(exist_ok=True)
+    env = dict(os.environ, TMPDIR=str(tmp / "peer-tmp"), HOME=str(tmp / "peer-home"),
+               OMP_WAIT_POLICY="PASSIVE", PYTHONPATH="")
+    # PyTriton's Python-backend stub links libpython: point it at this interpreter's
+    libdir = sysconfig.get_config_var("LIBDIR")
+    env["LD_LIBRARY_PATH"] = f"{libdir}:{env.get('LD_LIBRARY_PATH', '')}"
+    with open(tmp / "peer.log", "w") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([python, str(REPO / "tools" / "pytriton_peer.py"), str(onnx),
+                                 str(threads), *map(str, ports)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    line = proc.stdout.readline()
+    if "ready" not in line:
+        proc.kill()
+        print(f"PyTriton peer did not start (log: {tmp / 'peer.log'})", file=sys.stderr)
+        return None, None
+    return proc, ports
 
 
 def main() -> None:
@@ -114,6 +151,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="per measured cell")
     ap.add_argument("--threads", type=int, default=2, help="compute threads (ORT intra-op, torch)")
     ap.add_argument("--only", default=None, help="comma-separated servers to measure (trivial, densenet)")
+    ap.add_argument("--pytriton-python", default=None,
+                    help="interpreter of a side venv with nvidia-pytriton and onnxruntime: measure Triton too")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -133,8 +172,11 @@ def main() -> None:
     del model
     proc = subprocess.Popen([sys.executable, __file__, "--threads", str(args.threads), "--child",
                              str(folder), str(onnx)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    peer = peer_ports = None
     try:
         ports = json.loads(proc.stdout.readline())
+        if args.pytriton_python:
+            peer, peer_ports = start_peer(args.pytriton_python, onnx, args.threads, tmp)
         x = np.random.default_rng(0).normal(size=(1, 3, args.image_size, args.image_size)).astype(np.float32)
         preds = predictors(folder, onnx, args.threads)
         bare = {k: bare_p50(p, x, min(args.seconds, 3.0)) for k, p in preds.items()}
@@ -148,25 +190,36 @@ def main() -> None:
         cells = [("trivial", "http", 1), ("trivial", "grpc", 1), ("trivial", "http", 8), ("trivial", "grpc", 8),
                  ("densenet", "http", 1), ("densenet", "grpc", 1), ("densenet", "http", 8),
                  ("densenet", "grpc", 8), ("densenet-nobatch", "grpc", 8)]
+        # server -> (http port, grpc port, metrics port, model name)
+        where = {k: (h, g, h, "classifier") for k, (h, g) in ports.items()}
+        if peer is not None:
+            h, g, m = peer_ports
+            where["triton-trivial"] = (h, g, m, "trivial")
+            where["triton-densenet"] = (h, g, m, "classifier")
+            cells += [("triton-trivial", "http", 1), ("triton-trivial", "grpc", 1),
+                      ("triton-densenet", "http", 1), ("triton-densenet", "grpc", 1),
+                      ("triton-densenet", "grpc", 8)]
         if args.only:
             keep = set(args.only.split(","))
-            cells = [c for c in cells if c[0].split("-")[0] in keep]
+            cells = [c for c in cells if c[0].replace("triton-", "").split("-")[0] in keep]
         for server, proto, conc in cells:
-            http_port, grpc_port = ports[server]
+            http_port, grpc_port, metrics_port, model = where[server]
             url = f"127.0.0.1:{http_port if proto == 'http' else grpc_port}"
-            run_load(proto, url, "classifier", make_inputs, concurrency=conc, seconds=0.5)  # warm
-            n0, e0, s0, o0 = metrics(http_port)
-            r = run_load(proto, url, "classifier", make_inputs, concurrency=conc, seconds=args.seconds)
-            n1, e1, s1, o1 = metrics(http_port)
-            b = bare["trivial" if server == "trivial" else "densenet"]
+            run_load(proto, url, model, make_inputs, concurrency=conc, seconds=0.5)  # warm
+            n0, e0, s0, o0 = metrics(metrics_port, model)
+            r = run_load(proto, url, model, make_inputs, concurrency=conc, seconds=args.seconds)
+            n1, e1, s1, o1 = metrics(metrics_port, model)
+            b = bare["trivial" if "trivial" in server else "densenet"]
             rows.append({"server": server, "proto": proto, "conc": conc, "n": len(r.latencies),
                          "errors": len(r.errors), "p50": r.p(50) * 1e3, "p99": r.p(99) * 1e3,
                          "rps": r.throughput, "batch": (n1 - n0) / max(e1 - e0, 1),
                          "bare": b * 1e3, "overhead": (r.p(50) - b) * 1e3,
                          "insrv": (o1 - o0) / max(s1 - s0, 1) / 1e3})
     finally:
-        proc.stdin.close()
-        proc.wait(60)
+        for p in (proc, peer):
+            if p is not None:
+                p.stdin.close()
+                p.wait(120)
 
     print(f"\nrv2 serve, {args.image_size}x{args.image_size} FP32 input (batch 1 per request), "
           f"{args.threads} compute threads, {args.seconds:.0f} s per row\n")
@@ -184,8 +237,11 @@ def main() -> None:
               f"{tb['rps'] / max(nb['rps'], 1e-9):.2f}x")
     for proto in ("http", "grpc") if ("trivial", "http", 1) in get else ():
         t = get[("trivial", proto, 1)]
+        peer_t = get.get(("triton-trivial", proto, 1))
+        vs = (f"; Triton (PyTriton) {peer_t['overhead']:.2f} ms, {peer_t['overhead'] / max(t['overhead'], 1e-9):.1f}x rv2's"
+              if peer_t else "; Triton not measured in this run (--pytriton-python)")
         print(f"front-end overhead p50 at batch 1 ({proto}{' binary' if proto == 'http' else ''}): "
-              f"{t['overhead']:.2f} ms (target <= 2 ms; Triton 2.51's front end measured 8-11 ms here)")
+              f"{t['overhead']:.2f} ms (target <= 2 ms{vs})")
 
 
 if __name__ == "__main__":
