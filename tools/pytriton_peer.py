@@ -44,7 +44,7 @@ def main() -> None:
         return {"probabilities": np.zeros((len(image), labels), np.float32)}
 
     config = TritonConfig(http_address="127.0.0.1", http_port=http, grpc_address="127.0.0.1",
-                          grpc_port=grpc, metrics_port=metrics)
+                          grpc_port=grpc, metrics_address="127.0.0.1", metrics_port=metrics)
     spec = {"inputs": [Tensor(name="image", dtype=np.float32, shape=(3, size, size))],
                 "outputs": [Tensor(name="probabilities", dtype=np.float32, shape=(labels,))]}
     with Triton(config=config) as triton:

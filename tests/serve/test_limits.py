@@ -325,3 +325,14 @@ def test_metrics_named_like_triton(server):
         assert m[f'nv_inference_{name}_histogram_us_bucket{{{lab},le="+Inf"}}'] == ok
         assert f"# TYPE nv_inference_{name}_us counter" in text
     assert m[f"nv_inference_compute_infer_duration_us{{{lab}}}"] > 0
+
+
+def test_slow_body_gets_408_and_frees_its_slot(predictor):
+    with ServerThread(predictor, settings(request_timeout_s=0.5)) as s:
+        with socket.create_connection(("127.0.0.1", s.http_port), timeout=30) as sock:
+            sock.sendall(b"POST /v2/models/classifier/infer HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Length: 1000\r\n\r\n{\"inputs\"")
+            assert wait_until(lambda: s.service.active == 1, 10)
+            assert sock.recv(4096).startswith(b"HTTP/1.1 408")
+        assert wait_until(lambda: s.service.active == 0, 10)
+        assert clients(s)[0].is_server_ready()

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 MAX_HEAD = 64 * 1024
 REASONS = {100: "Continue", 200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-           405: "Method Not Allowed", 411: "Length Required", 413: "Payload Too Large",
+           405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required", 413: "Payload Too Large",
            431: "Request Header Fields Too Large", 500: "Internal Server Error",
            503: "Service Unavailable"}
 
@@ -288,6 +288,7 @@ class _Conn(asyncio.Protocol):
         self.last = 0.0
         self._timer = None
         self._version = None
+        self._body_timer = None  # the body must arrive within the request timeout
         self.skip = 0           # bytes of a refused request's body still to drop
         self.lingering = False  # refused without reading: drop input until the client stops
 
@@ -303,6 +304,8 @@ class _Conn(asyncio.Protocol):
         self.srv.conns.discard(self)
         if self._timer is not None:
             self._timer.cancel()
+        if self._body_timer is not None:
+            self._body_timer.cancel()
         if self.task is not None and not self.task.done():
             self.task.cancel()  # the client left: its queued work is dropped
         elif self.admitted:
@@ -378,6 +381,8 @@ class _Conn(asyncio.Protocol):
             if head.headers.get("expect", "").lower() == "100-continue":
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.body = bytearray(head.length)
+            self._body_timer = asyncio.get_running_loop().call_later(
+                self.srv.service.settings.request_timeout_s, self._body_too_slow)
             n = min(len(self.buf), head.length)
             self.body[:n] = self.buf[:n]
             del self.buf[:n]
@@ -437,7 +442,18 @@ class _Conn(asyncio.Protocol):
         self._respond(status, [body] if head.method != "HEAD" else [], {"Content-Type": ctype},
                       keep_alive=head.keep_alive, length=len(body))
 
+    def _body_too_slow(self):
+        """A body trickling in holds an admission slot: it gets the request timeout."""
+        if self.body is not None and not self.transport.is_closing():
+            self.body = None
+            self._release()
+            self._fail(RequestError("request body not received within the request timeout",
+                                    408), close=True)
+
     def _dispatch(self):
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
         body, self.body = self.body, None
         self.busy = True
         self.transport.pause_reading()

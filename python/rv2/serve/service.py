@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -56,7 +56,6 @@ class ServeSettings:
     decoder: str = "pil"             # "dali": NVIDIA DALI for PNG/JPEG (mixed on the GPU)
     keepalive_s: float = 75.0        # idle HTTP connections are closed after this
     shutdown_grace_s: float = 30.0
-    extra: dict = field(default_factory=dict)
 
     def batching(self) -> dict:
         """Triton's `dynamic_batching` block."""
