@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 
 import click
@@ -27,27 +26,30 @@ def set_threads(threads: int) -> None:
         pass  # already set once in this process
 
 
-def load_backend(engines_dir: str | None, threads: int):
-    """None (the eager model), an ONNX file's ORT backend, or `rv2.engines`' classifier."""
+def load_predictor(model_dir: str, engines_dir: str | None, device: str, threads: int):
+    """The classifier's Predictor: eager torch, an exported .onnx file on ONNX Runtime, or
+    the classifier engine of an `rv2 build-engines` folder (backend from its manifest)."""
+    from rv2.classify.predictor import Predictor
+
     if engines_dir is None:
-        return None
+        return Predictor.load(model_dir, device)
     p = Path(engines_dir)
     if p.suffix == ".onnx":
         from rv2.serve.onnx_backend import OnnxBackend
 
-        return OnnxBackend(p, threads=threads)
+        return Predictor.load(model_dir, backend=OnnxBackend(p, threads=threads))
     load = getattr(engines, "load", None)
     if load is None:
         raise UserError(f"--engines {p}: this rv2 has no engine runtime (rv2.engines.load); "
                         "pass an exported .onnx file instead, or omit --engines")
-    got = load(p)
-    backend = got
+    found = load(p, None if device == "auto" else device)
+    if hasattr(found, "predictor"):  # checks the engine was built from these weights
+        return found.predictor(model_dir)
+    backend = found.classifier_backend() if hasattr(found, "classifier_backend") else found
     if not hasattr(backend, "logits"):
-        backend = got.get("classifier") if isinstance(got, Mapping) else getattr(got, "classifier", None)
-    if backend is None or not hasattr(backend, "logits"):
         raise UserError(f"--engines {p}: no classifier engine in it; build one with "
                         "`rv2 build-engines --classifier CLF_DIR --out DIR`")
-    return backend
+    return Predictor.load(model_dir, backend=backend)
 
 
 @click.command("serve")
@@ -89,7 +91,6 @@ def serve(model_dir, engines_dir, host, http_port, grpc_port, model_name, device
 
     threads = threads or default_threads()
     set_threads(threads)
-    from rv2.classify.predictor import Predictor
     from rv2.serve.server import Server
 
     token = os.environ.get(TOKEN_ENV) or None
@@ -104,7 +105,7 @@ def serve(model_dir, engines_dir, host, http_port, grpc_port, model_name, device
                              max_queue_size=max_queue_size, request_timeout_s=request_timeout,
                              max_body_bytes=max_body_bytes, token=token,
                              decode_threads=decode_threads, decoder=decoder)
-    predictor = Predictor.load(model_dir, device, backend=load_backend(engines_dir, threads))
+    predictor = load_predictor(model_dir, engines_dir, device, threads)
     server = Server(predictor, settings)
 
     def ready(s):
