@@ -133,16 +133,24 @@ def start_peer(python: str, onnx: Path, threads: int, tmp: Path):
     # PyTriton's Python-backend stub links libpython: point it at this interpreter's
     libdir = sysconfig.get_config_var("LIBDIR")
     env["LD_LIBRARY_PATH"] = f"{libdir}:{env.get('LD_LIBRARY_PATH', '')}"
-    with open(tmp / "peer.log", "w") as log:  # the child keeps its own copy of the descriptor
+    with open(tmp / "peer.log", "w") as log:  # Triton logs to stdout: all of it to the file
         proc = subprocess.Popen([python, str(REPO / "tools" / "pytriton_peer.py"), str(onnx),
                                  str(threads), *map(str, ports)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-    line = proc.stdout.readline()
-    if "ready" not in line:
-        proc.kill()
-        print(f"PyTriton peer did not start (log: {tmp / 'peer.log'})", file=sys.stderr)
-        return None, None
-    return proc, ports
+                                stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+    import tritonclient.http as th
+
+    client = th.InferenceServerClient(f"127.0.0.1:{ports[0]}")
+    end = time.monotonic() + 600
+    while time.monotonic() < end and proc.poll() is None:
+        try:
+            if client.is_model_ready("classifier") and client.is_model_ready("trivial"):
+                return proc, ports
+        except Exception:  # noqa: BLE001 - not listening yet
+            pass
+        time.sleep(1.0)
+    proc.kill()
+    print(f"PyTriton peer did not start (log: {tmp / 'peer.log'})", file=sys.stderr)
+    return None, None
 
 
 def main() -> None:

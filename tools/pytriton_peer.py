@@ -7,7 +7,7 @@ never shares rv2's environment).
 
 Serves `trivial` (zeros) and `classifier` (the ONNX graph on ONNX Runtime CPU,
 dynamic batching up to 8, sigmoid outputs) with input `image` FP32 [3, S, S] and
-output `probabilities`; prints "ready" and serves until stdin closes. This file
+output `probabilities`; serves until stdin closes (the bench polls readiness). This file
 imports nothing from rv2.
 """
 from __future__ import annotations
@@ -53,7 +53,6 @@ def main() -> None:
         triton.bind(model_name="trivial", infer_func=trivial,
                     config=ModelConfig(max_batch_size=8, batcher=DynamicBatcher()), **spec)
         triton.run()
-        print("ready", flush=True)
         done = threading.Event()
         threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
         done.wait()

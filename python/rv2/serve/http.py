@@ -279,7 +279,7 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.head: _Head | None = None
-        self.body: bytearray | None = None
+        self.body: memoryview | None = None
         self.got = 0
         self.busy = False
         self.closing = False   # close after the current response
@@ -289,6 +289,8 @@ class _Conn(asyncio.Protocol):
         self._timer = None
         self._version = None
         self._body_timer = None  # the body must arrive within the request timeout
+        self.buffer: bytearray | None = None
+        self.pad = 0
         self.skip = 0           # bytes of a refused request's body still to drop
         self.lingering = False  # refused without reading: drop input until the client stops
 
@@ -323,7 +325,7 @@ class _Conn(asyncio.Protocol):
                 return
         if self.body is not None:
             n = min(len(data), len(self.body) - self.got)
-            self.body[self.got:self.got + n] = data[:n]
+            self.body[self.got:self.got + n] = memoryview(data)[:n]
             self.got += n
             if n < len(data):
                 self.buf += data[n:]
@@ -380,7 +382,15 @@ class _Conn(asyncio.Protocol):
                 continue
             if head.headers.get("expect", "").lower() == "100-continue":
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            self.body = bytearray(head.length)
+            # binary tensors start after the JSON header: pad in front so they land on a
+            # 64-byte boundary (numpy and the backends then read them aligned, no copy)
+            try:
+                hlen = int(head.headers.get("inference-header-content-length", 0))
+            except ValueError:
+                hlen = 0
+            self.pad = (-hlen) % 64
+            self.buffer = bytearray(self.pad + head.length)
+            self.body = memoryview(self.buffer)[self.pad:]
             self._body_timer = asyncio.get_running_loop().call_later(
                 self.srv.service.settings.request_timeout_s, self._body_too_slow)
             n = min(len(self.buf), head.length)
@@ -445,7 +455,7 @@ class _Conn(asyncio.Protocol):
     def _body_too_slow(self):
         """A body trickling in holds an admission slot: it gets the request timeout."""
         if self.body is not None and not self.transport.is_closing():
-            self.body = None
+            self.body = self.buffer = None
             self._release()
             self._fail(RequestError("request body not received within the request timeout",
                                     408), close=True)
@@ -454,7 +464,7 @@ class _Conn(asyncio.Protocol):
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
-        body, self.body = self.body, None
+        body, self.body, self.buffer = self.body, None, None
         self.busy = True
         self.transport.pause_reading()
         self.task = asyncio.get_running_loop().create_task(self._run(self.head, body, self._version))
