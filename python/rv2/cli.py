@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("rv2.classify.cli:predict", "Disease probabilities per image from a trained classifier; unreadable images reported."),
     "evaluate": ("rv2.evaluate.cli:evaluate", "AUROC/AP with bootstrap CIs, subgroup AUROC, fairness and underdiagnosis gaps; Markdown/HTML report."),
     "compare": ("rv2.evaluate.cli:compare", "Paired model comparison: DeLong, bootstrap and permutation tests, CIs of differences; report."),
+    "serve": ("rv2.serve.cli:serve", "Serve a classifier on KServe v2 / Triton's protocol (HTTP + gRPC, dynamic batching, /metrics)."),
     "demo": ("rv2.demo.cli:demo", "The main job end to end on a built-in phantom world with bundled tiny models."),
 }
 

@@ -15,6 +15,7 @@ VARIABLES = {
     "RV2_DISABLE_NATIVE": "1 forces the pure-Python twins of rv2._C (parity tests)",
     "RV2_REQUIRE_NATIVE": "1 makes the test suite fail when rv2._C cannot be loaded",
     "RV2_RUN_SLOW": "1 runs the tests marked slow",
+    "RV2_SERVE_TOKEN": "bearer token `rv2 serve` requires from clients (or --token-file)",
 }
 
 

@@ -148,9 +148,11 @@ class Predictor:
                    backend, p, thr.get("rule", ">="))
 
     # ------------------------------------------------------------------ inputs
-    def decode(self, data: bytes, name: str = "<bytes>") -> np.ndarray:
-        """PNG, JPEG or DICOM bytes -> grayscale H x W in [0, 1] (ImageReadError if not one)."""
-        return imageio.decode_image(data, name=name)
+    def decode(self, data: bytes, name: str = "<bytes>",
+               max_pixels: int = imageio.DEFAULT_MAX_PIXELS) -> np.ndarray:
+        """PNG, JPEG or DICOM bytes -> grayscale H x W in [0, 1] (ImageReadError if not one,
+        or if larger than `max_pixels`: the decompression-bomb guard)."""
+        return imageio.decode_image(data, name=name, max_pixels=max_pixels)
 
     def prepare(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Decoded [0, 1] images (any size) -> the network's input batch."""

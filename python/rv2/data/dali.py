@@ -97,14 +97,15 @@ class DaliDecoder:
 
     # -------------------------------------------------------------- inputs
 
-    def _split(self, paths: Sequence[str | os.PathLike]):
-        """(DALI-decodable blobs with their indices, the others' indices), header checks done."""
+    def _split(self, paths: Sequence[str | os.PathLike | bytes]):
+        """(DALI-decodable blobs with their indices, the others' indices), header checks done.
+        Items are paths, or encoded files already in memory (bytes)."""
         from PIL import Image
 
         blobs, dali_idx, py_idx = [], [], []
         for i, p in enumerate(paths):
             try:
-                data = Path(p).read_bytes()
+                data = bytes(p) if isinstance(p, (bytes, bytearray, memoryview)) else Path(p).read_bytes()
             except OSError:
                 py_idx.append(i)  # the Python path raises the named error
                 continue
@@ -135,15 +136,18 @@ class DaliDecoder:
             outs.append(out)
         return outs
 
-    def _python(self, path) -> np.ndarray:
-        img = iio.load_image(path, max_pixels=self.max_pixels)
+    def _python(self, path, index: int = 0) -> np.ndarray:
+        if isinstance(path, (bytes, bytearray, memoryview)):
+            img = iio.decode_image(bytes(path), name=f"<bytes {index}>", max_pixels=self.max_pixels)
+        else:
+            img = iio.load_image(path, max_pixels=self.max_pixels)
         return reference_transform(img, self.size, self.square)
 
     # -------------------------------------------------------------- outputs
 
     def decode_files(self, paths: Sequence[str | os.PathLike], *, on_error: str = "raise") \
             -> list[np.ndarray | None]:
-        """float32 [0, 1] S x S arrays, in order.
+        """float32 [0, 1] S x S arrays, in order (items: paths, or encoded bytes).
 
         on_error="raise": the first unreadable file raises ImageReadError naming it;
         "none": its slot is None and `self.errors[index]` holds the ImageReadError.
@@ -167,7 +171,7 @@ class DaliDecoder:
                     pos += 1
         for i in py_idx:
             try:
-                result[i] = self._python(paths[i])
+                result[i] = self._python(paths[i], i)
             except iio.ImageReadError as exc:
                 if on_error == "raise":
                     raise

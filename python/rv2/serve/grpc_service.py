@@ -1,0 +1,186 @@
+"""`GRPCInferenceService` (KServe v2 / Triton gRPC) on grpc.aio.
+
+The message and service definitions are the generated ones tritonclient ships
+(`tritonclient.grpc.service_pb2[_grpc]`, `model_config_pb2`), so the wire format
+is Triton's own. Tensors travel in `raw_input_contents` / `raw_output_contents`
+(tritonclient's default) or in the typed `contents` fields.
+
+Message size is bounded by grpc itself (`max_receive_message_length` =
+`--max-body-bytes`: RESOURCE_EXHAUSTED before the handler runs); concurrent
+RPCs beyond the admission limit get UNAVAILABLE.
+"""
+from __future__ import annotations
+
+import logging
+
+import grpc
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+
+from rv2.errors import UserError
+from rv2.serve.protocol import (
+    VERSION,
+    InferRequest,
+    InputTensor,
+    OutputRequest,
+    RequestError,
+)
+from rv2.serve.service import InferenceService
+
+log = logging.getLogger(__name__)
+
+_TYPED = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents",
+          "INT64": "int64_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+          "BOOL": "bool_contents", "BYTES": "bytes_contents"}
+
+
+def _param(params, key):
+    if key not in params:
+        return None
+    p = params[key]
+    which = p.WhichOneof("parameter_choice")
+    return getattr(p, which) if which else None
+
+
+def to_infer_request(request, time_remaining: float | None = None) -> InferRequest:
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise RequestError(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
+    inputs = []
+    for i, t in enumerate(request.inputs):
+        shape = tuple(int(d) for d in t.shape)
+        if raw:
+            inputs.append(InputTensor(t.name, t.datatype, shape, raw[i], "raw"))
+            continue
+        field = _TYPED.get(t.datatype)
+        if field is None:
+            raise RequestError(f"input '{t.name}': datatype {t.datatype} cannot travel in "
+                               "typed contents; send raw_input_contents")
+        data = list(getattr(t.contents, field))
+        inputs.append(InputTensor(t.name, t.datatype, shape, data,
+                                  "elements" if t.datatype == "BYTES" else "json"))
+    outputs = None
+    if request.outputs:
+        outputs = []
+        for o in request.outputs:
+            k = _param(o.parameters, "classification")
+            outputs.append(OutputRequest(o.name, int(k or 0)))
+    timeout = _param(request.parameters, "timeout")
+    timeout_us = int(timeout) if timeout else None
+    if time_remaining is not None:  # the client's gRPC deadline
+        t = max(1, int(time_remaining * 1e6))
+        timeout_us = t if timeout_us is None else min(timeout_us, t)
+    return InferRequest(inputs, outputs, request.id, timeout_us, True)
+
+
+class GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, service: InferenceService):
+        self.service = service
+
+    async def _abort(self, context, exc: RequestError):
+        if exc.retry_after is not None:
+            context.set_trailing_metadata((("retry-after", str(exc.retry_after)),))
+        await context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
+
+    async def _auth(self, context):
+        md = dict(context.invocation_metadata() or ())
+        if not self.service.authorized(md.get("authorization")):
+            await self._abort(context, RequestError(
+                "missing or wrong bearer token (metadata authorization: Bearer <token>)", 401))
+
+    async def _target(self, context, name, version):
+        try:
+            self.service.model.check_target(name, version)
+        except RequestError as exc:
+            await self._abort(context, exc)
+
+    # ------------------------------------------------------------------ health
+    async def ServerLive(self, request, context):
+        return service_pb2.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return service_pb2.ServerReadyResponse(ready=self.service.is_ready())
+
+    async def ModelReady(self, request, context):
+        await self._auth(context)
+        await self._target(context, request.name, request.version)
+        return service_pb2.ModelReadyResponse(ready=self.service.is_ready())
+
+    # ------------------------------------------------------------------ metadata
+    async def ServerMetadata(self, request, context):
+        await self._auth(context)
+        m = self.service.server_metadata()
+        return service_pb2.ServerMetadataResponse(name=m["name"], version=m["version"],
+                                                  extensions=m["extensions"])
+
+    async def ModelMetadata(self, request, context):
+        await self._auth(context)
+        await self._target(context, request.name, request.version)
+        m = self.service.model.metadata()
+        T = service_pb2.ModelMetadataResponse.TensorMetadata
+        return service_pb2.ModelMetadataResponse(
+            name=m["name"], versions=m["versions"], platform=m["platform"],
+            inputs=[T(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in m["inputs"]],
+            outputs=[T(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in m["outputs"]])
+
+    async def ModelConfig(self, request, context):
+        await self._auth(context)
+        await self._target(context, request.name, request.version)
+        cfg = json_format.ParseDict(self.service.model_config(), model_config_pb2.ModelConfig())
+        return service_pb2.ModelConfigResponse(config=cfg)
+
+    # ------------------------------------------------------------------ inference
+    async def _infer(self, request, context) -> service_pb2.ModelInferResponse:
+        svc = self.service
+        svc.model.check_target(request.model_name, request.model_version)
+        svc.admit()
+        try:
+            req = to_infer_request(request, context.time_remaining())
+            outs = await svc.infer(req)
+        finally:
+            svc.release()
+        resp = service_pb2.ModelInferResponse(model_name=svc.model.name, model_version=VERSION,
+                                              id=request.id)
+        for t in outs:
+            resp.outputs.add(name=t.name, datatype=t.datatype, shape=list(t.shape))
+            resp.raw_output_contents.append(t.raw())
+        return resp
+
+    async def ModelInfer(self, request, context):
+        await self._auth(context)
+        try:
+            return await self._infer(request, context)
+        except RequestError as exc:
+            await self._abort(context, exc)
+        except Exception as exc:
+            log.exception("infer failed")
+            await self._abort(context, RequestError(f"internal error: {type(exc).__name__}: {exc}", 500))
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        await self._auth(context)
+        async for request in request_iterator:
+            try:
+                resp = await self._infer(request, context)
+                yield service_pb2.ModelStreamInferResponse(infer_response=resp)
+            except RequestError as exc:
+                yield service_pb2.ModelStreamInferResponse(error_message=str(exc))
+
+
+async def start_grpc(service: InferenceService, host: str, port: int):
+    """A started grpc.aio server and the port it listens on."""
+    limit = service.settings.max_body_bytes
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.so_reuseport", 0),
+    ])
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(GrpcService(service), server)
+    addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    bound = server.add_insecure_port(addr)
+    if bound == 0:
+        raise UserError(f"cannot bind gRPC to {addr} (port in use?): choose --grpc-port")
+    await server.start()
+    return server, bound
+
+
+__all__ = ["GrpcService", "start_grpc", "to_infer_request"]

@@ -1,0 +1,256 @@
+#!/usr/bin/env python
+"""rv2 serve latency and throughput, with stock tritonclient over HTTP (binary) and gRPC.
+
+    .venv/bin/python tools/bench_serve.py [--image-size 224] [--seconds 5] [--threads 2]
+
+One run, one machine, the same model and input everywhere:
+  trivial     a backend that returns zeros at once: the front end's own cost
+  densenet    DenseNet-121 (random weights) exported to ONNX, on ONNX Runtime CPU
+
+The servers run in a child process (three at once: trivial, densenet with dynamic
+batching up to 8, densenet without batching), so client and server do not share
+a GIL. "bare" is `Predictor.predict_tensor` on the same batch-1 tensor in this
+process (what the server's batcher calls); overhead = client p50 - bare p50.
+Batching ratio = inferences / executions from the server's Prometheus metrics; the
+in-server column is the server's own time per request outside the backend call
+(parse, checks, queue, hand-offs), from the same metrics.
+Ratios are against rows measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "python"))
+
+import numpy as np
+
+
+def make_model_dir(folder: Path, size: int) -> Path:
+    """A DenseNet-121 classifier folder with random (seeded) weights and 0.5 thresholds."""
+    import torch
+    from rv2.classify import model_dir as md
+    from rv2.data.schema import CHEXPERT_LABELS
+    from rv2.models.densenet import densenet121, model_config
+
+    torch.manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    md.save_weights(densenet121(len(CHEXPERT_LABELS), init="scratch"), folder / md.WEIGHTS)
+    (folder / md.MODEL_CONFIG).write_text(json.dumps(model_config(CHEXPERT_LABELS, size, 0.5, 0.25)))
+    (folder / md.THRESHOLDS).write_text(json.dumps(
+        {"labels": list(CHEXPERT_LABELS), "thresholds": dict.fromkeys(CHEXPERT_LABELS, 0.5), "rule": ">="}))
+    return folder
+
+
+class Trivial:
+    name = "trivial"
+    max_batch_size = None
+
+    def logits(self, x):
+        return np.zeros((len(x), 14), np.float32)
+
+
+def predictors(folder: Path, onnx: Path, threads: int):
+    from rv2.classify.predictor import Predictor
+    from rv2.serve.onnx_backend import OnnxBackend
+
+    return {"trivial": Predictor.load(folder, backend=Trivial()),
+            "densenet": Predictor.load(folder, backend=OnnxBackend(onnx, threads=threads))}
+
+
+def child(folder: Path, onnx: Path, threads: int) -> None:
+    """Serve trivial, densenet (batching) and densenet (no batching); print the ports."""
+    from rv2.serve.cli import set_threads
+    from rv2.serve.server import ServerThread
+    from rv2.serve.service import ServeSettings
+
+    set_threads(threads)
+    preds = predictors(folder, onnx, threads)
+    kw = {"http_port": 0, "grpc_port": 0, "decode_threads": 1}
+    servers = {
+        "trivial": ServerThread(preds["trivial"], ServeSettings(max_batch_size=8, **kw)),
+        "densenet": ServerThread(preds["densenet"], ServeSettings(max_batch_size=8, **kw)),
+        "densenet-nobatch": ServerThread(preds["densenet"], ServeSettings(max_batch_size=1, **kw)),
+    }
+    for s in servers.values():
+        s.start()
+    print(json.dumps({k: [s.http_port, s.grpc_port] for k, s in servers.items()}), flush=True)
+    sys.stdin.read()  # until the parent closes it
+    for s in servers.values():
+        s.stop()
+
+
+def bare_p50(pred, x, seconds: float) -> float:
+    ts, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end or len(ts) < 5:
+        t = time.perf_counter()
+        pred.predict_tensor(x)
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts))
+
+
+def metrics(port: int, model: str = "classifier") -> tuple[float, float, float, float]:
+    """(inferences, executions, successes, non-compute us) from Triton-named metrics."""
+    import urllib.request
+
+    from rv2.serve.metrics import parse_text
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+        m = parse_text(r.read().decode())
+    lab = f'model="{model}",version="1"'
+    get = lambda k: m.get(f"{k}{{{lab}}}", float("nan"))
+    return (get("nv_inference_count"), get("nv_inference_exec_count"), get("nv_inference_request_success"),
+            get("nv_inference_request_duration_us") - get("nv_inference_compute_infer_duration_us"))
+
+
+def free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def start_peer(python: str, onnx: Path, threads: int, tmp: Path):
+    """PyTriton (real Triton 2.x) from a side environment; None if it does not start."""
+    import os
+    import sysconfig
+
+    ports = free_ports(3)
+    (tmp / "peer-tmp").mkdir(exist_ok=True)
+    env = dict(os.environ, TMPDIR=str(tmp / "peer-tmp"), HOME=str(tmp / "peer-home"),
+               OMP_WAIT_POLICY="PASSIVE", PYTHONPATH="")
+    # PyTriton's Python-backend stub links libpython: point it at this interpreter's
+    libdir = sysconfig.get_config_var("LIBDIR")
+    env["LD_LIBRARY_PATH"] = f"{libdir}:{env.get('LD_LIBRARY_PATH', '')}"
+    with open(tmp / "peer.log", "w") as log:  # Triton logs to stdout: all of it to the file
+        proc = subprocess.Popen([python, str(REPO / "tools" / "pytriton_peer.py"), str(onnx),
+                                 str(threads), *map(str, ports)], stdin=subprocess.PIPE,
+                                stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+    import tritonclient.http as th
+
+    client = th.InferenceServerClient(f"127.0.0.1:{ports[0]}")
+    end = time.monotonic() + 600
+    while time.monotonic() < end and proc.poll() is None:
+        try:
+            if client.is_model_ready("classifier") and client.is_model_ready("trivial"):
+                return proc, ports
+        except Exception:  # noqa: BLE001 - not listening yet
+            pass
+        time.sleep(1.0)
+    proc.kill()
+    print(f"PyTriton peer did not start (log: {tmp / 'peer.log'})", file=sys.stderr)
+    return None, None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--seconds", type=float, default=5.0, help="per measured cell")
+    ap.add_argument("--threads", type=int, default=2, help="compute threads (ORT intra-op, torch)")
+    ap.add_argument("--only", default=None, help="comma-separated servers to measure (trivial, densenet)")
+    ap.add_argument("--pytriton-python", default=None,
+                    help="interpreter of a side venv with nvidia-pytriton and onnxruntime: measure Triton too")
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(Path(args.child[0]), Path(args.child[1]), args.threads)
+        return
+
+    from rv2.classify import model_dir as md
+    from rv2.serve.cli import set_threads
+    from rv2.serve.loadgen import run_load
+    from rv2.serve.onnx_backend import export_classifier_onnx
+
+    set_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="rv2-bench-serve-"))
+    folder = make_model_dir(tmp / "clf", args.image_size)
+    model, _, _ = md.load_model(folder, "cpu")
+    onnx = export_classifier_onnx(model, tmp / "clf.onnx", args.image_size)
+    del model
+    proc = subprocess.Popen([sys.executable, __file__, "--threads", str(args.threads), "--child",
+                             str(folder), str(onnx)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    peer = peer_ports = None
+    try:
+        ports = json.loads(proc.stdout.readline())
+        if args.pytriton_python:
+            peer, peer_ports = start_peer(args.pytriton_python, onnx, args.threads, tmp)
+        x = np.random.default_rng(0).normal(size=(1, 3, args.image_size, args.image_size)).astype(np.float32)
+        preds = predictors(folder, onnx, args.threads)
+        bare = {k: bare_p50(p, x, min(args.seconds, 3.0)) for k, p in preds.items()}
+
+        def make_inputs(mod):
+            i = mod.InferInput("image", list(x.shape), "FP32")
+            i.set_data_from_numpy(x)
+            return [i]
+
+        rows = []
+        cells = [("trivial", "http", 1), ("trivial", "grpc", 1), ("trivial", "http", 8), ("trivial", "grpc", 8),
+                 ("densenet", "http", 1), ("densenet", "grpc", 1), ("densenet", "http", 8),
+                 ("densenet", "grpc", 8), ("densenet-nobatch", "grpc", 8)]
+        # server -> (http port, grpc port, metrics port, model name)
+        where = {k: (h, g, h, "classifier") for k, (h, g) in ports.items()}
+        if peer is not None:
+            h, g, m = peer_ports
+            where["triton-trivial"] = (h, g, m, "trivial")
+            where["triton-densenet"] = (h, g, m, "classifier")
+            cells += [("triton-trivial", "http", 1), ("triton-trivial", "grpc", 1),
+                      ("triton-densenet", "http", 1), ("triton-densenet", "grpc", 1),
+                      ("triton-densenet", "grpc", 8)]
+        if args.only:
+            keep = set(args.only.split(","))
+            cells = [c for c in cells if c[0].replace("triton-", "").split("-")[0] in keep]
+        for server, proto, conc in cells:
+            http_port, grpc_port, metrics_port, model = where[server]
+            url = f"127.0.0.1:{http_port if proto == 'http' else grpc_port}"
+            run_load(proto, url, model, make_inputs, concurrency=conc, seconds=0.5)  # warm
+            n0, e0, s0, o0 = metrics(metrics_port, model)
+            r = run_load(proto, url, model, make_inputs, concurrency=conc, seconds=args.seconds)
+            n1, e1, s1, o1 = metrics(metrics_port, model)
+            b = bare["trivial" if "trivial" in server else "densenet"]
+            rows.append({"server": server, "proto": proto, "conc": conc, "n": len(r.latencies),
+                         "errors": len(r.errors), "p50": r.p(50) * 1e3, "p99": r.p(99) * 1e3,
+                         "rps": r.throughput, "batch": (n1 - n0) / max(e1 - e0, 1),
+                         "bare": b * 1e3, "overhead": (r.p(50) - b) * 1e3,
+                         "insrv": (o1 - o0) / max(s1 - s0, 1) / 1e3})
+    finally:
+        for p in (proc, peer):
+            if p is not None:
+                p.stdin.close()
+                p.wait(120)
+
+    print(f"\nrv2 serve, {args.image_size}x{args.image_size} FP32 input (batch 1 per request), "
+          f"{args.threads} compute threads, {args.seconds:.0f} s per row\n")
+    print("| server | protocol | concurrency | requests | errors | p50 ms | p99 ms | req/s | "
+          "rows/exec | bare p50 ms | overhead p50 ms | in-server non-compute mean ms |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['server']} | {r['proto']} | {r['conc']} | {r['n']} | {r['errors']} | {r['p50']:.2f} | "
+              f"{r['p99']:.2f} | {r['rps']:.1f} | {r['batch']:.2f} | {r['bare']:.2f} | {r['overhead']:.2f} | "
+              f"{r['insrv']:.2f} |")
+    get = {(r["server"], r["proto"], r["conc"]): r for r in rows}
+    if ("densenet", "grpc", 8) in get:
+        tb, nb = get[("densenet", "grpc", 8)], get[("densenet-nobatch", "grpc", 8)]
+        print(f"\nthroughput at concurrency 8, dynamic batching vs none (gRPC, DenseNet ORT): "
+              f"{tb['rps'] / max(nb['rps'], 1e-9):.2f}x")
+    for proto in ("http", "grpc") if ("trivial", "http", 1) in get else ():
+        t = get[("trivial", proto, 1)]
+        peer_t = get.get(("triton-trivial", proto, 1))
+        vs = (f"; Triton (PyTriton) {peer_t['overhead']:.2f} ms, {peer_t['overhead'] / max(t['overhead'], 1e-9):.1f}x rv2's"
+              if peer_t else "; Triton not measured in this run (--pytriton-python)")
+        print(f"front-end overhead p50 at batch 1 ({proto}{' binary' if proto == 'http' else ''}): "
+              f"{t['overhead']:.2f} ms (target <= 2 ms{vs})")
+
+
+if __name__ == "__main__":
+    main()
