@@ -39,4 +39,5 @@ PYBIND11_MODULE(_C, m) {
         "Set the threads used by native kernels (0 = default).");
   rv2::register_kernels(m);
   rv2::register_stats(m);
+  rv2::register_scheduler(m);
 }
