@@ -39,6 +39,15 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
+NATIVE_FEATURES = ("run_pipeline", "next_attempt", "to_uint8", "to_uint8_cuda",
+                   "guided_update", "guided_update_cuda")
+
+
+def features() -> dict:
+    """Which native entry points this build has (scheduler, CPU and CUDA kernels)."""
+    return {name: _C is not None and hasattr(_C, name) for name in NATIVE_FEATURES}
+
+
 def native_module():
     """rv2._C itself, or None; for modules that dispatch their own ops."""
     return _C

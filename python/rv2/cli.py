@@ -63,13 +63,23 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
+def make_executor(name: str, batch_size: int = 8, slots: int | None = None):
+    """The generation executor called `name`: the CLI wires the runtimes (a layer above
+    generate) into `rv2 generate` through the click context."""
+    from rv2.runtime.executors import make_executor as make
+
+    return make(name, batch_size, slots)
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="rv2")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def main(verbose: int) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: int) -> None:
     """rv2: controllable synthetic chest radiographs, QC'd generation, fair classifiers."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    ctx.ensure_object(dict)["make_executor"] = make_executor
 
 
 @click.command()

@@ -78,6 +78,15 @@ def collect() -> dict:
         report["broken"].append(f"native module {built[0].name} present but fails to load: "
                                 f"{_native.NATIVE_ERROR}")
 
+    feats = _native.features()
+    report["native_features"] = feats
+    report["executors"] = {
+        "default": "native" if feats["run_pipeline"] else "inprocess",
+        "available": (["native"] if feats["run_pipeline"] else []) + ["python", "inprocess"]}
+    if not feats["run_pipeline"]:
+        report["notes"].append("rv2._C has no pipeline scheduler: rv2 generate runs the in-process "
+                               "executor (or --executor python, the scheduler's twin)")
+
     torch_info: dict = {"version": report["optional"]["torch"]}
     if torch_info["version"]:
         import torch
@@ -129,6 +138,13 @@ def format_report(r: dict) -> str:
     lines += ["", f"native (rv2._C):  target={n.get('target')}  compiler={n.get('compiler') or '-'}"
               f"  cuda_archs={n.get('cuda_archs') or '-'}"
               + (f"  ({n['reason']})" if n.get("reason") else "")]
+    feats = r.get("native_features", {})
+    kernels = [k for k in ("to_uint8", "to_uint8_cuda", "guided_update", "guided_update_cuda")
+               if feats.get(k)]
+    ex = r.get("executors", {})
+    lines.append(f"executors:        default {ex.get('default')}; available "
+                 f"{', '.join(ex.get('available', []))}")
+    lines.append(f"native kernels:   {', '.join(kernels) or '-- none (Python twins)'}")
     t = r["torch"]
     if t.get("version"):
         lines.append(f"torch:            {t['version']} (CUDA build {t.get('cuda_build') or 'none'}, "

@@ -5,6 +5,8 @@ import json
 
 import click
 
+from rv2.errors import UserError
+
 
 @click.command("generate")
 @click.option("--prompts", "prompts_path", required=True, type=click.Path(dir_okay=False),
@@ -28,9 +30,16 @@ import click
               help="GenerateConfig file (YAML/TOML/JSON).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Config override, e.g. --set store.image_format=jpeg (repeatable).")
+@click.option("--executor", default=None,
+              type=click.Choice(["auto", "native", "python", "inprocess"]),
+              help="native: overlapped stages + continuous batching (rv2._C); python: its twin; "
+                   "inprocess: one batch at a time; auto (default): native where built.")
+@click.option("--slots", type=int, default=None,
+              help="Denoiser slots of the native/python executors (default: --batch-size).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def generate(prompts_path, model_dir, out_dir, qc_weights_dir, no_qc, batch_size, max_attempts,
-             steps, guidance, device, dtype, limit, config_path, overrides, no_progress):
+             steps, guidance, device, dtype, limit, config_path, overrides, executor, slots,
+             no_progress):
     """Generate a QC'd synthetic dataset store from an expanded prompts table.
 
     Failed images are regenerated with the prompt's next seed up to --max-attempts.
@@ -41,11 +50,16 @@ def generate(prompts_path, model_dir, out_dir, qc_weights_dir, no_qc, batch_size
     flags = {"batch_size": batch_size, "max_attempts": max_attempts, "limit": limit,
              "sampler.steps": steps, "sampler.guidance": guidance, "sampler.device": device,
              "sampler.dtype": dtype, "qc.weights_dir": qc_weights_dir,
-             "qc.enabled": False if no_qc else None}
+             "qc.enabled": False if no_qc else None, "executor": executor, "slots": slots}
     sets = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     cfg = GenerateConfig.load(config_path, list(overrides) + sets).validate()
-    summary = generate_dataset(prompts_path, model_dir, out_dir, cfg,
+    # The runtimes live above this layer: the rv2 command line hands in their factory.
+    make = (click.get_current_context().find_object(dict) or {}).get("make_executor")
+    if make is None and cfg.executor not in ("auto", "inprocess"):
+        raise UserError(f"--executor {cfg.executor} needs the rv2 command line (rv2 generate ...)")
+    run_with = make(cfg.executor, cfg.batch_size, cfg.slots) if make is not None else None
+    summary = generate_dataset(prompts_path, model_dir, out_dir, cfg, executor=run_with,
                                progress=not no_progress)
-    keys = ("accepted", "failed", "failed_by_attribute", "attempts_histogram", "this_run")
+    keys = ("accepted", "failed", "failed_by_attribute", "attempts_histogram", "executor", "this_run")
     click.echo(json.dumps({k: summary[k] for k in keys}, indent=2))
     click.echo(f"store: {out_dir}  (manifest: {summary['manifest']})")

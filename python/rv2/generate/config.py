@@ -47,6 +47,10 @@ class GenerateConfig(Config):
     store: StoreConfig = dataclasses.field(default_factory=StoreConfig)
     batch_size: int = 8
     max_attempts: int = 4           # 1 + 3 retries
+    # inprocess: one batch at a time; native: the pipeline scheduler of rv2._C (overlapped
+    # stages, continuous batching); python: its Python twin; auto: native where built.
+    executor: Literal["auto", "native", "python", "inprocess"] = "auto"
+    slots: Optional[int] = None     # denoiser slots of the pipeline executors (default batch_size)
     limit: Optional[int] = None     # only the first N prompts (smoke runs)
 
     def validate(self) -> "GenerateConfig":
@@ -56,6 +60,10 @@ class GenerateConfig(Config):
             raise UserError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if self.sampler.steps < 1:
             raise UserError(f"sampler.steps must be >= 1, got {self.sampler.steps}")
+        if self.executor not in ("auto", "native", "python", "inprocess"):
+            raise UserError(f"executor must be auto, native, python or inprocess, got {self.executor!r}")
+        if self.slots is not None and self.slots < 1:
+            raise UserError(f"slots must be >= 1, got {self.slots}")
         if self.store.shard_size < 1:
             raise UserError(f"store.shard_size must be >= 1, got {self.store.shard_size}")
         return self

@@ -231,13 +231,15 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
         runner = StageRunner(stages, store, plan, bases)
         bar = tqdm(total=len(work), desc="prompts", unit="prompt", disable=not progress,
                    dynamic_ncols=True)
-        progress_cb = _Progress(bar, store, cfg.store.manifest_every)
+        progress_cb = _Progress(bar, store, cfg.store.manifest_every, executor)
         executor.run(runner, work, cfg.max_attempts, progress_cb)
         bar.close()
         wall = time.perf_counter() - progress_cb.t_start
         manifest, qc_log = store.write_tables()
         summary = summarize(store, cfg.max_attempts, wall, progress_cb.attempts,
                             progress_cb.accepted, dict(runner.timings))
+        if getattr(executor, "last_stats", None):
+            summary["this_run"]["scheduler"] = _scheduler_summary(executor.last_stats)
         summary.update({"store": str(out_dir), "manifest": str(manifest), "qc_log": str(qc_log),
                         "model_id": model_id, "model_hash": model_hash, "qc_model": qc_id,
                         "device": str(device), "dtype": str(dtype), "prompts_total": len(df),
@@ -281,15 +283,40 @@ def _build_stages(cfg: GenerateConfig, model_dir: Path | None, qc_models: Any, c
     return eager_stages(components, device, dtype, qc=qc)
 
 
+def _scheduler_summary(st: dict) -> dict:
+    """A pipeline executor's statistics for summary.json: stage busy seconds and their
+    share of the wall time, queue depths, denoiser slot occupancy and waiting share."""
+    wall = st.get("wall_s") or 0.0
+    busy = st.get("busy_s", {})
+    return {"scheduler": st.get("scheduler"), "slots": st.get("capacity"),
+            "slot_occupancy": round(st.get("occupancy", 0.0), 4), "denoiser_steps": st.get("steps"),
+            "denoiser_wait_share": round(st.get("denoiser_wait_s", 0.0) / wall, 4) if wall else None,
+            "stage_busy_s": {k: round(v, 3) for k, v in busy.items()},
+            "stage_busy_share": {k: round(v / wall, 4) for k, v in busy.items()} if wall else {},
+            "queue_capacity": st.get("queue_capacity"),
+            "queue_depth_max": st.get("queue_depth_max"),
+            "queue_depth_mean": {k: round(v, 2) for k, v in st.get("queue_depth_mean", {}).items()},
+            "retries": st.get("retries")}
+
+
 class _Progress:
     """Counts finished attempts, drives the progress bar (running pass rates and
-    speed) and rewrites the store's tables every `manifest_every` settled prompts."""
+    speed, and a pipeline executor's slot occupancy and queue depths) and rewrites
+    the store's tables every `manifest_every` settled prompts."""
 
-    def __init__(self, bar, store, manifest_every: int):
+    def __init__(self, bar, store, manifest_every: int, executor=None):
         self.bar, self.store, self.manifest_every = bar, store, manifest_every
+        self.executor = executor
         self.attempts = self.accepted = self.race_checked = self.since_tables = 0
         self.fail: collections.Counter = collections.Counter()
         self.t_start = time.perf_counter()
+
+    def _pipeline_postfix(self) -> dict:
+        live = getattr(self.executor, "live_stats", None)
+        if not live:
+            return {}
+        return {"occ": f"{live.get('occupancy', 0.0):.0%}",
+                "q": "/".join(str(live.get(k, 0)) for k in ("ready", "decode", "qc", "write"))}
 
     def __call__(self, rec: dict, final: bool) -> None:
         self.attempts += 1
@@ -308,6 +335,7 @@ class _Progress:
             "race": f"{1 - self.fail['race'] / self.race_checked:.2f}" if self.race_checked else "-",
             "age": f"{1 - self.fail['age'] / n:.2f}",
             "img/s": f"{n / el:.2f}" if el > 0 else "-",
+            **self._pipeline_postfix(),
         }, refresh=False)
         if self.since_tables >= self.manifest_every:
             self.since_tables = 0

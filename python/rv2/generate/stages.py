@@ -180,9 +180,18 @@ class StageRunner:
     def write(self, items: Sequence[WorkItem], seeds: Sequence[int], images,
               verdicts: Sequence[dict]) -> list[dict]:
         """uint8 images of the accepted attempts, then one journal record per attempt."""
+        t0 = time.perf_counter()
+        records, u8 = self.records_for(items, seeds, images, verdicts)
+        out = self.writer.write(records, u8)
+        self._timed("write", t0)
+        return out
+
+    def records_for(self, items: Sequence[WorkItem], seeds: Sequence[int], images,
+                    verdicts: Sequence[dict]) -> tuple[list[dict], list]:
+        """The journal records of finished attempts and the uint8 images of the accepted
+        ones (None for the rest): what every executor hands its writer."""
         import torch
 
-        t0 = time.perf_counter()
         arr = images.detach().to("cpu", torch.float32).numpy()
         records, u8 = [], []
         for i, ((pid, attempt), v) in enumerate(zip(items, verdicts)):
@@ -193,9 +202,11 @@ class StageRunner:
                 u8.append(to_uint8(np.ascontiguousarray(img)))
             else:
                 u8.append(None)
-        out = self.writer.write(records, u8)
-        self._timed("write", t0)
-        return out
+        return records, u8
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        """Account time spent in `stage` by an executor that runs the stage bodies itself."""
+        self.timings[stage] += seconds
 
     def process(self, items: Sequence[WorkItem]) -> list[dict]:
         """One batch through every stage; returns the written records."""

@@ -225,14 +225,24 @@ class ShardedStore:
         self._n_accepted_paths += 1
         return f"{IMAGES}/s{shard:05d}/{image_id}.{self.ext}"
 
+    def reserve_path(self, image_id: str) -> str:
+        """The path (relative to the store) the next accepted image goes to; its shard
+        folder exists. For writers that write the file themselves (`encode`, then a
+        durable write), before `append` journals it."""
+        rel = self._next_path(image_id)
+        (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
+        return rel
+
+    def encode(self, img: np.ndarray) -> bytes:
+        """An image's file bytes in this store's format."""
+        return encode_image(img, self.cfg.image_format, self.cfg.jpeg_quality,
+                            self.cfg.png_compress_level)
+
     def write_image(self, image_id: str, img: np.ndarray) -> str:
         """Write one accepted image durably; returns its path relative to the store."""
-        rel = self._next_path(image_id)
+        rel = self.reserve_path(image_id)
         final = self.root / rel
-        final.parent.mkdir(parents=True, exist_ok=True)
-        data = encode_image(img, self.cfg.image_format, self.cfg.jpeg_quality,
-                            self.cfg.png_compress_level)
-        atomic_write_bytes(final, data)
+        atomic_write_bytes(final, self.encode(img))
         fsync_dir(final.parent)
         return rel
 

@@ -1,0 +1,168 @@
+"""The stage bodies of QC'd generation for the pipeline scheduler
+(`rv2.runtime.pipeline_scheduler` documents the contract).
+
+They run the stages of a `StageRunner` on the items the scheduler hands them,
+keeping each item's payload (text embedding, noise, latents, image, verdict,
+record) under its token until the item is done. The denoiser runs one step at a
+time over a fixed-capacity slot batch; each slot has its own timestep and
+scheduler state (`rv2.generate.slot_samplers`), so an item's image equals the
+in-process executor's for the same (prompt, attempt).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from rv2.generate.sampler import latents_for
+from rv2.generate.slot_samplers import slot_sampler_for
+from rv2.generate.stages import StageRunner
+
+
+@dataclass
+class _Item:
+    prompt_id: str
+    attempt: int
+    seed: int
+    cond: Any = None        # 77 x D text embedding
+    latents: Any = None     # 1 x C x h x w: initial noise, then the final latents
+    image: Any = None       # 1 x c x H x W in [0, 1]
+    verdict: dict | None = None
+    record: dict | None = None
+    u8: Any = None          # the accepted image as uint8, until written
+
+
+class GenerationBodies:
+    """Stage bodies over `runner` for `capacity` denoiser slots. `prompt_ids[i]` is
+    prompt index i of the scheduler's items; `on_result(record, final)` is called
+    once per finished attempt."""
+
+    def __init__(self, runner: StageRunner, prompt_ids: Sequence[str], capacity: int,
+                 on_result: Callable[[dict, bool], None] | None = None):
+        self.runner, self.prompt_ids, self.capacity = runner, list(prompt_ids), capacity
+        self.on_result = on_result
+        plan, d = runner.plan, runner.stages.denoiser
+        self.device, self.dtype = d.device, d.dtype
+        self.cfg = plan.guidance > 1.0
+        self.sampler = slot_sampler_for(runner.stages.scheduler, plan.steps, capacity)
+        self.x = torch.zeros((capacity, *plan.latent_shape), device=self.device, dtype=self.dtype)
+        self.ctx: torch.Tensor | None = None
+        self.uncond: torch.Tensor | None = None
+        self.slot_token: dict[int, int] = {}
+        self.items: dict[int, _Item] = {}
+        self.live: dict = {}
+        writer = runner.writer
+        self.direct = hasattr(writer, "reserve_path") and hasattr(writer, "encode") and hasattr(writer, "append")
+
+    # ---------------------------------------------------------------- stages
+    def encode(self, batch: Sequence[tuple[int, int, int]]) -> None:
+        work = [(self.prompt_ids[p], int(a)) for _, p, a in batch]
+        cond, uncond = self.runner.encode_text(work)
+        if self.cfg and self.uncond is None:
+            self.uncond = uncond
+        plan = self.runner.plan
+        lat, seeds = latents_for([p for p, _ in work], [a for _, a in work], plan.latent_shape,
+                                 plan.base_seed, self.device, self.dtype)
+        if self.ctx is None:
+            self.ctx = torch.zeros((self.capacity, *cond.shape[1:]), device=self.device, dtype=cond.dtype)
+        for i, (tok, _, _) in enumerate(batch):
+            pid, a = work[i]
+            self.items[tok] = _Item(pid, a, seeds[i], cond[i], lat[i:i + 1])
+
+    @torch.inference_mode()
+    def step(self, joins: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+        t0 = time.perf_counter()
+        s = self.sampler
+        for slot, tok in joins:
+            it = self.items[tok]
+            self.x[slot] = s.start(slot, it.latents)[0]
+            self.ctx[slot] = it.cond
+            it.cond = it.latents = None
+            self.slot_token[slot] = tok
+        slots = sorted(self.slot_token)
+        rows = self.x[slots]
+        inp = s.scale_input(slots, rows)
+        t = s.timesteps_for(slots, self.device)
+        den = self.runner.stages.denoiser
+        if self.cfg:
+            n = len(slots)
+            context = torch.cat([self.uncond.expand(n, -1, -1).to(self.ctx.dtype), self.ctx[slots]])
+            eps = den.predict_noise(torch.cat([inp, inp]), torch.cat([t, t]), context)
+            eps_u, eps_c = eps.chunk(2)
+            eps = eps_u + self.runner.plan.guidance * (eps_c - eps_u)
+        else:
+            eps = den.predict_noise(inp, t, self.ctx[slots])
+        new = s.step(slots, eps, rows)
+        self.x[slots] = new
+        finished = []
+        for j, slot in enumerate(slots):
+            if s.done(slot):
+                tok = self.slot_token.pop(slot)
+                self.items[tok].latents = new[j:j + 1].clone()
+                finished.append((slot, tok))
+        self.runner.add_time("denoise", time.perf_counter() - t0)
+        return finished
+
+    def decode(self, tokens: Sequence[int]) -> None:
+        its = [self.items[t] for t in tokens]
+        images = self.runner.decode(torch.cat([it.latents for it in its]))
+        for i, it in enumerate(its):
+            it.latents, it.image = None, images[i:i + 1]
+
+    def judge(self, tokens: Sequence[int]) -> None:
+        its = [self.items[t] for t in tokens]
+        verdicts = self.runner.judge([(it.prompt_id, it.attempt) for it in its],
+                                     torch.cat([it.image for it in its]))
+        for it, v in zip(its, verdicts):
+            it.verdict = v
+
+    def prepare_write(self, tokens: Sequence[int]) -> list[str | None]:
+        """Records (and, for a store that lets others write its files, their paths)."""
+        t0 = time.perf_counter()
+        its = [self.items[t] for t in tokens]
+        records, u8 = self.runner.records_for([(it.prompt_id, it.attempt) for it in its],
+                                              [it.seed for it in its],
+                                              torch.cat([it.image for it in its]),
+                                              [it.verdict for it in its])
+        paths: list[str | None] = []
+        w = self.runner.writer
+        for it, rec, img in zip(its, records, u8):
+            it.image, it.record, it.u8 = None, rec, img
+            if self.direct:
+                rec["path"] = w.reserve_path(rec["image_id"]) if rec["qc_pass"] else None
+                paths.append(str(w.root / rec["path"]) if rec["qc_pass"] else None)
+            else:
+                paths.append(None)
+        self.runner.add_time("write", time.perf_counter() - t0)
+        return paths
+
+    def encode_image(self, token: int) -> bytes:
+        it = self.items[token]
+        data, it.u8 = self.runner.writer.encode(it.u8), None
+        return data
+
+    def commit(self, tokens: Sequence[int]) -> list[bool]:
+        """Journal the batch (its image files are on disk); the records as written."""
+        t0 = time.perf_counter()
+        its = [self.items[t] for t in tokens]
+        w = self.runner.writer
+        if self.direct:
+            w.append([it.record for it in its])
+        else:
+            out = w.write([it.record for it in its], [it.u8 for it in its])
+            for it, rec in zip(its, out):
+                it.record, it.u8 = rec, None
+        self.runner.add_time("write", time.perf_counter() - t0)
+        return [bool(it.record["qc_pass"]) for it in its]
+
+    def done(self, tokens: Sequence[int], finals: Sequence[bool], live: dict) -> None:
+        self.live = dict(live)
+        for tok, final in zip(tokens, finals):
+            it = self.items.pop(tok)
+            if self.on_result is not None:
+                self.on_result(it.record, bool(final))
+
+
+__all__ = ["GenerationBodies"]

@@ -1,0 +1,142 @@
+"""The continuous-batching executors (native scheduler and its Python twin) against
+the in-process executor: same images (1e-5, fp32 CPU), same store records."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from gen_helpers import SIZE, mean_qc, prompts_table, tiny
+from rv2 import _native
+from rv2.generate.config import GenerateConfig
+from rv2.generate.executor import InProcessExecutor, next_attempt
+from rv2.generate.pipeline import generate_dataset
+from rv2.generate.stages import StageRunner
+from rv2.runtime.continuous_executor import ContinuousExecutor
+from rv2.runtime.pipeline_scheduler import native_scheduler
+
+BACKENDS = ["python", pytest.param("native", marks=pytest.mark.skipif(
+    native_scheduler() is None, reason=f"rv2._C has no scheduler ({_native.NATIVE_ERROR})"))]
+
+
+@pytest.fixture(scope="module")
+def comp():
+    return tiny(0)
+
+
+def _cfg(steps=3, guidance=3.0, max_attempts=3, batch=3):
+    cfg = GenerateConfig()
+    cfg.sampler.steps, cfg.sampler.guidance, cfg.sampler.device = steps, guidance, "cpu"
+    cfg.batch_size, cfg.max_attempts = batch, max_attempts
+    return cfg
+
+
+class _Spy:
+    """Records every image judged, by (prompt, attempt): the float images both
+    executors hand to QC."""
+
+    def __init__(self):
+        self.images = {}
+        self._orig = StageRunner.judge
+
+    def __enter__(self):
+        spy = self
+
+        def judge(runner, items, images):
+            for it, img in zip(items, images):
+                spy.images[tuple(it)] = img.detach().clone()
+            return spy._orig(runner, items, images)
+
+        StageRunner.judge = judge
+        return self
+
+    def __exit__(self, *exc):
+        StageRunner.judge = self._orig
+
+
+def _journal(store):
+    return {(r["prompt_id"], r["attempt"]): r for r in
+            (json.loads(x) for x in (store / "journal.jsonl").read_text().splitlines())}
+
+
+def _assert_same_records(a: dict, b: dict):
+    """Equal in content: same attempts, verdicts and fields; QC outputs to float
+    rounding (the denoiser ran in other batch groupings, and the stand-in QC
+    amplifies 1e-6 differences of the images); file names equal."""
+    assert a.keys() == b.keys()
+    for key in a:
+        ra, rb = dict(a[key]), dict(b[key])
+        pa, pb = ra.pop("path"), rb.pop("path")
+        assert (pa is None) == (pb is None) and (pa is None or pa.split("/")[-1] == pb.split("/")[-1])
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            if isinstance(ra[k], float) and ra[k] != ra[k]:
+                assert rb[k] != rb[k], (key, k)   # NaN (unjudged, missing label) on both
+            elif isinstance(ra[k], float) and k.startswith("qc_"):
+                assert ra[k] == pytest.approx(rb[k], abs=1e-3), (key, k)
+            else:
+                assert ra[k] == rb[k], (key, k, ra[k], rb[k])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_images_and_records_equal_inprocess(backend, comp, tmp_path):
+    df = prompts_table(7, seed=2)
+    cfg = _cfg()
+    with _Spy() as ref:
+        generate_dataset(df, None, tmp_path / "in", cfg, qc_models=mean_qc(), components=comp,
+                         executor=InProcessExecutor(3), progress=False)
+    ex = ContinuousExecutor(capacity=2, batch_size=2, backend=backend)
+    with _Spy() as got:
+        s = generate_dataset(df, None, tmp_path / "cb", cfg, qc_models=mean_qc(), components=comp,
+                             executor=ex, progress=False)
+    assert got.images.keys() == ref.images.keys()
+    assert any(a > 0 for _, a in ref.images), "the test needs retries"
+    for key, img in ref.images.items():
+        torch.testing.assert_close(got.images[key], img, rtol=0, atol=1e-5)
+    _assert_same_records(_journal(tmp_path / "in"), _journal(tmp_path / "cb"))
+    # the images on disk decode to the same pixels (uint8 rounding of equal floats)
+    for key, r in _journal(tmp_path / "in").items():
+        if r["qc_pass"]:
+            from PIL import Image
+
+            a = np.asarray(Image.open(tmp_path / "in" / r["path"]))
+            b = np.asarray(Image.open(tmp_path / "cb" / _journal(tmp_path / "cb")[key]["path"]))
+            assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    sch = s["this_run"]["scheduler"]
+    assert s["executor"] == backend and sch["scheduler"] == backend
+    assert sch["slots"] == 2 and 0 < sch["slot_occupancy"] <= 1
+    assert set(sch["stage_busy_s"]) == {"encode_text", "denoise", "decode", "qc", "write"}
+    assert sch["retries"] == sum(1 for _, a in ref.images if a > 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_without_guidance_and_with_a_full_last_batch(backend, comp, tmp_path):
+    df = prompts_table(4, seed=5)
+    cfg = _cfg(steps=2, guidance=1.0, max_attempts=1)
+    with _Spy() as ref:
+        generate_dataset(df, None, tmp_path / "in", cfg, qc_models=None, components=comp,
+                         executor=InProcessExecutor(4), progress=False)
+    with _Spy() as got:
+        generate_dataset(df, None, tmp_path / "cb", cfg, qc_models=None, components=comp,
+                         executor=ContinuousExecutor(capacity=4, backend=backend), progress=False)
+    for key, img in ref.images.items():
+        torch.testing.assert_close(got.images[key], img, rtol=0, atol=1e-5)
+    _assert_same_records(_journal(tmp_path / "in"), _journal(tmp_path / "cb"))
+
+
+@pytest.mark.skipif(native_scheduler() is None, reason="rv2._C has no scheduler")
+def test_native_retry_rule_equals_python_rule():
+    m = _native.native_module()
+    for max_attempts in (1, 2, 4):
+        for attempt in range(6):
+            for ok in (False, True):
+                py = next_attempt({"qc_pass": ok, "attempt": attempt}, max_attempts)
+                assert m.next_attempt(ok, attempt, max_attempts) == (-1 if py is None else py)
+
+
+def test_unknown_backend_and_bad_capacity_are_refused():
+    with pytest.raises(ValueError, match="backend"):
+        ContinuousExecutor(backend="gpu")
+    with pytest.raises(ValueError, match="capacity"):
+        ContinuousExecutor(capacity=0)
