@@ -1,0 +1,174 @@
+"""The pipeline scheduler (native and Python twin) on simulated stages that sleep:
+overlap, continuous admission, retry order, backpressure, errors."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from rv2 import _native
+from rv2.runtime.pipeline_scheduler import native_scheduler, run_pipeline
+
+BACKENDS = [False, pytest.param(True, marks=pytest.mark.skipif(
+    native_scheduler() is None, reason=f"rv2._C has no scheduler ({_native.NATIVE_ERROR})"))]
+IDS = ["python", "native"]
+
+
+class SimBodies:
+    """Stages that sleep `sleeps[stage]` seconds per call; an item needs `n_steps`
+    denoiser steps; `fails` holds the (prompt, attempt) pairs QC rejects."""
+
+    def __init__(self, n_steps=1, sleeps=None, fails=(), raise_in=None, raise_at=1, out_dir=None):
+        self.n_steps, self.sleeps = n_steps, dict(sleeps or {})
+        self.fails, self.raise_in, self.raise_at, self.out_dir = set(fails), raise_in, raise_at, out_dir
+        self.items, self.slots = {}, {}
+        self.calls = {}
+        self.encoded, self.committed, self.step_log = [], [], []
+        self.max_live = 0
+        self.lock = threading.Lock()
+
+    def _enter(self, stage):
+        self.calls[stage] = self.calls.get(stage, 0) + 1
+        if stage == self.raise_in and self.calls[stage] == self.raise_at:
+            raise RuntimeError(f"{stage} failed")
+        time.sleep(self.sleeps.get(stage, 0.0))
+
+    def encode(self, batch):
+        self._enter("encode")
+        for tok, p, a in batch:
+            self.items[tok] = (p, a)
+            self.encoded.append((p, a))
+        self.max_live = max(self.max_live, len(self.items))
+
+    def step(self, joins):
+        self._enter("step")
+        for slot, tok in joins:
+            assert slot not in self.slots, "joined a busy slot"
+            self.slots[slot] = [tok, 0]
+        self.step_log.append({s: v[1] for s, v in self.slots.items()})
+        done = []
+        for slot in sorted(self.slots):
+            self.slots[slot][1] += 1
+            if self.slots[slot][1] == self.n_steps:
+                done.append((slot, self.slots.pop(slot)[0]))
+        return done
+
+    def decode(self, tokens):
+        self._enter("decode")
+
+    def judge(self, tokens):
+        self._enter("judge")
+
+    def prepare_write(self, tokens):
+        if self.out_dir is None:
+            return [None] * len(tokens)
+        return [str(self.out_dir / f"{self.items[t][0]}-{self.items[t][1]}.bin") for t in tokens]
+
+    def encode_image(self, token):
+        self._enter("encode_image")
+        return f"{self.items[token]}".encode()
+
+    def commit(self, tokens):
+        self._enter("commit")
+        out = []
+        for t in tokens:
+            self.committed.append(self.items[t])
+            out.append(self.items[t] not in self.fails)
+        return out
+
+    def done(self, tokens, finals, live):
+        assert set(live) >= {"ready", "decode", "qc", "write", "occupancy"}
+        for t in tokens:
+            del self.items[t]
+
+
+def _run(bodies, n, native, max_attempts=1, capacity=1, batch=1, queue=2, threads=1):
+    return run_pipeline(bodies, [(p, 0) for p in range(n)], max_attempts, capacity, batch, queue,
+                        threads, native=native)
+
+
+@pytest.mark.parametrize("native", BACKENDS, ids=IDS)
+def test_stages_overlap(native):
+    """Wall time follows the slowest stage x items, not the sum of the stages."""
+    n, slow, fast = 10, 0.06, 0.03
+    b = SimBodies(sleeps={"encode": fast, "step": slow, "decode": fast, "judge": fast, "commit": fast})
+    t0 = time.perf_counter()
+    st = _run(b, n, native)
+    wall = time.perf_counter() - t0
+    serial = n * (slow + 4 * fast)
+    assert len(b.committed) == n
+    assert wall >= n * slow
+    assert wall < n * slow * 1.3 + 4 * fast + 0.15, (wall, serial)
+    assert wall < 0.6 * serial
+    assert st["busy_s"]["denoise"] == pytest.approx(n * slow, rel=0.5)
+
+
+@pytest.mark.parametrize("native", BACKENDS, ids=IDS)
+def test_items_join_free_slots_at_step_boundaries(native):
+    b = SimBodies(n_steps=3, sleeps={"encode": 0.015, "step": 0.01})  # items arrive one by one
+    st = _run(b, 7, native, capacity=3, batch=1, queue=8)
+    assert len(b.committed) == 7
+    # some step ran slots at different phases: an item joined while others were mid-way
+    assert any(len(set(s.values())) > 1 for s in b.step_log)
+    # every item got exactly n_steps steps, and slots were never over-filled
+    assert all(len(s) <= 3 for s in b.step_log)
+    assert st["slot_steps"] == 7 * 3
+    assert st["occupancy"] == pytest.approx(21 / (3 * st["steps"]))
+    # when every item is there at once: 6 items x 3 steps fill 3 slots (a wake-up may start one short)
+    b = SimBodies(n_steps=3)
+    st = _run(b, 6, native, capacity=3, batch=6, queue=8)
+    assert st["slot_steps"] == 18 and st["steps"] <= 6 + 2
+
+
+@pytest.mark.parametrize("native", BACKENDS, ids=IDS)
+def test_retries_follow_the_rule_and_go_first(native):
+    fails = {(0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2)}
+    b = SimBodies(fails=fails, sleeps={"commit": 0.005})
+    st = _run(b, 24, native, max_attempts=3, queue=1)
+    attempts = {}
+    for p, a in b.committed:
+        attempts.setdefault(p, []).append(a)
+    assert attempts[0] == [0, 1] and attempts[1] == [0, 1, 2] and attempts[2] == [0, 1, 2]
+    assert all(v == [0] for p, v in attempts.items() if p > 2)
+    assert len(b.encoded) == len(set(b.encoded)) == 24 + 5
+    assert st["retries"] == 5 and st["attempts"] == 29
+    # retries are admitted before the fresh items still queued
+    order = b.encoded.index
+    assert order((2, 2)) < order((23, 0))
+    assert order((0, 1)) < order((16, 0))
+
+
+@pytest.mark.parametrize("native", BACKENDS, ids=IDS)
+def test_backpressure_bounds_items_in_flight(native, tmp_path):
+    """Slow writes: the encoder is held back, so live items stay bounded by the queues."""
+    b = SimBodies(sleeps={"encode_image": 0.01}, out_dir=tmp_path)
+    st = _run(b, 40, native, capacity=2, batch=2, queue=2, threads=2)
+    bound = 4 * 2 + 2 + 4 * 2   # four queues, the slots, a batch in the hands of four stages
+    assert b.max_live <= bound < 40
+    assert all(v <= 2 for v in st["queue_depth_max"].values())
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 40 and (tmp_path / "7-0.bin").read_bytes() == b"(7, 0)"
+
+
+@pytest.mark.parametrize("native", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("stage", ["encode", "step", "judge", "encode_image", "commit"])
+def test_a_stage_raising_stops_the_run(native, stage, tmp_path):
+    before = threading.active_count()
+    b = SimBodies(n_steps=2, raise_in=stage, raise_at=2, out_dir=tmp_path,
+                  sleeps={"commit": 0.002})
+    with pytest.raises(RuntimeError, match=f"{stage} failed"):
+        _run(b, 30, native, capacity=2, batch=2, queue=2)
+    assert len(b.committed) < 30
+    assert threading.active_count() == before
+
+
+@pytest.mark.parametrize("native", BACKENDS, ids=IDS)
+def test_no_items(native):
+    st = _run(SimBodies(), 0, native)
+    assert st["attempts"] == 0 and st["steps"] == 0
+
+
+@pytest.mark.parametrize("native", BACKENDS, ids=IDS)
+def test_bad_settings_are_refused(native):
+    with pytest.raises(ValueError, match="capacity"):
+        run_pipeline(SimBodies(), [(0, 0)], 1, 0, 1, 1, 1, native=native)
