@@ -23,7 +23,15 @@ def _journal_lines(p: Path) -> int:
         return 0
 
 
-def test_kill_9_then_resume(tmp_path):
+def _native_scheduler_built() -> bool:
+    from rv2 import _native
+
+    return _native.features()["run_pipeline"]
+
+
+@pytest.mark.parametrize("executor", ["inprocess", pytest.param("native", marks=pytest.mark.skipif(
+    not _native_scheduler_built(), reason="rv2._C has no pipeline scheduler"))])
+def test_kill_9_then_resume(tmp_path, executor):
     from rv2.models.sd import save_pipeline
 
     model = save_pipeline(tiny(0), tmp_path / "model")
@@ -34,7 +42,7 @@ def test_kill_9_then_resume(tmp_path):
     cmd = [sys.executable, "-m", "rv2.cli", "generate", "--prompts", str(tmp_path / "prompts.parquet"),
            "--model", str(model), "--out", str(out), "--qc-weights-dir", str(bundle),
            "--batch-size", "2", "--max-attempts", "2", "--steps", "5", "--device", "cpu",
-           "--no-progress", "--set", "store.shard_size=4"]
+           "--no-progress", "--set", "store.shard_size=4", "--executor", executor]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "python")}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
