@@ -40,4 +40,5 @@ PYBIND11_MODULE(_C, m) {
   rv2::register_kernels(m);
   rv2::register_stats(m);
   rv2::register_scheduler(m);
+  rv2::register_guided_update(m);
 }

@@ -65,3 +65,29 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
     if _C is not None:
         return _C.to_uint8(np.ascontiguousarray(x, dtype=np.float32))
     return to_uint8_py(x)
+
+
+def guided_update_py(eu, ec, guidance: float, x, hist, A, B, W):
+    """Twin of _C.guided_update: e = eu + g (ec - eu); mo = W0 e + W1 h0 + W2 h1 + W3 h2;
+    x_next = A x + B mo (A, B, W per row; hist n x 3 x ...); returns (x_next, e)."""
+    f = np.float32
+    eu, ec, x = (np.ascontiguousarray(a, dtype=f) for a in (eu, ec, x))
+    n = x.shape[0]
+    m = x.size // n if n else 0
+    h = np.ascontiguousarray(hist, dtype=f).reshape(n, 3, m)
+    col = (-1,) + (1,) * (x.ndim - 1)
+    A, B = np.asarray(A, f).reshape(col), np.asarray(B, f).reshape(col)
+    W = np.asarray(W, f).reshape(n, 4)
+    e = eu + f(guidance) * (ec - eu)
+    ws = [W[:, j].reshape(col) for j in range(4)]
+    hs = [h[:, j].reshape(x.shape) for j in range(3)]
+    mo = ws[0] * e + ws[1] * hs[0] + ws[2] * hs[1] + ws[3] * hs[2]
+    return A * x + B * mo, e
+
+
+def guided_update(eu, ec, guidance: float, x, hist, A, B, W):
+    """CFG combine + per-row scheduler update (float32 numpy), native when available."""
+    if _C is not None and hasattr(_C, "guided_update"):
+        out, e = _C.guided_update(eu, ec, float(guidance), x, hist, A, B, W)
+        return out, e
+    return guided_update_py(eu, ec, guidance, x, hist, A, B, W)

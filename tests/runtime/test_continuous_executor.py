@@ -140,3 +140,38 @@ def test_unknown_backend_and_bad_capacity_are_refused():
         ContinuousExecutor(backend="gpu")
     with pytest.raises(ValueError, match="capacity"):
         ContinuousExecutor(capacity=0)
+
+
+class _FlakyQC:
+    """The stand-in QC that raises on its `fail_at`-th call (a crash mid-run)."""
+
+    def __init__(self, fail_at):
+        self.inner, self.fail_at, self.calls = mean_qc(), fail_at, 0
+        self.model_id, self.model_hash, self.convention = (self.inner.model_id, self.inner.model_hash,
+                                                           self.inner.convention)
+
+    def predict(self, images):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("QC crashed")
+        return self.inner.predict(images)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_stage_raising_leaves_a_store_that_resumes(backend, comp, tmp_path):
+    df = prompts_table(6, seed=4)
+    cfg = _cfg(steps=2, max_attempts=2, batch=2)
+    generate_dataset(df, None, tmp_path / "ref", cfg, qc_models=mean_qc(), components=comp,
+                     executor=InProcessExecutor(2), progress=False)
+    with pytest.raises(RuntimeError, match="QC crashed"):
+        generate_dataset(df, None, tmp_path / "cb", cfg, qc_models=_FlakyQC(3), components=comp,
+                         executor=ContinuousExecutor(capacity=2, backend=backend), progress=False)
+    partial = _journal(tmp_path / "cb")
+    assert 0 < len(partial) < len(_journal(tmp_path / "ref"))
+    s = generate_dataset(df, None, tmp_path / "cb", cfg, qc_models=mean_qc(), components=comp,
+                         executor=ContinuousExecutor(capacity=2, backend=backend), progress=False)
+    _assert_same_records(_journal(tmp_path / "ref"), _journal(tmp_path / "cb"))
+    assert s["this_run"]["attempts"] == len(_journal(tmp_path / "ref")) - len(partial)
+    files = {p.relative_to(tmp_path / "cb").as_posix() for p in (tmp_path / "cb" / "images").rglob("*")
+             if p.is_file()}
+    assert files == {r["path"] for r in _journal(tmp_path / "cb").values() if r["qc_pass"]}

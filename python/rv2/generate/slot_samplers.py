@@ -63,6 +63,26 @@ class SlotSampler:
             self.k[s] += 1
         return out
 
+    # ---- the fused path: x_next = A x + B (W . [e, h0, h1, h2]), e the guided eps
+    def fused_terms(self, slots: Sequence[int], x: torch.Tensor):
+        """(A (n,), B (n,), W (n, 4), sample n x ..., hist n x 3 x ...) of one step in the
+        linear form of the fused kernel (`rv2._native.guided_update`), or None when this
+        sampler has no such form. Float32, on x's device."""
+        return None
+
+    def advance(self, slots: Sequence[int], e: torch.Tensor, x: torch.Tensor) -> None:
+        """After a fused step: keep the guided eps `e` where the sampler keeps history."""
+        for s in slots:
+            self.k[s] += 1
+
+    def _linear(self, slots, x, A, B):
+        ks = [self.k[s] for s in slots]
+        n = len(slots)
+        W = torch.zeros((n, 4), dtype=torch.float32)
+        W[:, 0] = 1
+        return (A[ks].float().to(x.device), B[ks].float().to(x.device), W.to(x.device), x.float(),
+                torch.zeros((n, 3, *x.shape[1:]), dtype=torch.float32, device=x.device))
+
     # ---- helpers for subclasses
     def _reset(self, slot: int) -> None:
         pass
@@ -114,9 +134,37 @@ class SlotPNDM(SlotSampler):
         self.ets: list[list[torch.Tensor]] = [[] for _ in range(capacity)]
         self.cur_sample: list[torch.Tensor | None] = [None] * capacity
 
+    PLMS_WEIGHTS = {0: (1.0, 0.0, 0.0, 0.0), 1: (0.5, 0.5, 0.0, 0.0), 2: (1.5, -0.5, 0.0, 0.0),
+                    3: (23 / 12, -16 / 12, 5 / 12, 0.0), 4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
+
     def _reset(self, slot):
         self.ets[slot] = []
         self.cur_sample[slot] = None
+
+    def fused_terms(self, slots, x):
+        ks = [self.k[s] for s in slots]
+        A = self.sample_coeff[ks].float()
+        B = -(self.delta[ks].float() / self.denom[ks].float())
+        W = torch.tensor([self.PLMS_WEIGHTS[min(k, 4)] for k in ks], dtype=torch.float32)
+        sample = torch.stack([(self.cur_sample[s][0] if k == 1 else x[j]) for j, (s, k)
+                              in enumerate(zip(slots, ks))]).float()
+        hist = torch.zeros((len(slots), 3, *x.shape[1:]), dtype=torch.float32, device=x.device)
+        for j, s in enumerate(slots):
+            for back, e in enumerate(reversed(self.ets[s][-3:])):
+                hist[j, back] = e[0]
+        dev = x.device
+        return A.to(dev), B.to(dev), W.to(dev), sample, hist
+
+    def advance(self, slots, e, x):
+        for j, s in enumerate(slots):
+            k = self.k[s]
+            if k != 1:
+                self.ets[s] = self.ets[s][-3:] + [e[j:j + 1].to(x.dtype)]
+            if k == 0:
+                self.cur_sample[s] = x[j:j + 1]
+            elif k == 1:
+                self.cur_sample[s] = None
+            self.k[s] += 1
 
     def _update(self, slots, eps, x):
         out = torch.empty_like(x)
@@ -177,6 +225,13 @@ class SlotDDIM(SlotSampler):
         self.b_sq, self.a_sq = torch.stack(b_sq), torch.stack(a_sq)
         self.dir_coeff, self.a_prev_sq = torch.stack(dirs), torch.stack(a_prev_sq)
 
+    def fused_terms(self, slots, x):
+        if self.sched.config.clip_sample:
+            return None
+        A = self.a_prev_sq / self.a_sq
+        B = self.dir_coeff - self.a_prev_sq * self.b_sq / self.a_sq
+        return self._linear(slots, x, A, B)
+
     def _update(self, slots, eps, x):
         ks = [self.k[s] for s in slots]
         x0 = (x - self._col(self.b_sq, ks, x) * eps) / self._col(self.a_sq, ks, x)
@@ -204,6 +259,9 @@ class SlotEuler(SlotSampler):
 
     def scale_input(self, slots, x):
         return x / self._col(self.in_scale, [self.k[s] for s in slots], x)
+
+    def fused_terms(self, slots, x):
+        return self._linear(slots, x, torch.ones_like(self.dt), self.dt)
 
     def _update(self, slots, eps, x):
         ks = [self.k[s] for s in slots]

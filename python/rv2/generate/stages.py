@@ -34,12 +34,30 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from rv2._native import to_uint8
+from rv2._native import features, native_module, to_uint8
 from rv2.generate.qc_rules import judge, unjudged
 from rv2.generate.sampler import denoise, latents_for, to_gray
 
 WorkItem = tuple[str, int]   # (prompt_id, attempt)
 STAGE_NAMES = ("encode_text", "denoise", "decode", "qc", "write")
+
+
+def images_to_uint8(images) -> np.ndarray:
+    """B x c x H x W float images in [0, 1] -> uint8 numpy of the same shape (clamped,
+    half to even, NaN -> 0). CUDA images go through rv2._C's postprocess kernel into a
+    device buffer, copied to pinned host memory; others through the CPU kernel (or twin)."""
+    import torch
+
+    if images.is_cuda and features()["to_uint8_cuda"]:
+        src = images.detach().to(torch.float32).contiguous()
+        dst = torch.empty(src.shape, dtype=torch.uint8, device=src.device)
+        stream = torch.cuda.current_stream(src.device)
+        native_module().to_uint8_cuda(src.data_ptr(), dst.data_ptr(), src.numel(), stream.cuda_stream)
+        host = torch.empty(src.shape, dtype=torch.uint8, pin_memory=True)
+        host.copy_(dst, non_blocking=True)
+        stream.synchronize()
+        return host.numpy()
+    return to_uint8(images.detach().to("cpu", torch.float32).numpy())
 
 
 @runtime_checkable
@@ -190,16 +208,14 @@ class StageRunner:
                     verdicts: Sequence[dict]) -> tuple[list[dict], list]:
         """The journal records of finished attempts and the uint8 images of the accepted
         ones (None for the rest): what every executor hands its writer."""
-        import torch
-
-        arr = images.detach().to("cpu", torch.float32).numpy()
+        arr = images_to_uint8(images) if any(v["qc_pass"] for v in verdicts) else None
         records, u8 = [], []
         for i, ((pid, attempt), v) in enumerate(zip(items, verdicts)):
             records.append({**self.base_records[pid], "seed": seeds[i], "attempt": attempt, **v})
             if v["qc_pass"]:
                 img = arr[i]
                 img = img[0] if img.shape[0] == 1 else np.transpose(img, (1, 2, 0))
-                u8.append(to_uint8(np.ascontiguousarray(img)))
+                u8.append(np.ascontiguousarray(img))
             else:
                 u8.append(None)
         return records, u8
@@ -217,5 +233,5 @@ class StageRunner:
         return self.write(items, seeds, images, verdicts)
 
 
-__all__ = ["TextEncoder", "Denoiser", "Decoder", "QCPredictor", "Writer", "StageSet",
+__all__ = ["images_to_uint8", "TextEncoder", "Denoiser", "Decoder", "QCPredictor", "Writer", "StageSet",
            "SamplingPlan", "StageRunner", "WorkItem", "STAGE_NAMES"]

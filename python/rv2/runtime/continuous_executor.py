@@ -21,11 +21,12 @@ log = logging.getLogger("rv2.runtime")
 class ContinuousExecutor:
     """capacity: denoiser slots; batch_size: items per encode/decode/QC/write call;
     queue_capacity: items waiting between two stages at most (default 2 x capacity);
-    write_threads: image encoders/writers."""
+    write_threads: image encoders/writers; fused: the fused CFG + scheduler update kernel
+    (default: on CUDA where rv2._C has it)."""
 
     def __init__(self, capacity: int = 8, batch_size: int | None = None,
                  queue_capacity: int | None = None, write_threads: int | None = None,
-                 backend: str = "auto"):
+                 backend: str = "auto", fused: bool | None = None):
         if backend not in ("auto", "native", "python"):
             raise ValueError(f"backend must be auto, native or python, got {backend!r}")
         if capacity < 1:
@@ -36,6 +37,7 @@ class ContinuousExecutor:
         self.batch_size = batch_size or capacity
         self.queue_capacity = queue_capacity or 2 * capacity
         self.write_threads = write_threads or max(1, min(4, os.cpu_count() or 1))
+        self.fused = fused            # fused CFG + update kernel (default: on CUDA where built)
         self.last_stats: dict | None = None
         self.bodies = None
 
@@ -50,7 +52,7 @@ class ContinuousExecutor:
 
         pids = sorted({p for p, _ in work})
         index = {p: i for i, p in enumerate(pids)}
-        self.bodies = GenerationBodies(runner, pids, self.capacity, on_result)
+        self.bodies = GenerationBodies(runner, pids, self.capacity, on_result, fused=self.fused)
         self.last_stats = run_pipeline(self.bodies, [(index[p], a) for p, a in work], max_attempts,
                                        self.capacity, self.batch_size, self.queue_capacity,
                                        self.write_threads, native=self.native)

@@ -16,9 +16,31 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from rv2 import _native
 from rv2.generate.sampler import latents_for
 from rv2.generate.slot_samplers import slot_sampler_for
 from rv2.generate.stages import StageRunner
+
+
+def guided_update_tensors(eps_u, eps_c, guidance: float, A, B, W, sample, hist):
+    """The fused CFG + update (`rv2._native.guided_update`) on torch tensors: the CUDA
+    kernel on the current stream for CUDA tensors, else the CPU kernel (or its twin)."""
+    f32 = torch.float32
+    eu, ec = eps_u.to(f32).contiguous(), eps_c.to(f32).contiguous()
+    x, h = sample.to(f32).contiguous(), hist.to(f32).contiguous()
+    A, B, W = (v.to(device=x.device, dtype=f32).contiguous() for v in (A, B, W))
+    n = x.shape[0]
+    m = x.numel() // n if n else 0
+    if x.is_cuda and _native.features()["guided_update_cuda"]:
+        out, e = torch.empty_like(x), torch.empty_like(x)
+        _native.native_module().guided_update_cuda(
+            eu.data_ptr(), ec.data_ptr(), float(guidance), x.data_ptr(), h.data_ptr(), A.data_ptr(),
+            B.data_ptr(), W.data_ptr(), out.data_ptr(), e.data_ptr(), n, m,
+            torch.cuda.current_stream(x.device).cuda_stream)
+        return out, e
+    out, e = _native.guided_update(eu.cpu().numpy(), ec.cpu().numpy(), guidance, x.cpu().numpy(),
+                                   h.cpu().numpy(), A.cpu().numpy(), B.cpu().numpy(), W.cpu().numpy())
+    return torch.from_numpy(out).to(x.device), torch.from_numpy(e).to(x.device)
 
 
 @dataclass
@@ -40,9 +62,14 @@ class GenerationBodies:
     once per finished attempt."""
 
     def __init__(self, runner: StageRunner, prompt_ids: Sequence[str], capacity: int,
-                 on_result: Callable[[dict, bool], None] | None = None):
+                 on_result: Callable[[dict, bool], None] | None = None, fused: bool | None = None):
         self.runner, self.prompt_ids, self.capacity = runner, list(prompt_ids), capacity
         self.on_result = on_result
+        # The fused CFG + update kernel: by default on CUDA where rv2._C has it. Not
+        # bit-equal to diffusers' update (its linear form rounds differently).
+        dev = torch.device(runner.stages.denoiser.device)
+        feats = _native.features()
+        self.fused = (dev.type == "cuda" and feats["guided_update_cuda"]) if fused is None else fused
         plan, d = runner.plan, runner.stages.denoiser
         self.device, self.dtype = d.device, d.dtype
         self.cfg = plan.guidance > 1.0
@@ -86,15 +113,22 @@ class GenerationBodies:
         inp = s.scale_input(slots, rows)
         t = s.timesteps_for(slots, self.device)
         den = self.runner.stages.denoiser
+        terms = s.fused_terms(slots, rows) if (self.fused and self.cfg) else None
         if self.cfg:
             n = len(slots)
             context = torch.cat([self.uncond.expand(n, -1, -1).to(self.ctx.dtype), self.ctx[slots]])
             eps = den.predict_noise(torch.cat([inp, inp]), torch.cat([t, t]), context)
             eps_u, eps_c = eps.chunk(2)
-            eps = eps_u + self.runner.plan.guidance * (eps_c - eps_u)
+            if terms is not None:
+                new, e = guided_update_tensors(eps_u, eps_c, self.runner.plan.guidance, *terms)
+                s.advance(slots, e, rows)
+                new = new.to(rows.dtype)
+            else:
+                eps = eps_u + self.runner.plan.guidance * (eps_c - eps_u)
         else:
             eps = den.predict_noise(inp, t, self.ctx[slots])
-        new = s.step(slots, eps, rows)
+        if terms is None:
+            new = s.step(slots, eps, rows)
         self.x[slots] = new
         finished = []
         for j, slot in enumerate(slots):
