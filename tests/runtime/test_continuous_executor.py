@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from gen_helpers import SIZE, mean_qc, prompts_table, tiny
+from gen_helpers import mean_qc, prompts_table, tiny
 from rv2 import _native
 from rv2.generate.config import GenerateConfig
 from rv2.generate.executor import InProcessExecutor, next_attempt

@@ -18,6 +18,7 @@ Supported: PNDM with skip_prk_steps (the paper's; PLMS history per slot), DDIM
 from __future__ import annotations
 
 import copy
+import typing
 from typing import Sequence
 
 import torch
@@ -68,6 +69,7 @@ class SlotSampler:
         """(A (n,), B (n,), W (n, 4), sample n x ..., hist n x 3 x ...) of one step in the
         linear form of the fused kernel (`rv2._native.guided_update`), or None when this
         sampler has no such form. Float32, on x's device."""
+        del slots, x
         return None
 
     def advance(self, slots: Sequence[int], e: torch.Tensor, x: torch.Tensor) -> None:
@@ -134,8 +136,10 @@ class SlotPNDM(SlotSampler):
         self.ets: list[list[torch.Tensor]] = [[] for _ in range(capacity)]
         self.cur_sample: list[torch.Tensor | None] = [None] * capacity
 
-    PLMS_WEIGHTS = {0: (1.0, 0.0, 0.0, 0.0), 1: (0.5, 0.5, 0.0, 0.0), 2: (1.5, -0.5, 0.0, 0.0),
-                    3: (23 / 12, -16 / 12, 5 / 12, 0.0), 4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
+    # weights of (new eps, ets[-1], ets[-2], ets[-3]) at call k (k >= 4: order 4)
+    PLMS_WEIGHTS: typing.ClassVar[dict] = {
+        0: (1.0, 0.0, 0.0, 0.0), 1: (0.5, 0.5, 0.0, 0.0), 2: (1.5, -0.5, 0.0, 0.0),
+        3: (23 / 12, -16 / 12, 5 / 12, 0.0), 4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
 
     def _reset(self, slot):
         self.ets[slot] = []
@@ -175,7 +179,7 @@ class SlotPNDM(SlotSampler):
                 for j, s in enumerate(ss):
                     self.ets[s] = self.ets[s][-3:] + [e[j:j + 1]]
 
-            def hist(back):
+            def hist(back, ss=ss):
                 return torch.cat([self.ets[s][-back] for s in ss])
 
             if phase == 0:

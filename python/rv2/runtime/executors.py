@@ -1,6 +1,7 @@
 """Executors by name, for the CLI (`rv2 generate --executor NAME`)."""
 from __future__ import annotations
 
+from rv2 import _native
 from rv2.errors import UserError
 from rv2.generate.executor import InProcessExecutor
 from rv2.runtime.continuous_executor import ContinuousExecutor
@@ -21,8 +22,6 @@ def make_executor(name: str, batch_size: int = 8, slots: int | None = None):
     if name == "inprocess":
         return InProcessExecutor(batch_size)
     if name == "native" and native_scheduler() is None:
-        from rv2 import _native
-
         raise UserError(f"--executor native: rv2._C has no pipeline scheduler ({_native.NATIVE_ERROR}); "
                         "build it (make native) or use --executor python or inprocess")
     if name in ("native", "python"):

@@ -294,7 +294,7 @@ def run_pipeline_py(bodies, items, max_attempts: int, capacity: int, batch: int,
                 for t in threads:
                     while t.is_alive():
                         t.join(0.1)
-            except BaseException as exc:  # Ctrl-C: stop the stages, then raise
+            except BaseException as exc:  # noqa: BLE001 - Ctrl-C: stop the stages, then raise
                 fail(exc)
                 for t in threads:
                     t.join()
