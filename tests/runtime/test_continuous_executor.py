@@ -175,3 +175,19 @@ def test_a_stage_raising_leaves_a_store_that_resumes(backend, comp, tmp_path):
     files = {p.relative_to(tmp_path / "cb").as_posix() for p in (tmp_path / "cb" / "images").rglob("*")
              if p.is_file()}
     assert files == {r["path"] for r in _journal(tmp_path / "cb").values() if r["qc_pass"]}
+
+
+def test_fused_update_path_matches_inprocess(comp, tmp_path):
+    """The fused CFG + update kernel (here its CPU version) in the executor: images
+    equal the in-process ones to float rounding of its linear form."""
+    df = prompts_table(3, seed=6)
+    cfg = _cfg(steps=4, max_attempts=1)
+    with _Spy() as ref:
+        generate_dataset(df, None, tmp_path / "in", cfg, qc_models=None, components=comp,
+                         executor=InProcessExecutor(3), progress=False)
+    with _Spy() as got:
+        generate_dataset(df, None, tmp_path / "cb", cfg, qc_models=None, components=comp,
+                         executor=ContinuousExecutor(capacity=2, backend="python", fused=True),
+                         progress=False)
+    for key, img in ref.images.items():
+        torch.testing.assert_close(got.images[key], img, rtol=0, atol=1e-4)
