@@ -142,7 +142,8 @@ class StageRunner:
         if getattr(dev, "type", None) == "cuda":   # kernels run async: charge them to their stage
             import torch
 
-            torch.cuda.synchronize(dev)
+            # this thread's stream only: a pipeline executor's other stages keep running
+            torch.cuda.current_stream(dev).synchronize()
         self.timings[name] += time.perf_counter() - t0
 
     def encode_text(self, items: Sequence[WorkItem]):
