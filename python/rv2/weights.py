@@ -45,12 +45,18 @@ KNOWN_WEIGHTS: tuple[KnownWeight, ...] = (
     KnownWeight("densenet_imagenet", "densenet121-a639ec97.pth",
                 "torchvision DenseNet-121 ImageNet weights"),
     KnownWeight("inception", "pt_inception-2015-12-05-6726825d.pth",
-                "Inception-v3 weights for FID"),
+                "Inception-v3 weights for FID (TensorFlow FID graph, pytorch-fid's file)"),
+    KnownWeight("inception_fidelity", "weights-inception-2015-12-05-6726825d.pth",
+                "Inception-v3 weights for FID (torch-fidelity's copy of the same graph)"),
+    KnownWeight("inception_torchvision", "inception_v3_google-0cc3c7bd.pth",
+                "torchvision Inception-v3 ImageNet weights (FID with torchvision features)"),
     KnownWeight("sd21_base", "stable-diffusion-2-1-base", "Stable Diffusion 2.1 base (diffusers folder)",
                 kind="folder", marker="model_index.json"),
     KnownWeight("roentgen_v2", "roentgen-v2", "RoentGen-v2 generator (diffusers folder)",
                 kind="folder", marker="model_index.json"),
     KnownWeight("biovil", "biovil", "BioViL image encoder (folder)", kind="folder"),
+    KnownWeight("biovil_image", "biovil_image_resnet50_proj_size_128.pt",
+                "BioViL image encoder (ResNet-50 + projector state dict)"),
 )
 
 KNOWN_BY_KEY = {w.key: w for w in KNOWN_WEIGHTS}
