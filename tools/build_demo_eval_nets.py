@@ -14,7 +14,9 @@ small `SmallCNN`s that stand in for the real networks on phantom radiographs:
   inception  deterministic: random seeded conv net, BatchNorm statistics set on
              phantoms; 128-d pooled features stand in for Inception-v3's 2048
   biovil     deterministic: another random seeded conv net with a 32-d linear
-             projection head (the embedding), BatchNorm statistics set likewise
+             projection head (the embedding), BatchNorm statistics set likewise and
+             the head's bias set so that phantom embeddings have mean zero (else a
+             shared mean direction makes every cosine close to 1)
 
 Phantoms come from the generator's world seed (1000) but from subject ranges that
 neither its training nor `rv2.demo.eval_data`'s validation set use.
@@ -147,9 +149,14 @@ def main() -> None:
     inception = set_bn_stats(build_net("SmallCNN", **SPEC["inception"]["kwargs"]), x_tr)
     torch.manual_seed(SEED + 2)
     biovil = set_bn_stats(build_net("SmallCNN", **SPEC["biovil"]["kwargs"]), x_tr)
+    with torch.no_grad():
+        mean_pool = torch.cat([biovil.features(x_tr[i:i + 128] * 2 - 1).mean(dim=(2, 3))
+                               for i in range(0, len(x_tr), 128)]).mean(0)
+        biovil.head.bias.copy_(-biovil.head.weight @ mean_pool)
     notes = {"disease": "trained on phantoms + VAE reconstructions (tools/build_demo_eval_nets.py)",
              "inception": "random (seeded) conv net, BatchNorm statistics from phantoms",
-             "biovil": "random (seeded) conv net + 32-d projection, BatchNorm statistics from phantoms"}
+             "biovil": "random (seeded) conv net + 32-d projection, BatchNorm statistics and "
+                       "embedding mean (head bias) from phantoms"}
     spec = {k: {**v, "note": notes[k]} for k, v in SPEC.items()}
     out = save_eval_bundle(args.out, {"disease": net, "inception": inception, "biovil": biovil}, spec)
     record = {"seed": SEED, "image_size": SIZE, "n_train": N_TRAIN, "n_holdout": N_HOLD,

@@ -122,20 +122,22 @@ def resize_area(x, size: int):
 
 def resize_bilinear_tf1(x, size: int):
     """TensorFlow 1's bilinear resize (align_corners=False, no half-pixel centres:
-    source = destination x in/out), as the FID Inception's graph resized its input."""
+    source = destination x in/out, computed in float32 as TF does), as the FID
+    Inception's graph resized its input."""
     import torch
 
     def axis(n_in: int):
-        src = torch.arange(size, dtype=torch.float64) * (n_in / size)
-        i0 = src.floor().long().clamp(max=n_in - 1)
-        i1 = (i0 + 1).clamp(max=n_in - 1)
-        return i0, i1, (src - i0).to(x.dtype)
+        src = torch.arange(size, dtype=torch.float32) * torch.tensor(n_in / size, dtype=torch.float32)
+        i0 = src.long()
+        return i0, (i0 + 1).clamp(max=n_in - 1), (src - i0.float()).to(x.dtype)
 
     y0, y1, fy = axis(x.shape[-2])
     x0, x1, fx = axis(x.shape[-1])
     fy, fx = fy.to(x.device).view(-1, 1), fx.to(x.device)
-    rows = x[..., y0, :] * (1 - fy) + x[..., y1, :] * fy
-    return rows[..., x0] * (1 - fx) + rows[..., x1] * fx
+    top, bottom = x[..., y0, :], x[..., y1, :]
+    left = top[..., x0] + (top[..., x1] - top[..., x0]) * fx
+    right = bottom[..., x0] + (bottom[..., x1] - bottom[..., x0]) * fx
+    return left + (right - left) * fy
 
 
 # ------------------------------------------------------------------ Inception-v3

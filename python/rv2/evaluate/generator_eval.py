@@ -82,6 +82,9 @@ class EvalGeneratorConfig(Config):
     biovil_path: str = ""            # BioViL file or folder (default: searched in the weight folders)
     xrv_trust_pickle: bool = False   # allow unpickling torchxrayvision's published DenseNet file
     alignment_labels: list[str] = dataclasses.field(default_factory=lambda: list(PAPER_LABELS))
+    # a label the prompt's report does not mention (blank) counts as absent; uncertain
+    # (-1) prompts are left out of that label's AUROC
+    blank_as_negative: bool = True
     msssim_weights: list[float] = dataclasses.field(default_factory=lambda: list(MSSSIM_WEIGHTS))
     msssim_win: int = 11
     msssim_size: int = 0             # resize both images to this for MS-SSIM (0: generated size)
@@ -427,7 +430,7 @@ class Scorer:
         net_id = (self.nets[need].model_id if need and need in self.nets and self.nets[need] else "")
         params: dict[str, Any] = {"images": self.image_key, "net": net_id}
         if metric == "alignment":
-            params["labels"] = list(c.alignment_labels)
+            params.update(labels=list(c.alignment_labels), blank=c.blank_as_negative)
         if metric.startswith("msssim"):
             params.update(w=list(c.msssim_weights), win=c.msssim_win, size=c.msssim_size)
         if metric.endswith(("_real", "_div")):
@@ -461,6 +464,8 @@ class Scorer:
                 out["auroc"][lab] = None
                 continue
             y = np.repeat(self.df[lab].to_numpy(np.float64), K)
+            if self.cfg.blank_as_negative:
+                y = np.where(np.isnan(y), 0.0, y)
             v = auroc(y, probs[:, net.labels.index(lab)].astype(np.float64))
             out["auroc"][lab] = v if math.isfinite(v) else None
         vals = [v for v in out["auroc"].values() if v is not None]
@@ -668,9 +673,11 @@ def markdown_table(rows: Sequence[dict], cfg: EvalGeneratorConfig, selection: di
                  + [ci(r, m) for m in ("msssim_real", "biovil_real", "msssim_div", "biovil_div")])
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    if selection:
+    if selection and selection["checkpoint"] is not None:
         lines += [f"Selected: **{selection['checkpoint']}** (rule `{selection['rule']}`: "
                   f"{selection['reason']}).", ""]
+    elif selection:
+        lines += [f"No checkpoint selected: {selection['reason']}", ""]
     if skipped:
         lines += ["Skipped:", ""] + [f"- {k}: {v}" for k, v in skipped.items()] + [""]
     return "\n".join(lines)
@@ -826,7 +833,10 @@ def evaluate_generators(prompts: str | Path, out: str | Path, *, generators: Seq
 
     rows = [table_row(REAL, None, results[REAL], cfg)] + [
         table_row(c.name, c.step, results[c.name], cfg) for c in ckpts]
-    selection = select_checkpoint(rows, cfg.selection, cfg.auroc_tolerance)
+    try:
+        selection = select_checkpoint(rows, cfg.selection, cfg.auroc_tolerance)
+    except EvalGeneratorError as exc:  # the table is still worth writing
+        selection = {"rule": cfg.selection, "checkpoint": None, "step": None, "reason": str(exc)}
     pd.DataFrame(rows, columns=table_columns(cfg)).to_csv(out / "table.csv", index=False)
     atomic_write_text(out / "table.md", markdown_table(rows, cfg, selection, skipped))
     fig = plot_table(rows, out / "table.png", selection)
