@@ -145,8 +145,13 @@ def test_training_state_loads_into_the_pipeline(tmp_path):
     bad = run / "checkpoints" / "step-00000400"
     bad.mkdir()
     save_file({"unet.conv_in.weight": torch.zeros(1)}, str(bad / "model.safetensors"))
-    with pytest.raises(EvalGeneratorError, match="text_encoder"):
+    with pytest.raises(EvalGeneratorError, match=r"no text_encoder\.\* weights"):
         ge.load_checkpoint(discover_checkpoints(checkpoints=run)[1])
+    save_file({"unet.conv_in.weight": torch.zeros(1), **{f"text_encoder.{k}": v for k, v in text.items()}},
+              str(bad / "model.safetensors"))
+    with pytest.raises(EvalGeneratorError, match="unet weights do not fit") as exc:
+        ge.load_checkpoint(discover_checkpoints(checkpoints=run)[1])
+    assert len(str(exc.value)) < 600
 
 
 # ------------------------------------------------------------------ end to end (demo world)

@@ -198,7 +198,6 @@ def load_checkpoint(ckpt: Checkpoint, dtype=None):
 
     if ckpt.kind == "diffusers":
         return load_components(ckpt.path, torch_dtype=dtype)
-    comps = load_components(ckpt.base, torch_dtype=dtype)
     f = _weights_file(ckpt.path)
     if f.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -208,16 +207,20 @@ def load_checkpoint(ckpt: Checkpoint, dtype=None):
         import torch
 
         state = torch.load(f, map_location="cpu", weights_only=True)
-    for name in ("unet", "text_encoder"):
-        sub = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
-        if not sub:
-            raise EvalGeneratorError(f"{f}: no '{name}.*' weights; expected the UNet + text "
-                                     "encoder state that `rv2 train-generator` saves")
+    parts = {name: {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+             for name in ("unet", "text_encoder")}
+    absent = [name for name, sub in parts.items() if not sub]
+    if absent:
+        raise EvalGeneratorError(f"{f}: no {' or '.join(n + '.*' for n in absent)} weights; expected "
+                                 "the UNet + text encoder state that `rv2 train-generator` saves")
+    comps = load_components(ckpt.base, torch_dtype=dtype)
+    for name, sub in parts.items():
         try:
             getattr(comps, name).load_state_dict(sub)
         except RuntimeError as exc:
-            raise EvalGeneratorError(f"{f}: the {name} weights do not fit the architecture of "
-                                     f"{ckpt.base}: {exc}") from exc
+            first = str(exc).strip().splitlines()
+            raise EvalGeneratorError(f"{f}: the {name} weights do not fit the architecture in "
+                                     f"{ckpt.base} ({' '.join(first[:2])[:300]})") from exc
     return comps
 
 
