@@ -48,7 +48,6 @@ def main() -> None:
 
     import numpy as np
     import torch
-
     from rv2.demo.pipeline import WEIGHTS_DIR
     from rv2.evaluate import feature_nets as fn
     from rv2.evaluate.generator_metrics import fid_from_features, ms_ssim
@@ -75,7 +74,7 @@ def main() -> None:
         base = None
         for b in batches:
             x = images(b, size)
-            t = best_time(lambda: net.features(x, batch_size=b), args.repeat)
+            t = best_time(lambda net=net, x=x, b=b: net.features(x, batch_size=b), args.repeat)
             ips = b / t
             base = base or ips
             rows.append(("features", name, b, ips, ips / base, "vs batch 1"))
@@ -87,10 +86,10 @@ def main() -> None:
         pytorch_msssim = None
     for b in batches:
         x, y = images(b, 192), images(b, 192)
-        ours = b / best_time(lambda: ms_ssim(x, y), args.repeat)
+        ours = b / best_time(lambda x=x, y=y: ms_ssim(x, y), args.repeat)
         if pytorch_msssim is not None:
-            peer = b / best_time(lambda: pytorch_msssim.ms_ssim(x.double(), y.double(), data_range=1.0,
-                                                                size_average=False), args.repeat)
+            peer = b / best_time(lambda x=x, y=y: pytorch_msssim.ms_ssim(
+                x.double(), y.double(), data_range=1.0, size_average=False), args.repeat)
             rows.append(("metrics", "MS-SSIM 192 px, float64 (pytorch-msssim)", b, peer, 1.0, "baseline"))
             rows.append(("metrics", "MS-SSIM 192 px, float64 (rv2)", b, ours, ours / peer,
                          "vs pytorch-msssim"))
@@ -116,17 +115,20 @@ def main() -> None:
 
     # ---- generation (apart)
     if not args.no_generation:
-        from rv2.generate.sampler import decode, denoise, encode_text, initial_latents, latent_shape
+        from rv2.generate.eager import eager_stages
+        from rv2.generate.sampler import denoise, initial_latents, latent_shape
         from rv2.models.sd import load_components
 
-        comps = load_components(WEIGHTS_DIR / "generator")
-        shape = latent_shape(comps)
-        uncond = encode_text(comps, [""])
+        st = eager_stages(load_components(WEIGHTS_DIR / "generator"))
+        shape = latent_shape(st.denoiser, st.decoder)
+        uncond = st.text_encoder.encode([""])
         base = None
         for b in batches:
-            def gen():
-                cond = encode_text(comps, ["54 year old WHITE female. Small left pleural effusion ."] * b)
-                decode(comps, denoise(comps, cond, uncond, initial_latents(range(b), shape), 15, 3.0))
+            def gen(b=b):
+                cond = st.text_encoder.encode(["54 year old WHITE female. Small left pleural effusion ."] * b)
+                lat = denoise(st.denoiser, st.scheduler, cond, uncond,
+                              initial_latents(range(b), shape), 15, 3.0)
+                st.decoder.decode(lat)
 
             ips = b / best_time(gen, 1)
             base = base or ips
@@ -134,7 +136,7 @@ def main() -> None:
                          "vs batch 1"))
 
     print(f"\nrv2 eval-generator throughput (CPU, {args.threads} threads, torch {torch.__version__})\n")
-    print(f"| part | item | batch | images/s | ratio | ratio is |")
+    print("| part | item | batch | images/s | ratio | ratio is |")
     print("|---|---|---:|---:|---:|---|")
     for part, item, b, ips, ratio, what in rows:
         r = "-" if ratio is None else f"{ratio:.2f}"

@@ -53,9 +53,8 @@ SPEC = {
 def phantoms(n: int, first: int):
     import numpy as np
     import torch
-
     from rv2.demo.eval_data import WORLD_SEED, phantom_cases
-    from rv2.demo.reports import labels
+    from rv2.demo.radiology_reports import labels
     from rv2.demo.world import render
 
     cases = phantom_cases(n, first)
@@ -103,10 +102,9 @@ def main() -> None:
     import numpy as np
     import torch
     import torch.nn.functional as F
-
     from rv2.evaluate.feature_nets import save_eval_bundle
     from rv2.evaluate.metrics import auroc
-    from rv2.models.qc import build_net
+    from rv2.models.qc_networks import build_net
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()

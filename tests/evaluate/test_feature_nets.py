@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from rv2.evaluate import feature_nets as fn
 
 
@@ -158,7 +157,7 @@ def test_missing_weight_files_name_the_file_the_folders_and_the_metric(tmp_path)
 
 
 def test_eval_bundle_roundtrip_and_missing_net(tmp_path):
-    from rv2.models.qc import SmallCNN
+    from rv2.models.qc_networks import SmallCNN
 
     torch.manual_seed(4)
     nets = {"disease": SmallCNN(1, 4, 2, 2).eval(), "inception": SmallCNN(1, 4, 1, 2).eval()}

@@ -10,12 +10,15 @@ import shutil
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-
 from rv2.cli import main
 from rv2.demo.pipeline import WEIGHTS_DIR
 from rv2.evaluate import generator_eval as ge
-from rv2.evaluate.generator_eval import (EvalGeneratorConfig, EvalGeneratorError, discover_checkpoints,
-                                         select_checkpoint)
+from rv2.evaluate.generator_eval import (
+    EvalGeneratorConfig,
+    EvalGeneratorError,
+    discover_checkpoints,
+    select_checkpoint,
+)
 
 GEN, QC, EVAL = WEIGHTS_DIR / "generator", WEIGHTS_DIR / "qc", WEIGHTS_DIR / "eval"
 needs_bundle = pytest.mark.skipif(not (EVAL / "eval_bundle.json").is_file() or
@@ -214,7 +217,7 @@ def test_table_end_to_end_cached_and_resumed(val_set, tmp_path, monkeypatch):
 
     # other sampling settings on the same folder: refused, not mixed
     res = _run([a if a != 3 else 4 for a in base], ok=False)
-    assert res.exit_code != 0 and "another" in res.output and "sampling" in res.output
+    assert res.exit_code == 2 and "another" in res.output and "sampling" in res.output
 
 
 @needs_bundle
@@ -255,7 +258,7 @@ def test_missing_weights_skip_their_metrics_and_the_rest_runs(val_set, tmp_path)
 def test_bad_inputs_name_the_input(tmp_path, val_set):
     res = _run(["--prompts", tmp_path / "nope.parquet", "--out", tmp_path / "o",
                 "--generator", GEN], ok=False)
-    assert res.exit_code != 0 and "nope.parquet" in res.output
+    assert res.exit_code == 2 and "nope.parquet" in res.output
     pd.DataFrame({"prompt": ["x"]}).to_parquet(tmp_path / "p.parquet")
     res = _run(["--prompts", tmp_path / "p.parquet", "--out", tmp_path / "o", "--generator", GEN],
                ok=False)
@@ -273,7 +276,6 @@ def test_bad_inputs_name_the_input(tmp_path, val_set):
 @needs_bundle
 def test_degraded_generator_scores_worse(tmp_path):
     import torch
-
     from rv2.demo.eval_data import write_validation_set
     from rv2.models.sd import load_components, save_pipeline
 

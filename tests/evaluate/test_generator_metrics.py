@@ -5,10 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from rv2.evaluate import generator_metrics as gm
-from rv2.evaluate.generator_metrics import (bootstrap_mean_ci, cosine_rows, fid_from_features,
-                                            frechet_distance, mean_pairwise_cosine, ms_ssim)
+from rv2.evaluate.generator_metrics import (
+    bootstrap_mean_ci,
+    cosine_rows,
+    fid_from_features,
+    frechet_distance,
+    mean_pairwise_cosine,
+    ms_ssim,
+)
 
 
 def _feature_sets(seed=0, n_a=300, n_b=260, d=32):

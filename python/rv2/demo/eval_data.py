@@ -11,6 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rv2.data.schema import age_bin
+from rv2.demo.radiology_reports import impression, labels
+from rv2.demo.world import render, sample_case
+from rv2.prompts.template import PromptTemplate
+
 WORLD_SEED = 1000            # the bundled generator's world (tools/train_demo_models.py)
 FIRST_SUBJECT = 5 * 10**6    # far beyond its training and hold-out subject ranges
 
@@ -18,10 +23,6 @@ FIRST_SUBJECT = 5 * 10**6    # far beyond its training and hold-out subject rang
 def phantom_cases(n: int, first_subject: int = FIRST_SUBJECT, site: str = "mimic",
                   seed: int = WORLD_SEED):
     """n (case, prompt) pairs usable as prompts, from consecutive subjects."""
-    from rv2.demo.reports import impression
-    from rv2.demo.world import sample_case
-    from rv2.prompts.template import PromptTemplate
-
     tpl = PromptTemplate()
     out, i = [], first_subject
     while len(out) < n:
@@ -38,10 +39,6 @@ def write_validation_set(out: str | Path, n: int = 64, image_size: int = 64,
     """Write `out/images/*.png` and `out/prompts.parquet`; returns the table's path."""
     import pandas as pd
     from PIL import Image
-
-    from rv2.data.schema import age_bin
-    from rv2.demo.reports import labels
-    from rv2.demo.world import render
 
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ owns its preprocessing. Roles, and the metrics that need them:
                                   the short side to 512, center crop 448, 0..1, 3 channels).
 
 An *eval bundle* (a folder with `eval_bundle.json`, e.g. the demo's stand-ins)
-replaces all three with small nets: `rv2.models.qc.SmallCNN`s in safetensors.
+replaces all three with small nets: `rv2.models.qc_networks.SmallCNN`s in safetensors.
 
 A net that cannot be loaded becomes an `Unavailable` with a reason naming the
 file, the folders searched and the metrics that needed it; the runner skips
@@ -33,11 +33,13 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from rv2.files import atomic_write_text
 from rv2.weights import MissingWeightsError, find_weights, locate, weight_dirs
 
 log = logging.getLogger("rv2.evaluate.feature_nets")
@@ -313,8 +315,8 @@ BIOVIL_FILE = "biovil_image_resnet50_proj_size_128.pt"
 def build_biovil(proj: int = 128):
     """BioViL's image model: ResNet-50 trunk (`encoder.encoder.*`) and a 1x1-conv
     projector (`projector.model.*`: conv 2048->proj, BN, ReLU, conv proj->proj)."""
-    import torch.nn as nn
     import torchvision
+    from torch import nn
 
     class Trunk(nn.Module):
         def __init__(self):
@@ -424,8 +426,6 @@ def save_eval_bundle(out_dir: str | os.PathLike, nets: dict[str, Any], spec: dic
     "note": "how it was made"}."""
     from safetensors.torch import save_file
 
-    from rv2.config import atomic_write_text
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     doc = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "nets": {}}
@@ -444,7 +444,7 @@ def save_eval_bundle(out_dir: str | os.PathLike, nets: dict[str, Any], spec: dic
 def load_bundle_net(bundle: str | os.PathLike, role: str, device="cpu") -> BundleNet | Unavailable:
     from safetensors.torch import load_file
 
-    from rv2.models.qc import build_net
+    from rv2.models.qc_networks import build_net
 
     bundle = Path(bundle)
     doc = json.loads((bundle / BUNDLE_FILE).read_text())

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
+
+from rv2.evaluate.generator_eval import EvalGeneratorConfig, evaluate_generators
 
 
 @click.command("eval-generator")
@@ -56,10 +59,6 @@ def eval_generator(prompts_path, out_dir, generators, checkpoints, base, root, e
 
     Generated images are cached per (checkpoint, prompt, seed): rerun the same command
     to resume, or with more metrics to add columns without regenerating."""
-    from rv2.config import ConfigError
-    from rv2.evaluate.generator_eval import EvalGeneratorConfig, evaluate_generators
-    from rv2.models.sd import MissingComponentError
-
     flags = {"eval_bundle": eval_bundle, "qc_weights_dir": qc_weights_dir,
              "biovil_path": biovil_path, "inception": inception, "n_seeds": n_seeds,
              "n_prompts": limit, "steps": steps, "guidance": guidance, "batch_size": batch_size,
@@ -67,15 +66,11 @@ def eval_generator(prompts_path, out_dir, generators, checkpoints, base, root, e
              "weights_dirs": list(weights_dirs) or None,
              "metrics": [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None}
     sets = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
-    try:
-        cfg = EvalGeneratorConfig.load(config_path, list(overrides) + sets).validate()
-        summary = evaluate_generators(prompts_path, out_dir, generators=generators,
-                                      checkpoints=checkpoints, base=base, root=root, cfg=cfg,
-                                      progress=not no_progress)
-    except (ConfigError, MissingComponentError, ValueError, OSError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    from pathlib import Path
-
+    # bad input raises rv2.errors.UserError: the CLI prints one line and exits 2
+    cfg = EvalGeneratorConfig.load(config_path, list(overrides) + sets).validate()
+    summary = evaluate_generators(prompts_path, out_dir, generators=generators,
+                                  checkpoints=checkpoints, base=base, root=root, cfg=cfg,
+                                  progress=not no_progress)
     click.echo(Path(summary["table_md"]).read_text())
     for metric, why in summary["skipped"].items():
         click.echo(f"skipped {metric}: {why}", err=True)

@@ -33,13 +33,32 @@ import logging
 import math
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from rv2.config import Config, atomic_write_bytes, atomic_write_text, hash_input, write_artifact_meta
-from rv2.evaluate.generator_metrics import MSSSIM_WEIGHTS
+from rv2.classify.data import manifest_root
+from rv2.config import Config, hash_input, write_artifact_meta
+from rv2.data.imageio import ImageReadError, center_crop, load_image, resize, to_uint8
+from rv2.data.schema import CHEXPERT_LABELS
+from rv2.errors import UserError
+from rv2.evaluate.feature_nets import Unavailable, load_nets, resize_area
+from rv2.evaluate.generator_metrics import (
+    MSSSIM_WEIGHTS,
+    bootstrap_mean_ci,
+    cosine_rows,
+    fid_from_features,
+    mean_pairwise_cosine,
+    ms_ssim,
+    pairs,
+)
+from rv2.evaluate.metrics import auroc
+from rv2.files import atomic_write_bytes, atomic_write_text, json_default
+from rv2.generate.seeds import seed_for
+from rv2.models.sd import load_components
+from rv2.weights import MissingWeightsError
 
 log = logging.getLogger("rv2.evaluate.generator_eval")
 
@@ -54,7 +73,7 @@ SELECTION_RULES = ("auroc_then_fid", "fid", "auroc")
 REAL = "real"
 
 
-class EvalGeneratorError(ValueError):
+class EvalGeneratorError(UserError):
     """Bad input to `rv2 eval-generator`; the message names the input and the fix."""
 
 
@@ -93,7 +112,7 @@ class EvalGeneratorConfig(Config):
     selection: str = "auroc_then_fid"
     auroc_tolerance: float = 0.01
 
-    def validate(self) -> "EvalGeneratorConfig":
+    def validate(self) -> EvalGeneratorConfig:
         bad = [m for m in self.metrics if m not in METRICS]
         if bad:
             raise EvalGeneratorError(f"unknown metric(s) {bad}; known: {list(METRICS)}")
@@ -194,8 +213,6 @@ def fingerprint(ckpt: Checkpoint) -> str:
 
 def load_checkpoint(ckpt: Checkpoint, dtype=None):
     """SD components of a checkpoint."""
-    from rv2.models.sd import load_components
-
     if ckpt.kind == "diffusers":
         return load_components(ckpt.path, torch_dtype=dtype)
     f = _weights_file(ckpt.path)
@@ -230,15 +247,13 @@ def load_validation(prompts: str | Path, root: str | Path | None, cfg: EvalGener
     """The validation prompts table (with `path` to each real image) and its folder root."""
     import pandas as pd
 
-    from rv2.data.schema import CHEXPERT_LABELS
-
     p = Path(prompts)
     if not p.is_file():
         raise EvalGeneratorError(f"--prompts {p}: no such file (a prompts table from `rv2 prompts "
                                  "build`, with a path column to each real image)")
     try:
         df = pd.read_parquet(p)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise EvalGeneratorError(f"--prompts {p}: not a readable Parquet file ({exc})") from exc
     need = ["prompt", "path", "sex", "race", "age"]
     missing = [c for c in need if c not in df.columns]
@@ -259,15 +274,11 @@ def load_validation(prompts: str | Path, root: str | Path | None, cfg: EvalGener
     for lab in CHEXPERT_LABELS:
         if lab not in df.columns:
             df[lab] = np.nan
-    from rv2.classify.data import manifest_root
-
     return df.reset_index(drop=True), manifest_root(p, str(root) if root else None)
 
 
 def load_real_images(df, root: Path, size: int) -> np.ndarray:
     """The real images, center-cropped square and resized to `size`: (P, size, size) uint8."""
-    from rv2.data.imageio import ImageReadError, center_crop, load_image, resize, to_uint8
-
     out = np.empty((len(df), size, size), np.uint8)
     for i, rel in enumerate(df["path"].astype(str)):
         path = root / rel
@@ -340,34 +351,28 @@ def generate_missing(cache: ImageCache, df, todo: list[tuple[str, int]], cfg: Ev
     import torch
     from tqdm.auto import tqdm
 
-    from rv2.data.imageio import to_uint8
-    from rv2.generate.sampler import (decode, denoise, encode_text, initial_latents, latent_shape,
-                                      resolve_device, resolve_dtype, to_gray)
-    from rv2.generate.seeds import seed_for
+    from rv2.generate.eager import eager_stages
+    from rv2.generate.sampler import denoise, initial_latents, latent_shape, to_gray
+    from rv2.models.device import resolve_device, resolve_dtype
 
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     t0 = time.perf_counter()
-    comps = load_checkpoint(cache.ckpt, dtype)
-    for name in ("unet", "vae", "text_encoder"):
-        m = getattr(comps, name)
-        p = next(m.parameters())
-        if p.device != device or p.dtype != dtype:  # diffusers warns on no-op dtype casts
-            m.to(device=device, dtype=dtype)
-        m.eval()
+    st = eager_stages(load_checkpoint(cache.ckpt, dtype), device, dtype)
     t_load = time.perf_counter() - t0
     size = cfg.image_size or None
-    shape = latent_shape(comps, size, size)
+    shape = latent_shape(st.denoiser, st.decoder, size, size)
     prompt_of = dict(zip(df["prompt_id"], df["prompt"].astype(str)))
-    uncond = encode_text(comps, [""], device) if cfg.guidance > 1.0 else None
+    uncond = st.text_encoder.encode([""]) if cfg.guidance > 1.0 else None
     bar = tqdm(total=len(todo), desc=f"generate {cache.ckpt.name}", unit="img", disable=not progress)
     t1 = time.perf_counter()
     for i in range(0, len(todo), cfg.batch_size):
         batch = todo[i:i + cfg.batch_size]
-        cond = encode_text(comps, [prompt_of[p] for p, _ in batch], device)
+        cond = st.text_encoder.encode([prompt_of[p] for p, _ in batch])
         seeds = [seed_for(p, k, cfg.base_seed) for p, k in batch]
         lat = initial_latents(seeds, shape, device, dtype)
-        img = to_gray(decode(comps, denoise(comps, cond, uncond, lat, cfg.steps, cfg.guidance)))
+        lat = denoise(st.denoiser, st.scheduler, cond, uncond, lat, cfg.steps, cfg.guidance)
+        img = to_gray(st.decoder.decode(lat))
         arr = img[:, 0].detach().to("cpu", torch.float32).numpy()
         for (p, k), a in zip(batch, arr):
             atomic_write_bytes(cache.path(p, k), _png_bytes(to_uint8(np.ascontiguousarray(a))))
@@ -388,8 +393,6 @@ def _to_float(u8: np.ndarray):
 
 
 def _resize_for_msssim(x, size: int):
-    from rv2.evaluate.feature_nets import resize_area
-
     return resize_area(x, size) if size and x.shape[-1] != size else x
 
 
@@ -449,13 +452,11 @@ class Scorer:
         val.update(dep=d, seconds=round(time.perf_counter() - t0, 3))
         self.saved[metric] = val
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.metrics_path, json.dumps(self.saved, indent=1, default=_json_num))
+        atomic_write_text(self.metrics_path, json.dumps(self.saved, indent=1, default=json_default))
         return val
 
     # -- alignment
     def _alignment(self) -> dict:
-        from rv2.evaluate.metrics import auroc
-
         net = self.nets["disease"]
         P, K = self.images.shape[:2]
         flat = self.images.reshape(P * K, *self.images.shape[2:])
@@ -477,7 +478,7 @@ class Scorer:
         return out
 
     def _demographics(self) -> dict:
-        from rv2.models.qc import RACE_CLASSES
+        from rv2.models.qc_networks import RACE_CLASSES
 
         qc = self.nets["qc"]
         P, K = self.images.shape[:2]
@@ -502,8 +503,6 @@ class Scorer:
 
     # -- similarity
     def _fid_of(self, role: str) -> dict:
-        from rv2.evaluate.generator_metrics import fid_from_features
-
         syn = self.features(role)
         return {"fid": fid_from_features(syn, self.real_feats[role]), "n_synthetic": len(syn),
                 "n_real": len(self.real_feats[role]), "dim": int(syn.shape[1])}
@@ -515,15 +514,11 @@ class Scorer:
         return self._fid_of("disease")
 
     def _per_prompt(self, values: np.ndarray) -> dict:
-        from rv2.evaluate.generator_metrics import bootstrap_mean_ci
-
         ci = bootstrap_mean_ci(values, self.cfg.n_boot, self.cfg.seed)
         return {**ci.to_dict(), "per_prompt": [None if not math.isfinite(v) else float(v)
                                                for v in values]}
 
     def _msssim_pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        from rv2.evaluate.generator_metrics import ms_ssim
-
         out = []
         for i in range(0, len(a), 64):
             x = _resize_for_msssim(_to_float(a[i:i + 64]), self.cfg.msssim_size)
@@ -539,16 +534,12 @@ class Scorer:
         return self._per_prompt(self._msssim_pairs(a, b).reshape(P, K).mean(axis=1))
 
     def _biovil_real(self) -> dict:
-        from rv2.evaluate.generator_metrics import cosine_rows
-
         P, K = self.images.shape[:2]
         syn = self.features("biovil")
         real = np.repeat(self.real_feats["biovil"], K, axis=0)
         return self._per_prompt(cosine_rows(syn, real).reshape(P, K).mean(axis=1))
 
     def _msssim_div(self) -> dict:
-        from rv2.evaluate.generator_metrics import pairs
-
         P, K = self.images.shape[:2]
         if K < 2:
             raise EvalGeneratorError("intra-prompt diversity needs n_seeds >= 2")
@@ -558,18 +549,10 @@ class Scorer:
         return self._per_prompt(self._msssim_pairs(a, b).reshape(P, len(i)).mean(axis=1))
 
     def _biovil_div(self) -> dict:
-        from rv2.evaluate.generator_metrics import mean_pairwise_cosine
-
         P, K = self.images.shape[:2]
         if K < 2:
             raise EvalGeneratorError("intra-prompt diversity needs n_seeds >= 2")
         return self._per_prompt(mean_pairwise_cosine(self.features("biovil").reshape(P, K, -1)))
-
-
-def _json_num(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 # ------------------------------------------------------------------ table and selection
@@ -650,10 +633,10 @@ def markdown_table(rows: Sequence[dict], cfg: EvalGeneratorConfig, selection: di
     labs = list(cfg.alignment_labels)
     head = (["Checkpoint (step)"] + labs + ["Average AUROC", "Sex Acc.", "Race Acc.", "Age RMSE",
             "FID", "FID (xrv)", "MS-SSIM", "BioViL", "MS-SSIM", "BioViL"])
-    lines = ["# Generator checkpoints (Supplementary Table 1 layout)", "",
-             f"Text prompt alignment: columns 2-{len(labs) + 5}; real-synthetic similarity: FID "
-             "to BioViL; intra-prompt diversity: the last two columns. MS-SSIM and BioViL are "
-             f"means over prompts with 95% bootstrap CIs ({cfg.n_boot} resamples of prompts).", "",
+    note = (f"Text prompt alignment: columns 2-{len(labs) + 5}; real-synthetic similarity: FID "
+            "to BioViL; intra-prompt diversity: the last two columns. MS-SSIM and BioViL are "
+            f"means over prompts with 95% bootstrap CIs ({cfg.n_boot} resamples of prompts).")
+    lines = ["# Generator checkpoints (Supplementary Table 1 layout)", "", note, "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def ci(r, m):
@@ -677,8 +660,8 @@ def markdown_table(rows: Sequence[dict], cfg: EvalGeneratorConfig, selection: di
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     if selection and selection["checkpoint"] is not None:
-        lines += [f"Selected: **{selection['checkpoint']}** (rule `{selection['rule']}`: "
-                  f"{selection['reason']}).", ""]
+        lines += [(f"Selected: **{selection['checkpoint']}** (rule `{selection['rule']}`: "
+                   f"{selection['reason']})."), ""]
     elif selection:
         lines += [f"No checkpoint selected: {selection['reason']}", ""]
     if skipped:
@@ -745,18 +728,13 @@ def _roles_needed(metrics: Sequence[str]) -> list[str]:
 
 def load_scoring_nets(cfg: EvalGeneratorConfig, device) -> tuple[dict, dict[str, str]]:
     """Nets for the configured metrics, and {metric: why skipped} for those that cannot run."""
-    from rv2.evaluate.feature_nets import load_nets
-
     nets: dict[str, Any] = load_nets(_roles_needed(cfg.metrics), bundle=cfg.eval_bundle or None,
                                      dirs=list(cfg.weights_dirs), inception=cfg.inception,
                                      biovil_path=cfg.biovil_path or None,
                                      xrv_trust_pickle=cfg.xrv_trust_pickle, device=device)
     if "demographics" in cfg.metrics:
-        from rv2.evaluate.feature_nets import Unavailable
-        from rv2.weights import MissingWeightsError
-
         try:
-            from rv2.models.qc import load_qc_models
+            from rv2.models.qc_networks import load_qc_models
 
             nets["qc"] = load_qc_models(cfg.qc_weights_dir or None, device)
         except MissingWeightsError as exc:
@@ -782,7 +760,7 @@ def evaluate_generators(prompts: str | Path, out: str | Path, *, generators: Seq
     import pandas as pd
     import torch
 
-    from rv2.generate.sampler import resolve_device
+    from rv2.models.device import resolve_device
 
     cfg = (cfg or EvalGeneratorConfig()).validate()
     out = Path(out)
@@ -853,7 +831,7 @@ def evaluate_generators(prompts: str | Path, out: str | Path, *, generators: Seq
                "wall_s": round(time.perf_counter() - t_start, 2),
                "table_csv": str(out / "table.csv"), "table_md": str(out / "table.md"),
                "figure": str(fig) if fig else None}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=_json_num))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=json_default))
     write_artifact_meta(out / "table.csv", cfg, inputs=[prompts],
                         extra={"selection": selection, "skipped": skipped})
     return summary

@@ -21,10 +21,11 @@ Definitions (tested against torch-fidelity, clean-fid and pytorch-msssim):
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
+from rv2.errors import UserError
 from rv2.evaluate.bootstrap import CI, bootstrap_weights, percentile_ci
 
 MSSSIM_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -36,11 +37,11 @@ def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance (ddof 1) of an (n, d) feature array, float64."""
     f = np.asarray(features, np.float64)
     if f.ndim != 2:
-        raise ValueError(f"features must be (n, d); got shape {f.shape}")
+        raise UserError(f"features must be (n, d); got shape {f.shape}")
     if f.shape[0] < 2:
-        raise ValueError(f"a covariance needs at least 2 feature rows; got {f.shape[0]}")
+        raise UserError(f"a covariance needs at least 2 feature rows; got {f.shape[0]}")
     if not np.isfinite(f).all():
-        raise ValueError("features contain NaN or infinity")
+        raise UserError("features contain NaN or infinity")
     return f.mean(axis=0), np.cov(f, rowvar=False, ddof=1).reshape(f.shape[1], f.shape[1])
 
 
@@ -55,7 +56,7 @@ def frechet_distance(mu_a, sigma_a, mu_b, sigma_b) -> float:
     sa, sb = np.atleast_2d(np.asarray(sigma_a, np.float64)), np.atleast_2d(np.asarray(sigma_b, np.float64))
     d = mu_a.size
     if mu_b.size != d or sa.shape != (d, d) or sb.shape != (d, d):
-        raise ValueError(f"shapes differ: mu {mu_a.shape} / {mu_b.shape}, sigma {sa.shape} / {sb.shape}")
+        raise UserError(f"shapes differ: mu {mu_a.shape} / {mu_b.shape}, sigma {sa.shape} / {sb.shape}")
     root_a = _sqrt_psd(sa)
     m = root_a @ sb @ root_a
     ev = np.linalg.eigvalsh((m + m.T) / 2)
@@ -113,17 +114,18 @@ def ms_ssim(x, y, *, data_range: float = 1.0, win_size: int = 11, sigma: float =
     x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(torch.float64)
     y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).to(torch.float64)
     if x.shape != y.shape or x.ndim != 4:
-        raise ValueError(f"MS-SSIM takes two B x C x H x W batches of one shape; got "
+        raise UserError(f"MS-SSIM takes two B x C x H x W batches of one shape; got "
                          f"{tuple(x.shape)} and {tuple(y.shape)}")
     if win_size % 2 != 1:
-        raise ValueError(f"win_size must be odd; got {win_size}")
+        raise UserError(f"win_size must be odd; got {win_size}")
     w = torch.tensor(list(weights), dtype=torch.float64, device=x.device)
     levels = w.numel()
     need = (win_size - 1) * 2 ** (levels - 1)
     if min(x.shape[-2:]) <= need:
-        raise ValueError(f"images of {x.shape[-2]}x{x.shape[-1]} are too small for MS-SSIM with "
+        raise UserError(f"images of {x.shape[-2]}x{x.shape[-1]} are too small for MS-SSIM with "
                          f"{levels} scales and window {win_size} (the smaller side must exceed "
-                         f"{need}); resize them up, or use fewer scales / a smaller window")
+                         f"{need}); resize them up (msssim_size), or use fewer scales / a smaller "
+                         "window (msssim_weights, msssim_win)")
     g = _gauss_1d(win_size, sigma, x.device, torch.float64)
     terms = []
     for j in range(levels):
@@ -145,7 +147,7 @@ def cosine_rows(a, b) -> np.ndarray:
     """Cosine similarity of matching rows of two (n, d) arrays."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.shape != b.shape or a.ndim != 2:
-        raise ValueError(f"cosine_rows takes two (n, d) arrays of one shape; got {a.shape}, {b.shape}")
+        raise UserError(f"cosine_rows takes two (n, d) arrays of one shape; got {a.shape}, {b.shape}")
     na = np.linalg.norm(a, axis=1)
     nb = np.linalg.norm(b, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -162,7 +164,7 @@ def mean_pairwise_cosine(emb) -> np.ndarray:
     """(P, K, d) embeddings of K images per prompt -> (P,) mean cosine over the K(K-1)/2 pairs."""
     e = np.asarray(emb, np.float64)
     if e.ndim != 3 or e.shape[1] < 2:
-        raise ValueError(f"need (prompts, images >= 2, d) embeddings; got {e.shape}")
+        raise UserError(f"need (prompts, images >= 2, d) embeddings; got {e.shape}")
     e = e / np.linalg.norm(e, axis=2, keepdims=True)
     i, j = pairs(e.shape[1])
     return (e[:, i] * e[:, j]).sum(-1).mean(axis=1)
