@@ -215,6 +215,14 @@ def test_table_end_to_end_cached_and_resumed(val_set, tmp_path, monkeypatch):
     _run(base)
     assert (out / "metrics" / "generator.json").read_text() == before
 
+    # fewer prompts: the cached images serve, the metrics follow the new prompt set
+    _run(base + ["--limit", 6])
+    s6 = json.loads((out / "summary.json").read_text())
+    m6 = json.loads((out / "metrics" / "generator.json").read_text())
+    assert s6["generation"] == {} and s6["prompts"] == 6
+    assert m6["fid"]["n_real"] == 6 and m6["fid"]["n_synthetic"] == 12
+    assert len(m6["msssim_div"]["per_prompt"]) == 6
+
     # other sampling settings on the same folder: refused, not mixed
     res = _run([a if a != 3 else 4 for a in base], ok=False)
     assert res.exit_code == 2 and "another" in res.output and "sampling" in res.output

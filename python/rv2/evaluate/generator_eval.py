@@ -28,6 +28,7 @@ Layout of `out/` (everything resumable; nothing is recomputed that is on disk):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -412,8 +413,6 @@ class Scorer:
     # features of the flattened (P*K) images, cached on disk per net
     def features(self, role: str) -> np.ndarray:
         net = self.nets[role]
-        import hashlib
-
         tag = hashlib.sha256(f"{net.model_id}\0{self.image_key}".encode()).hexdigest()[:12]
         f = self.out / "features" / self.key / f"{role}-{tag}.npy"
         if f.is_file():
@@ -786,18 +785,20 @@ def evaluate_generators(prompts: str | Path, out: str | Path, *, generators: Seq
     metrics = [m for m in cfg.metrics if m not in skipped]
     pids = df["prompt_id"].tolist()
     real = load_real_images(df, img_root, size)
-    real_feats = {}
+    # what a set of images is: its source, the prompts (and their order) and the size
+    prompt_set = hashlib.sha256("\0".join(pids).encode()).hexdigest()[:16]
+    real_key = f"real:{hash_input(Path(prompts))['sha256'][:16]}:{prompt_set}:{size}"
+    # the real row: the alignment metrics of the real images (the classifiers' own error),
+    # and the similarity metrics of real against itself (0 / 1 by definition, computed)
+    real_feats: dict[str, np.ndarray] = {}
+    rs = Scorer(out, REAL, nets, cfg, df, real[:, None], real, real_feats, real_key)
     with torch.inference_mode():
         for role in sorted({NEEDS[m] for m in metrics if NEEDS[m] not in (None, "qc")}):
-            real_feats[role] = nets[role].features(_to_float(real), cfg.feature_batch)
+            real_feats[role] = rs.features(role)  # cached on disk like every feature set
 
     results: dict[str, dict] = {}
     gen_stats: dict[str, dict] = {}
     timings: dict[str, float] = {}
-    # the real row: the alignment metrics of the real images (the classifiers' own error),
-    # and the similarity metrics of real against itself (0 / 1 by definition, computed)
-    real_key = f"real:{hash_input(Path(prompts))['sha256'][:16]}:{size}"
-    rs = Scorer(out, REAL, nets, cfg, df, real[:, None], real, real_feats, real_key)
     results[REAL] = {m: rs.compute(m) for m in metrics if not m.endswith("_div")}
     for ck in ckpts:
         cache = ImageCache(out, ck, sampling)
@@ -807,7 +808,8 @@ def evaluate_generators(prompts: str | Path, out: str | Path, *, generators: Seq
             gen_stats[ck.name] = generate_missing(cache, df, todo, cfg, progress)
         t0 = time.perf_counter()
         images = cache.load(pids, cfg.n_seeds)
-        image_key = f"{ck.key}:{fingerprint(ck)}:{json.dumps(sampling, sort_keys=True)}"
+        image_key = (f"{ck.key}:{fingerprint(ck)}:{prompt_set}:{cfg.n_seeds}:"
+                     f"{json.dumps(sampling, sort_keys=True)}")
         sc = Scorer(out, ck.key, nets, cfg, df, images, real, real_feats, image_key)
         results[ck.name] = {m: sc.compute(m) for m in metrics}
         timings[ck.name] = round(time.perf_counter() - t0, 2)
