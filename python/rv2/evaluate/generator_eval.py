@@ -519,9 +519,9 @@ class Scorer:
 
     def _msssim_pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         out = []
-        for i in range(0, len(a), 64):
-            x = _resize_for_msssim(_to_float(a[i:i + 64]), self.cfg.msssim_size)
-            y = _resize_for_msssim(_to_float(b[i:i + 64]), self.cfg.msssim_size)
+        for i in range(0, len(a), 16):  # small chunks: float64 maps of big batches thrash caches
+            x = _resize_for_msssim(_to_float(a[i:i + 16]), self.cfg.msssim_size)
+            y = _resize_for_msssim(_to_float(b[i:i + 16]), self.cfg.msssim_size)
             out.append(ms_ssim(x, y, weights=self.cfg.msssim_weights,
                                win_size=self.cfg.msssim_win).numpy())
         return np.concatenate(out)
