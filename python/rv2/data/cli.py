@@ -49,6 +49,16 @@ def index_cmd(dataset, metadata, root, views, verify_files, out, config_path, ov
             click.echo(f"  {b['path']}: {b['reason']}")
         if len(side["bad_files"]) > 20:
             click.echo(f"  ... ({len(side['bad_files']) - 20} more in {sidecar_path(out)})")
+    if side.get("ages_out_of_range"):
+        click.echo(f"\n{side['ages_out_of_range']} age(s) outside the schema's range were left "
+                   "empty (sidecar: ages_out_of_range)")
+    miss = side.get("missing_files")
+    if miss and miss["count"]:
+        click.echo(f"\nwarning: {miss['count']} of {len(df)} image file(s) do not exist under "
+                   f"{root} (e.g. {miss['examples'][0]}); rerun with --verify-files to locate "
+                   "moved files by name and leave out missing or unreadable ones", err=True)
+    elif root is None and not cfg.verify_files:
+        click.echo("\nimage files not checked (no --root)")
     c = side["counts"]
     click.echo(f"\nwrote {out}: {c['rows']} images, {c['patients']} patients, "
                f"{c['studies']} studies; splits {c['by_split']}; views {c['by_view']}")

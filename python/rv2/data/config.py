@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from rv2.config import Config
 from rv2.data.labels import parse_views
@@ -65,4 +66,10 @@ class IndexConfig(Config):
         if self.default_split not in ("train", "validate", "test"):
             raise UserError("default_split must be train, validate or test")
         parse_views(self.views)
+        for pat in self.nondescriptive_patterns:
+            try:
+                re.compile(pat)
+            except re.error as exc:
+                raise UserError(f"nondescriptive_patterns: {pat!r} is not a regular expression "
+                                f"({exc})") from None
         return self

@@ -52,6 +52,7 @@ from rv2.data.adapters import get_adapter
 from rv2.data.config import IndexConfig
 from rv2.data.imageio import ImageReadError, load_image
 from rv2.data.manifest import conform, summary_counts, validate
+from rv2.data.schema import AGE_RANGE
 from rv2.errors import MissingInputError, UserError
 
 # ------------------------------------------------------------------ files
@@ -79,6 +80,20 @@ def locate_missing(df: pd.DataFrame, root: Path, progress: bool = True) -> tuple
     out = df.copy()
     out["path"] = new
     return out, found
+
+
+def count_missing(df: pd.DataFrame, root: Path, workers: int = 8) -> dict:
+    """Stat every path under root (in parallel: cheap, but network file systems are
+    slow per call); {"count", "examples"} of those that do not exist."""
+    paths = df["path"].to_numpy(dtype=object)
+
+    def exists(p):
+        return p is not None and os.path.isfile(os.path.join(root, p))
+
+    with ThreadPoolExecutor(max(4, workers)) as pool:
+        ok = np.fromiter(pool.map(exists, paths, chunksize=256), bool, len(paths))
+    miss = np.flatnonzero(~ok)
+    return {"count": int(len(miss)), "examples": [str(paths[i]) for i in miss[:5]]}
 
 
 def check_file(full: Path, max_pixels: int) -> str | None:
@@ -138,7 +153,12 @@ def index_dataset(dataset: str, metadata_files: Sequence[str | os.PathLike],
     if root_p is not None and not root_p.is_dir():
         raise MissingInputError(f"--root {root_p} is not a folder")
 
-    df, flow, extra = get_adapter(dataset)(files, root_p, cfg, progress=progress)
+    try:
+        df, flow, extra = get_adapter(dataset)(files, root_p, cfg, progress=progress)
+    except KeyError as exc:  # a column no adapter check caught: still one line, naming the files
+        raise UserError(f"{dataset}: metadata file(s) {[str(f) for f in files]} lack column "
+                        f"{exc.args[0]!r} that the {dataset} adapter reads; check they are the "
+                        "dataset's published files (see `rv2 data index --help`)") from exc
     side: dict = {"dataset": dataset, "root": str(root_p) if root_p else None,
                   "metadata_files": [str(f) for f in files],
                   "uncertain_label_policy": cfg.uncertain_policy,
@@ -160,7 +180,21 @@ def index_dataset(dataset: str, metadata_files: Sequence[str | os.PathLike],
     else:
         side["no_finding_rule"] = "off"
 
+    # Ages outside the schema's range are data errors of the source (NIH holds a few
+    # ages over 140): blanked here, counted in the sidecar, never carried downstream.
+    age = pd.to_numeric(df["age"] if "age" in df else pd.Series(np.nan, index=df.index),
+                        errors="coerce").to_numpy(dtype=float)
+    lo, hi = AGE_RANGE
+    wild = ~np.isnan(age) & ((age < lo) | (age > hi))
+    side["ages_out_of_range"] = int(wild.sum())
+    if wild.any():
+        df = df.copy()
+        df["age"] = np.where(wild, np.nan, age)
+
     side["bad_files"] = []
+    side["missing_files"] = None
+    if not cfg.verify_files and root_p is not None:
+        side["missing_files"] = count_missing(df, root_p, workers=cfg.workers)
     if cfg.verify_files:
         if root_p is None:
             raise UserError("--verify-files needs --root (the folder the image paths are under)")

@@ -29,6 +29,7 @@ from rv2.data.schema import (
     VIEWS,
     age_bin,
 )
+from rv2.data.demographics import check_demographics
 from rv2.errors import UserError
 from rv2.files import atomic_path, atomic_write_text, dumps
 
@@ -106,6 +107,51 @@ def validate(df: pd.DataFrame, name: str = "manifest") -> None:
                             f"{df.loc[dup, 'image_id'].head(3).tolist()}")
 
 
+def check_labels(df: pd.DataFrame, name: str, labels=CHEXPERT_LABELS) -> pd.DataFrame:
+    """A copy of `df` with the label columns as float64; ManifestError for text values
+    (a string-typed column) or values other than 1, 0, -1 and empty, naming rows."""
+    out = df.copy()
+    ids = df["image_id"].to_numpy(dtype=object) if "image_id" in df.columns else None
+    for c in labels:
+        if c not in df.columns:
+            continue
+        col = df[c]
+        if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
+            vals = col.to_numpy(dtype=object)
+            text = np.flatnonzero([isinstance(v, str) for v in vals])
+            if len(text):
+                where = ", ".join(f"{i}" + (f" ({ids[i]})" if ids is not None else "")
+                                  for i in text[:5])
+                raise ManifestError(
+                    f"{name}: label {c!r} holds text ({sorted({str(vals[i]) for i in text})[:5]} "
+                    f"in {len(text)} row(s) (0-based) {where}); labels must be numbers 1, 0, -1 "
+                    "or empty: write manifests with `rv2 data index`")
+        v = pd.to_numeric(col, errors="coerce").astype("float64")
+        a = v.to_numpy()
+        bad = np.flatnonzero(~np.isnan(a) & ~np.isin(a, (1.0, 0.0, -1.0)))
+        if len(bad):
+            where = ", ".join(f"{i}" + (f" ({ids[i]})" if ids is not None else "")
+                              for i in bad[:5])
+            raise ManifestError(f"{name}: label {c!r} has values {sorted(set(a[bad]))[:5]} in "
+                                f"{len(bad)} row(s) (0-based) {where}; allowed 1, 0, -1, empty")
+        out[c] = v
+    return out
+
+
+def check_manifest(df: pd.DataFrame, name: str = "manifest") -> pd.DataFrame:
+    """The one check of a manifest read from disk: required columns, label dtypes and
+    values, demographics (well-known spellings mapped, see rv2.data.demographics),
+    then `validate`. Returns the checked copy."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ManifestError(f"{name}: missing column(s) {missing}; write manifests with "
+                            "`rv2 data index` (schema: rv2.data.schema.REQUIRED_COLUMNS)")
+    df = check_labels(df, name)
+    df = check_demographics(df, name)
+    validate(df, name)
+    return df
+
+
 def summary_counts(df: pd.DataFrame) -> dict:
     """Counts for the sidecar: rows, patients, studies, by split/view/sex/race/age bin, labels."""
     def vc(col):
@@ -157,7 +203,7 @@ def read_manifest(path: str | os.PathLike, *, validate_values: bool = True,
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for non-Parquet
         raise ManifestError(f"{path}: not a readable Parquet file: {exc}") from exc
     if validate_values:
-        validate(df, str(path))
+        df = check_manifest(df, str(path))
     else:
         need = REQUIRED_COLUMNS if required is None else tuple(required)
         missing = [c for c in need if c not in df.columns]
@@ -185,5 +231,5 @@ def format_consort(steps: list[Mapping]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ManifestError", "SPLITS", "conform", "validate", "write_manifest", "read_manifest",
+__all__ = ["ManifestError", "SPLITS", "conform", "validate", "check_manifest", "check_labels", "write_manifest", "read_manifest",
            "read_sidecar", "sidecar_path", "summary_counts", "format_consort", "ID_COLUMNS"]

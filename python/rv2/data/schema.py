@@ -24,6 +24,8 @@ SEXES: tuple[str, ...] = ("F", "M")
 RACES: tuple[str, ...] = ("Asian", "Black", "Hispanic", "White", "Other")
 STUDY_RACES: tuple[str, ...] = ("Asian", "Black", "Hispanic", "White")
 AGE_BINS: tuple[str, ...] = ("<18", "18-40", "40-60", "60-80", "80+")
+# Ages (years) a manifest or prompt may hold; outside it is a data error.
+AGE_RANGE: tuple[int, int] = (0, 120)
 VIEWS: tuple[str, ...] = ("PA", "AP", "LATERAL", "LL", "AP_HORIZONTAL", "OTHER")
 
 ID_COLUMNS: tuple[str, ...] = ("image_id", "path", "patient_id", "study_id", "dataset", "view",

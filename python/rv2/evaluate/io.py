@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from rv2.data.demographics import check_demographics
 from rv2.data.label_policy import LabelPolicy
-from rv2.data.manifest import ManifestError
+from rv2.data.manifest import ManifestError, check_labels
 from rv2.data.manifest import read_manifest as read_any
 from rv2.data.schema import age_bin as _age_bin
 from rv2.errors import UserError
@@ -76,10 +77,12 @@ def read_manifest(path, split: str | None = None):
     for c in ("sex", "race"):
         if c not in df.columns:
             raise EvaluationInputError(f"manifest {path}: missing demographic column `{c}`")
+    if "age_bin" not in df.columns and "age" not in df.columns:
+        raise EvaluationInputError(f"manifest {path}: needs `age_bin` or `age`")
+    # Subgroups are the schema's values: a `Female` would make every F subgroup empty.
+    df = check_demographics(df, f"manifest {path}")
     if "age_bin" not in df.columns:
-        if "age" not in df.columns:
-            raise EvaluationInputError(f"manifest {path}: needs `age_bin` or `age`")
-        df = df.assign(age_bin=[_age_bin(a) for a in df["age"].astype("float64")])
+        df = df.assign(age_bin=[_age_bin(a) for a in df["age"]])
     return df
 
 
@@ -123,7 +126,8 @@ def truth_matrix(manifest, labels: Sequence[str], path="manifest",
     missing = [c for c in labels if c not in manifest.columns]
     if missing:
         raise EvaluationInputError(f"manifest {path}: missing label column(s) {missing}")
-    y = manifest[list(labels)].astype("float64").to_numpy(dtype=np.float64, na_value=np.nan)
+    checked = check_labels(manifest, f"manifest {path}", labels)
+    y = checked[list(labels)].to_numpy(dtype=np.float64, na_value=np.nan)
     bad = ~(np.isnan(y) | np.isin(y, (0.0, 1.0, -1.0)))
     if bad.any():
         raise EvaluationInputError(f"manifest {path}: label values must be 1, 0, -1 or empty; "

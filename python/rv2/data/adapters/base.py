@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -36,15 +37,29 @@ class ExclusionTracker:
         return self.df
 
 
-def read_table(path: str | os.PathLike, **kw) -> pd.DataFrame:
-    """CSV (optionally .gz/.zip) with a clear error naming the file."""
+def read_table(path: str | os.PathLike, required: Sequence[str] = (), dataset: str = "",
+               **kw) -> pd.DataFrame:
+    """CSV (optionally .gz/.zip) with a clear error naming the file; `required`
+    columns are checked here, so that a missing one never ends in a KeyError."""
     p = Path(path)
     if not p.is_file():
         raise MissingInputError(f"metadata file not found: {p}")
     try:
-        return pd.read_csv(p, low_memory=False, **kw)
+        df = pd.read_csv(p, low_memory=False, **kw)
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"cannot read metadata table {p}: {exc}") from exc
+    require_columns(df, p, required, dataset)
+    return df
+
+
+def require_columns(df: pd.DataFrame, path, required: Sequence[str], dataset: str = "") -> None:
+    """UserError naming the file, the missing columns and every column the adapter needs."""
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        who = f"{dataset}: " if dataset else ""
+        raise UserError(f"{who}{path} lacks column(s) {missing}; this table needs "
+                        f"{list(required)} (it has {list(df.columns)[:12]}"
+                        f"{' ...' if len(df.columns) > 12 else ''})")
 
 
 def read_header(path: str | os.PathLike) -> list[str]:

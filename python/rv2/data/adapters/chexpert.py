@@ -13,6 +13,10 @@ from rv2.data.schema import CHEXPERT_LABELS
 from rv2.errors import UserError
 
 
+# Columns of train.csv / valid.csv read here.
+NEEDED = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA") + CHEXPERT_LABELS
+
+
 def _chexpert_demographics(f: Path) -> pd.Series:
     demo = read_table(f)
     pid = "PATIENT" if "PATIENT" in demo else "patient_id"
@@ -29,7 +33,7 @@ def index_chexpert(files, root, cfg: IndexConfig, *, progress=True):
     for f in files:
         cols = set(read_header(f))
         if "Path" in cols and "Frontal/Lateral" in cols:
-            parts.append(read_table(f))
+            parts.append(read_table(f, NEEDED, "chexpert"))
         elif "PRIMARY_RACE" in cols or ("PATIENT" in cols and "race" in {c.lower() for c in cols}):
             demo = _chexpert_demographics(f)
         else:

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from rv2.data import labels as lab
-from rv2.data.adapters.base import ExclusionTracker, read_header, read_table
+from rv2.data.adapters.base import ExclusionTracker, read_header, read_table, require_columns
 from rv2.data.config import IndexConfig
 from rv2.data.report_sections import extract_impression as _extract_impression
 from rv2.data.schema import CHEXPERT_LABELS, STUDY_RACES
@@ -119,10 +119,8 @@ def index_mimic(files: list[Path], root: Path | None, cfg: IndexConfig, *, progr
     from tqdm.auto import tqdm
 
     roles = classify_inputs(files, cfg.mimic_labeler)
-    meta = read_table(roles["metadata"], dtype={"dicom_id": str})
-    for c in ("dicom_id", "subject_id", "study_id"):
-        if c not in meta:
-            raise UserError(f"{roles['metadata']}: missing column {c!r}")
+    meta = read_table(roles["metadata"], ("dicom_id", "subject_id", "study_id", "ViewPosition"),
+                      "mimic", dtype={"dicom_id": str})
     df = pd.DataFrame({
         "image_id": meta["dicom_id"].astype(str).to_numpy(),
         "subject": meta["subject_id"].astype("int64").to_numpy(),
@@ -139,10 +137,7 @@ def index_mimic(files: list[Path], root: Path | None, cfg: IndexConfig, *, progr
 
     # labels per study
     if "labels" in roles:
-        labs = read_table(roles["labels"])
-        missing = [c for c in CHEXPERT_LABELS if c not in labs]
-        if missing:
-            raise UserError(f"{roles['labels']}: missing label column(s) {missing}")
+        labs = read_table(roles["labels"], ("study_id",) + CHEXPERT_LABELS, "mimic")
         labs = labs.drop_duplicates("study_id").set_index("study_id")
         got = labs.reindex(df["study"].to_numpy())
         for c in CHEXPERT_LABELS:
@@ -152,7 +147,7 @@ def index_mimic(files: list[Path], root: Path | None, cfg: IndexConfig, *, progr
             df[c] = np.nan
 
     # demographics
-    pats = read_table(roles["patients"]).drop_duplicates("subject_id").set_index("subject_id")
+    pats = read_table(roles["patients"], ("subject_id", "anchor_age"), "mimic").drop_duplicates("subject_id").set_index("subject_id")
     p = pats.reindex(df["subject"].to_numpy())
     df["sex"] = [lab.normalize_sex(v) for v in p["gender"].to_numpy(dtype=object)] \
         if "gender" in p else None
@@ -161,7 +156,9 @@ def index_mimic(files: list[Path], root: Path | None, cfg: IndexConfig, *, progr
                    if "anchor_year" in p else np.full(len(df), np.nan))
     shift = df["study_year"].to_numpy(dtype=float) - anchor_year
     df["age"] = np.where(np.isnan(shift), anchor_age, anchor_age + shift)
-    adm = read_table(roles["admissions"])
+    adm = read_table(roles["admissions"], ("subject_id",), "mimic")
+    if "race" not in adm and "ethnicity" not in adm:
+        require_columns(adm, roles["admissions"], ("subject_id", "race"), "mimic")
     race_col = "race" if "race" in adm else "ethnicity"
     race = lab.collapse_race_per_subject(adm, race_col)
     df["race"] = race.reindex(df["subject"].to_numpy()).to_numpy(dtype=object)

@@ -11,6 +11,11 @@ from rv2.data.schema import CHEXPERT_LABELS
 from rv2.errors import UserError
 
 
+# Columns of Data_Entry_2017*.csv read here (plus `Patient Gender` or `Patient Sex`).
+NEEDED = ("Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
+          "View Position")
+
+
 def index_nih(files, root, cfg: IndexConfig, *, progress=True):
     raw, test_list, trainval = None, None, None
     for f in files:
@@ -23,14 +28,15 @@ def index_nih(files, root, cfg: IndexConfig, *, progress=True):
             continue
         cols = set(read_header(f))
         if {"Image Index", "Finding Labels"} <= cols:
-            raw = read_table(f)
+            sex_col = "Patient Sex" if "Patient Sex" in cols else "Patient Gender"
+            raw = read_table(f, NEEDED + (sex_col,), "nih")
         else:
             raise UserError(f"nih: {f} is not Data_Entry_2017*.csv (Image Index, Finding Labels, "
                              "...) nor test_list.txt / train_val_list.txt")
     if raw is None:
         raise UserError("nih: pass Data_Entry_2017_v2020.csv with --metadata")
     names = raw["Image Index"].astype(str)
-    sex_col = "Patient Gender" if "Patient Gender" in raw else "Patient Sex"
+    sex_col = "Patient Sex" if "Patient Sex" in raw else "Patient Gender"
     df = pd.DataFrame({
         "image_id": names.str.replace(r"\.png$", "", regex=True).to_numpy(),
         "path": ("images/" + names).to_numpy(),
