@@ -3,7 +3,8 @@
 `load_image(path)` returns a float32 HxW grayscale array in [0, 1] for
 
 - PNG, 8 bit (divided by 255) and 16 bit (divided by 65535, as torchxrayvision
-  does for PadChest), palette / RGB(A) PNGs converted to luma;
+  does for PadChest, unless the image holds 10/12/14-bit values: see
+  `sixteen_bit_full_scale`), palette / RGB(A) PNGs converted to luma;
 - JPEG, grayscale or colour: a YCbCr/RGB JPEG is decoded to its luma (Y)
   channel only (ITU-R 601 weights, as the encoder stored it); CMYK and other
   colour images go to luma with 0.299/0.587/0.114 in float;
@@ -127,7 +128,46 @@ def _decode_pillow(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001 - Pillow raises OSError/SyntaxError/zlib errors
         raise ImageReadError(name, f"truncated or corrupt {im.format or ''} data: {exc}") \
             from exc
+    if im.format == "PNG" and im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(im).astype(np.float32)
+        return np.clip(a * np.float32(1 / sixteen_bit_full_scale(a, png_sbit(data), name)),
+                       0.0, 1.0)
     return pil_to_float(im, name)
+
+
+def png_sbit(data: bytes) -> int | None:
+    """The significant bits of a grayscale PNG's sBIT chunk, None when absent."""
+    pos = 8
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        if kind == b"sBIT" and length >= 1:
+            return int(data[pos + 8])
+        if kind in (b"IDAT", b"IEND"):  # sBIT precedes the image data
+            return None
+        pos += 12 + length
+    return None
+
+
+def sixteen_bit_full_scale(a: np.ndarray, sbit: int | None, name: str) -> int:
+    """The white level of a 16-bit PNG. Scanners and converters often store 12-bit
+    (or 10/14-bit) values unshifted in 16-bit PNGs, which the /65535 rule reads
+    nearly black. An sBIT chunk saying b bits, with every value below 2**b, gives
+    2**b - 1; without sBIT, a maximum below 4096 is taken as 12-bit data (with a
+    warning, as no image that uses 16 bits is that dark); else 65535."""
+    peak = int(a.max()) if a.size else 0
+    if sbit is not None and 0 < sbit < 16 and peak < (1 << sbit):
+        return (1 << sbit) - 1
+    if sbit is None and 0 < peak < 4096:
+        warnings.warn(f"{name}: 16-bit PNG whose values stay below 4096 (max {peak}) and no "
+                      "sBIT chunk: read as 12-bit data (white = 4095); write an sBIT chunk to "
+                      "state the bit depth", ImageDepthWarning, stacklevel=3)
+        return 4095
+    return 65535
+
+
+class ImageDepthWarning(UserWarning):
+    """A 16-bit PNG whose bit depth was inferred from its values."""
 
 
 def pil_to_float(im, name: str = "<image>") -> np.ndarray:

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rv2.data.schema import CHEXPERT_LABELS, age_bin
+from rv2.data.demographics import check_demographics
+from rv2.data.schema import CHEXPERT_LABELS, STUDY_RACES, age_bin
 from rv2.errors import MissingInputError, UserError
 from rv2.files import atomic_write_text
 from rv2.prompts.build import OUTPUT_COLUMNS, prompt_id
@@ -42,6 +43,10 @@ def import_authors_csv(path: str | os.PathLike, *, split: str = "train", dataset
     if src["dicom_id"].duplicated().any():
         raise UserError(f"{path}: duplicate dicom_id(s), e.g. "
                          f"{src.loc[src['dicom_id'].duplicated(), 'dicom_id'].head(3).tolist()}")
+    # Refuse demographics the template cannot write (an `Unknown` sex would otherwise
+    # become a silently impression-only row); well-known spellings are accepted.
+    check_demographics(src.rename(columns={"gender": "sex", "anchor_age": "age"}), str(path),
+                       races=STUDY_RACES, columns=("sex", "race", "age"), id_column="dicom_id")
     template = template or PromptTemplate()
     rows, mismatch = [], 0
     for r in src.to_dict("records"):

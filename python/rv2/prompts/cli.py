@@ -101,7 +101,7 @@ def expand(prompts_table, out, age_jitter, seed, splits, config, sets):
     cfg = _load_cfg(config, sets, extra)
     df = _read_prompts(Path(prompts_table))
     stats: dict = {}
-    table = expand_prompts(df, cfg, progress=True, stats=stats)
+    table = expand_prompts(df, cfg, progress=True, stats=stats, name=str(prompts_table))
     out = Path(out)
     _write_table(table, out)
     write_artifact_meta(out, cfg, inputs=[prompts_table], extra={"stats": stats,

@@ -13,6 +13,8 @@ import hashlib
 import pandas as pd
 
 from rv2.data.schema import age_bin
+from rv2.data.demographics import check_demographics
+from rv2.data.schema import AGE_RANGE
 from rv2.errors import UserError
 from rv2.prompts.build import OUTPUT_COLUMNS, ImpressionFitter, _prefix_cost
 from rv2.prompts.config import PromptsConfig
@@ -41,7 +43,8 @@ def draw_age(age: int, jitter: int, seed: int, source_prompt_id: str, variant: s
 
 
 def expand_prompts(df: pd.DataFrame, cfg: PromptsConfig | None = None, *,
-                   progress: bool = False, stats: dict | None = None) -> pd.DataFrame:
+                   progress: bool = False, stats: dict | None = None,
+                   name: str = "prompts table") -> pd.DataFrame:
     """8 variants (configurable) per source row of the selected splits.
 
     Source rows without an age cannot be centred and are skipped (counted in
@@ -52,9 +55,11 @@ def expand_prompts(df: pd.DataFrame, cfg: PromptsConfig | None = None, *,
     if missing:
         raise UserError(f"prompts table lacks column(s) {missing}; expand reads the output of "
                          "`rv2 prompts build` or `rv2 prompts import-csv`")
-    if e.age_jitter < 0 or e.age_min > e.age_max:
+    df = check_demographics(df, name, id_column="prompt_id")
+    lo, hi = AGE_RANGE
+    if e.age_jitter < 0 or e.age_min > e.age_max or e.age_min < lo or e.age_max > hi:
         raise UserError(f"bad expansion window: age_jitter={e.age_jitter}, "
-                         f"age range [{e.age_min}, {e.age_max}]")
+                         f"age range [{e.age_min}, {e.age_max}] (the schema allows [{lo}, {hi}])")
     bad_sex = [s for s in e.sexes if canonical_sex(s) is None]
     bad_race = [r for r in e.races if canonical_race(r) is None]
     if bad_sex or bad_race:
