@@ -1,0 +1,288 @@
+"""The bad-input catalogue, run through the CLI: every case exits with its status,
+says one line naming the input (`Error: ...`), prints no traceback, and a store
+it touched stays consistent and resumable.
+
+A new command or reader joins by adding a row to CASES (or, for store cases,
+to the store tests below). See docs/bad-input.md for the rules checked here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+import zlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from rv2 import cli
+from rv2.data.manifest import conform
+from rv2.data.schema import CHEXPERT_LABELS, age_bin
+
+# ------------------------------------------------------------------ inputs
+
+
+def manifest_frame(n: int = 8, **cols) -> pd.DataFrame:
+    """A small valid manifest (every schema column, real values), then `cols` replaced."""
+    rng = np.random.default_rng(0)
+    age = np.array([25, 35, 45, 55, 65, 75, 85, 30][:n] * (n // 8 + 1))[:n].astype(float)
+    df = pd.DataFrame({
+        "image_id": [f"img{i}" for i in range(n)], "path": [f"img{i}.png" for i in range(n)],
+        "patient_id": [f"p{i}" for i in range(n)], "study_id": [f"s{i}" for i in range(n)],
+        "dataset": "mimic", "view": "PA", "sex": ["F", "M"] * (n // 2) + ["F"] * (n % 2),
+        "age": age, "age_bin": [age_bin(a) for a in age],
+        "race": (["Asian", "Black", "Hispanic", "White"] * n)[:n], "split": "test",
+        "impression": [f"No acute process, case {i}." for i in range(n)], "report": None})
+    for j, c in enumerate(CHEXPERT_LABELS):
+        df[c] = rng.choice([0.0, 1.0], n)
+    df = conform(df)
+    for k, v in cols.items():
+        df[k] = v
+    return df
+
+
+def write_parquet(df: pd.DataFrame, path: Path) -> Path:
+    df.to_parquet(path, index=False)  # as a user's own tool would: no rv2 validation
+    return path
+
+
+def nih_csv(path: Path, drop: str | None = None, n: int = 4) -> Path:
+    cols = {"Image Index": [f"{i:08d}_000.png" for i in range(n)],
+            "Finding Labels": ["No Finding", "Effusion", "Cardiomegaly|Edema", "No Finding"][:n],
+            "Follow-up #": [0] * n, "Patient ID": list(range(n)), "Patient Age": [40] * n,
+            "Patient Gender": ["F", "M"] * (n // 2), "View Position": ["PA"] * n}
+    cols.pop(drop, None)
+    pd.DataFrame(cols).to_csv(path, index=False)
+    return path
+
+
+def chexpert_csv(path: Path, drop: str | None = None) -> Path:
+    row = {"Path": "CheXpert-v1.0/train/patient00001/study1/view1_frontal.jpg", "Sex": "Female",
+           "Age": 60, "Frontal/Lateral": "Frontal", "AP/PA": "PA"}
+    row.update({c: 1.0 if c == "No Finding" else None for c in CHEXPERT_LABELS})
+    row.pop(drop, None)
+    pd.DataFrame([row]).to_csv(path, index=False)
+    return path
+
+
+def predictions_for(man: pd.DataFrame, path: Path) -> Path:
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame(rng.random((len(man), len(CHEXPERT_LABELS))), columns=list(CHEXPERT_LABELS))
+    df.insert(0, "image_id", man["image_id"].to_numpy())
+    return write_parquet(df, path)
+
+
+def prompts_table(n: int = 4, **cols) -> pd.DataFrame:
+    df = pd.DataFrame({"prompt_id": [f"q{i}" for i in range(n)],
+                       "impression_short": ["No acute process."] * n,
+                       "age": [50.0] * n, "sex": ["F", "M"] * (n // 2),
+                       "race": ["White"] * n, "split": "train"})
+    for k, v in cols.items():
+        df[k] = v
+    return df
+
+
+# ------------------------------------------------------------------ the catalogue
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    setup: Callable[[Path], list[str]]  # writes the inputs under tmp, returns the argv
+    names: tuple[str, ...]              # what the one line must name
+    code: int = 2
+    check: Callable[[Path, object], None] | None = None  # more checks on (tmp, result)
+
+
+def _evaluate_args(tmp: Path, man: pd.DataFrame) -> list[str]:
+    m = write_parquet(man, tmp / "manifest.parquet")
+    p = predictions_for(man, tmp / "pred.parquet")
+    return ["evaluate", "--pred", str(p), "--manifest", str(m), "--out", str(tmp / "rep"),
+            "--set", "n_boot=20", "--set", "min_count=1"]
+
+
+def _female_subgroups_filled(tmp: Path, res) -> None:
+    report = json.loads((tmp / "rep" / "report.json").read_text())
+    text = json.dumps(report)
+    assert '"female / ' in text.lower() or "female" in text.lower()
+    # the manifest's `Female` rows count as F: F/M are both present in every subgroup table
+    sets = report["test_sets"]
+    for ts in sets.values():
+        for model in ts["models"].values():
+            sizes = {g["group"]: g["n"] for g in model["fairness"]["sex_race"]["subgroups"]}
+            assert sum(n for g, n in sizes.items() if g.lower().startswith("female")) == 40
+
+
+def _missing_files_reported(tmp: Path, res) -> None:
+    assert "4 of 4 image file(s) do not exist" in res.stderr
+    assert "--verify-files" in res.stderr
+    side = json.loads((tmp / "nih.sidecar.json").read_text())
+    assert side["missing_files"]["count"] == 4
+
+
+CASES = [
+    # --- silent wrong results: demographic values against the schema
+    Case("evaluate-female-mapped",
+         lambda t: _evaluate_args(t, manifest_frame(80, sex=["Female", "male"] * 40)),
+         (), code=0, check=_female_subgroups_filled),
+    Case("evaluate-unknown-sex",
+         lambda t: _evaluate_args(t, manifest_frame(8, sex=["Femme"] + ["F", "M"] * 3 + ["M"])),
+         ("manifest.parquet", "'sex'", "Femme", "0 (img0)")),
+    Case("evaluate-race-typo",
+         lambda t: _evaluate_args(t, manifest_frame(8, race=["Whyte"] * 2 + ["Black"] * 6)),
+         ("manifest.parquet", "'race'", "Whyte", "2 row(s)")),
+    Case("evaluate-text-labels",
+         lambda t: _evaluate_args(t, manifest_frame(8, Edema=["yes"] * 8)),
+         ("manifest.parquet", "'Edema'", "yes")),
+    Case("stats-age-text",
+         lambda t: ["data", "stats", str(write_parquet(
+             manifest_frame(8, age=["abc"] + ["40"] * 7), t / "m.parquet"))],
+         ("m.parquet", "'age'", "abc")),
+    Case("stats-age-out-of-range",
+         lambda t: ["data", "stats", str(write_parquet(
+             manifest_frame(8, age=[200.0] + [40.0] * 7), t / "m.parquet"))],
+         ("m.parquet", "'age'", "200", "[0, 120]")),
+    Case("stats-sex-unknown",
+         lambda t: ["data", "stats", str(write_parquet(
+             manifest_frame(8, sex=["U"] * 8), t / "m.parquet"))],
+         ("m.parquet", "'sex'", "'U'", "8 row(s)")),
+    Case("prompts-build-string-labels",
+         lambda t: ["prompts", "build", "--manifest", str(write_parquet(
+             manifest_frame(8, Cardiomegaly=["1.0", "0.0"] * 4), t / "m.parquet")),
+             "--out", str(t / "p.parquet")],
+         ("m.parquet", "'Cardiomegaly'", "text")),
+    Case("prompts-expand-bad-sex",
+         lambda t: ["prompts", "expand", str(write_parquet(
+             prompts_table(sex=["F", "X", "M", "F"]), t / "p.parquet")),
+             "--out", str(t / "e.parquet")],
+         ("p.parquet", "'sex'", "'X'", "1 (q1)")),
+    Case("prompts-expand-age-200",
+         lambda t: ["prompts", "expand", str(write_parquet(
+             prompts_table(age=[50.0, 200.0, 40.0, 30.0]), t / "p.parquet")),
+             "--out", str(t / "e.parquet")],
+         ("p.parquet", "'age'", "200", "1 (q1)")),
+    Case("prompts-import-csv-bad-race",
+         lambda t: ["prompts", "import-csv", str(_authors_csv(t / "a.csv", race="MARTIAN")),
+                    "--out", str(t / "p.parquet")],
+         ("a.csv", "'race'", "MARTIAN")),
+    # --- data index: missing files are counted, --verify-files suggested
+    Case("index-missing-files",
+         lambda t: ["data", "index", "--dataset", "nih", "--metadata",
+                    str(nih_csv(t / "nih.csv")), "--root", str(_folder(t / "root")),
+                    "--out", str(t / "nih.parquet"), "--quiet"],
+         (), code=0, check=_missing_files_reported),
+    # --- tracebacks before: config and adapter errors
+    Case("config-unknown-override",
+         lambda t: ["data", "index", "--dataset", "nih", "--metadata", str(nih_csv(t / "n.csv")),
+                    "--out", str(t / "o.parquet"), "--set", "verify_filez=true"],
+         ("verify_filez", "unknown field")),
+    Case("config-wrong-type",
+         lambda t: ["data", "index", "--dataset", "nih", "--metadata", str(nih_csv(t / "n.csv")),
+                    "--out", str(t / "o.parquet"), "--config", str(_text(t / "c.yaml",
+                                                                             "workers: abc\n"))],
+         ("c.yaml", "workers", "integer")),
+    Case("config-not-text",
+         lambda t: ["data", "index", "--dataset", "nih", "--metadata", str(nih_csv(t / "n.csv")),
+                    "--out", str(t / "o.parquet"), "--config", str(_bytes(t / "c.yaml"))],
+         ("c.yaml", "not a text file")),
+    Case("config-bad-regex",
+         lambda t: ["data", "index", "--dataset", "nih", "--metadata", str(nih_csv(t / "n.csv")),
+                    "--out", str(t / "o.parquet"), "--set", 'nondescriptive_patterns=["("]'],
+         ("nondescriptive_patterns", "'('")),
+    Case("nih-without-patient-age",
+         lambda t: ["data", "index", "--dataset", "nih", "--metadata",
+                    str(nih_csv(t / "Data_Entry.csv", drop="Patient Age")),
+                    "--out", str(t / "o.parquet")],
+         ("Data_Entry.csv", "['Patient Age']", "needs")),
+    Case("chexpert-without-sex",
+         lambda t: ["data", "index", "--dataset", "chexpert", "--metadata",
+                    str(chexpert_csv(t / "train.csv", drop="Sex")), "--out", str(t / "o.parquet")],
+         ("train.csv", "['Sex']", "needs")),
+]
+
+
+def _folder(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _text(p: Path, text: str) -> Path:
+    p.write_text(text)
+    return p
+
+
+def _bytes(p: Path) -> Path:
+    p.write_bytes(bytes(range(128, 256)) * 4)
+    return p
+
+
+def _authors_csv(p: Path, race: str = "WHITE") -> Path:
+    pd.DataFrame({"dicom_id": ["d1", "d2"], "gender": ["F", "M"], "anchor_age": ["50", "60"],
+                  "race": ["WHITE", race], "impression_short": ["No acute process."] * 2,
+                  "prompt_variation": ["50 year old WHITE female. No acute process ."] * 2}
+                 ).to_csv(p, index=False)
+    return p
+
+
+def assert_one_line_error(res, names=(), code=2) -> str:
+    """Exit status `code`, no traceback, and (for a failure) one `Error:` line, the
+    last of stderr, naming each of `names`."""
+    out = res.output + (res.stderr or "")
+    assert "Traceback" not in out, out
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    assert res.exit_code == code, out
+    if code == 0:
+        return ""
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1, res.stderr
+    assert res.stderr.rstrip().splitlines()[-1] == errors[0]
+    for name in names:
+        assert name in errors[0], (name, errors[0])
+    return errors[0]
+
+
+def run_cli(args: list[str]):
+    return CliRunner().invoke(cli.main, args, catch_exceptions=True)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_catalogue(case: Case, tmp_path):
+    res = run_cli(case.setup(tmp_path))
+    assert_one_line_error(res, case.names, case.code)
+    if case.check is not None:
+        case.check(tmp_path, res)
+
+
+# ------------------------------------------------------------------ 16-bit PNG
+
+
+def _png16(a: np.ndarray, sbit: int | None = None) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(a.astype("<u2")).save(buf, format="PNG")
+    data = buf.getvalue()
+    if sbit is None:
+        return data
+    chunk = b"sBIT" + bytes([sbit])
+    end = 8 + 12 + 13  # after the signature and IHDR
+    return (data[:end] + struct.pack(">I", 1) + chunk + struct.pack(">I", zlib.crc32(chunk))
+            + data[end:])
+
+
+def test_twelve_bit_png_is_scaled_by_its_bits():
+    from rv2.data.imageio import ImageDepthWarning, decode_image
+
+    a = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (8, 1))  # 12-bit values, max 4080
+    img = decode_image(_png16(a, sbit=12))
+    assert np.isclose(img.max(), 4080 / 4095)  # not 4080 / 65535 = 0.06
+    with pytest.warns(ImageDepthWarning, match="below 4096"):
+        img = decode_image(_png16(a))
+    assert np.isclose(img.max(), 4080 / 4095)
+    full = (a.astype(np.uint32) * 16).astype(np.uint16)  # the same image shifted to 16 bits
+    assert np.isclose(decode_image(_png16(full, sbit=12)).max(), 65280 / 65535)
