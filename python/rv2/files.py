@@ -9,13 +9,54 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import json
 import math
 import os
 from pathlib import Path
 from typing import Any, Iterator
 
+from rv2.errors import RV2Error, UserError
+
 TMP_MARK = ".tmp-"
+# errno values that mean "no room left" (a full disk, a full quota).
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(RV2Error):
+    """A write that found no space left; `path` is what was being written. What was
+    written before stays consistent (every write is atomic), so freeing space and
+    rerunning resumes."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, path: str | os.PathLike):
+        super().__init__(message)
+        self.path = Path(path)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in NO_SPACE
+
+
+def check_writable(folder: str | os.PathLike, what: str = "--out") -> Path:
+    """Create `folder` (and parents) and a probe file in it: a UserError naming the
+    folder when it cannot be written (read-only file system, permissions, a file in
+    the way), before any slow work starts."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-check{TMP_MARK}{os.getpid()}"
+        with open(probe, "wb") as f:
+            f.write(b"\0")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        if exc.errno in NO_SPACE:
+            reason = "disk full"
+        raise UserError(f"{what} {folder} cannot be written ({reason}); choose a writable "
+                        "folder") from exc
+    return folder
 
 
 def tmp_path_for(path: str | os.PathLike) -> Path:
@@ -54,9 +95,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if is_disk_full(exc):
+            raise DiskFullError(f"disk full while writing {path}", path) from exc
         raise
     fsync_dir(path.parent)
 
@@ -135,5 +178,6 @@ def dumps(obj: Any, **kw) -> str:
     return json.dumps(obj, default=json_default, **kw)
 
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "clean_temporaries",
-           "fsync_dir", "tmp_path_for", "json_default", "dumps", "plain"]
+__all__ = ["DiskFullError", "is_disk_full", "check_writable", "atomic_path", "atomic_write_bytes",
+           "atomic_write_text", "clean_temporaries", "fsync_dir", "tmp_path_for", "json_default",
+           "dumps", "plain"]

@@ -9,12 +9,13 @@ searched.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from rv2 import envs
-from rv2.errors import MissingInputError
+from rv2.errors import MissingInputError, UserError
 
 
 class MissingWeightsError(MissingInputError):
@@ -115,3 +116,40 @@ def find_weights(keys: Sequence[str], dirs: Sequence[str | os.PathLike | None] =
 def inventory(dirs: Sequence[str | os.PathLike | None] = ()) -> list[tuple[KnownWeight, Path | None]]:
     """Every known weight with where it was found (None if nowhere)."""
     return [(w, locate(w.key, dirs)) for w in KNOWN_WEIGHTS]
+
+
+class CorruptWeightsError(UserError):
+    """A weights file that is truncated or not what its name says."""
+
+
+def check_safetensors(path: str | os.PathLike, what: str = "weights") -> None:
+    """Read a .safetensors file's header (no tensors): CorruptWeightsError naming the
+    file when it is truncated, not safetensors, or its tensors run past its end."""
+    p = Path(path)
+    size = p.stat().st_size
+    bad = None
+    with open(p, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or 8 + n > size:
+            bad = f"header length {n} does not fit the file's {size} bytes"
+        else:
+            try:
+                header = json.loads(f.read(n))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                header, bad = None, f"header is not JSON ({exc})"
+            if header is not None:
+                if not isinstance(header, dict):
+                    bad = "header is not a JSON object"
+                else:
+                    ends = [v["data_offsets"][1] for k, v in header.items()
+                            if k != "__metadata__" and isinstance(v, dict)
+                            and isinstance(v.get("data_offsets"), list)
+                            and len(v["data_offsets"]) == 2]
+                    if ends and 8 + n + max(ends) > size:
+                        bad = (f"truncated: tensors need {8 + n + max(ends)} bytes, the file "
+                               f"has {size}")
+    if bad:
+        raise CorruptWeightsError(f"{what}: {p} is corrupt ({bad}); restore or re-download "
+                                  "that file")
+

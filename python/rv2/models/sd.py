@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rv2.errors import MissingInputError
+from rv2.errors import MissingInputError, UserError
+from rv2.weights import check_safetensors
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -75,7 +76,24 @@ def check_model_dir(path: str | Path) -> Path:
             missing.append(f"{comp}/ weights (*.safetensors or *.bin)")
     if missing:
         raise MissingComponentError(f"model folder {p} is incomplete; missing: {', '.join(missing)}")
+    for comp in ("unet", "vae", "text_encoder"):  # headers only: cheap, before any loading
+        for f in sorted((p / comp).glob("*.safetensors")):
+            check_safetensors(f, f"model component {comp}")
     return p
+
+
+class ComponentLoadError(UserError):
+    """A component folder that diffusers / transformers cannot load."""
+
+
+def _load(comp: str, folder: Path, load):
+    try:
+        return load()
+    except Exception as exc:  # noqa: BLE001 - diffusers/transformers/safetensors raise many kinds
+        files = sorted(x.name for x in folder.glob("*") if x.is_file())
+        raise ComponentLoadError(f"model component {comp} at {folder} cannot be loaded "
+                                 f"(files {files}): corrupt or not a {comp} for this diffusers "
+                                 f"version: {type(exc).__name__}: {exc}") from exc
 
 
 def load_components(path: str | Path, torch_dtype=None) -> SDComponents:
@@ -85,11 +103,14 @@ def load_components(path: str | Path, torch_dtype=None) -> SDComponents:
 
     p = check_model_dir(path)
     kw = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
-    unet = UNet2DConditionModel.from_pretrained(p / "unet", **kw)
-    vae = AutoencoderKL.from_pretrained(p / "vae", **kw)
-    text_encoder = CLIPTextModel.from_pretrained(p / "text_encoder", **kw)
-    tokenizer = CLIPTokenizer.from_pretrained(p / "tokenizer")
-    scheduler = (PNDMScheduler.from_pretrained(p / "scheduler")
+    unet = _load("unet", p / "unet", lambda: UNet2DConditionModel.from_pretrained(p / "unet", **kw))
+    vae = _load("vae", p / "vae", lambda: AutoencoderKL.from_pretrained(p / "vae", **kw))
+    text_encoder = _load("text_encoder", p / "text_encoder",
+                         lambda: CLIPTextModel.from_pretrained(p / "text_encoder", **kw))
+    tokenizer = _load("tokenizer", p / "tokenizer",
+                      lambda: CLIPTokenizer.from_pretrained(p / "tokenizer"))
+    scheduler = (_load("scheduler", p / "scheduler",
+                       lambda: PNDMScheduler.from_pretrained(p / "scheduler"))
                  if (p / "scheduler" / "scheduler_config.json").is_file() else pndm_scheduler())
     return SDComponents(unet, vae, text_encoder, tokenizer, scheduler)
 
