@@ -85,6 +85,59 @@ def prompts_table(n: int = 4, **cols) -> pd.DataFrame:
     return df
 
 
+_SHARED: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_folder(tmp_path_factory):
+    """A folder for inputs that several cases read unchanged (built once)."""
+    _SHARED["root"] = tmp_path_factory.mktemp("shared")
+    yield
+    _SHARED.clear()
+
+
+def classifier_dir() -> Path:
+    """A DenseNet-121 classifier folder as `rv2 train-classifier` writes it (random weights)."""
+    from rv2.classify import model_dir as md
+    from rv2.models.densenet import densenet121, model_config
+
+    path = _SHARED["root"] / "classifier"
+    if path.is_dir():
+        return path
+    path.mkdir(parents=True)
+    md.save_weights(densenet121(num_classes=len(CHEXPERT_LABELS), init="scratch"),
+                    path / md.WEIGHTS)
+    (path / md.MODEL_CONFIG).write_text(json.dumps(model_config(CHEXPERT_LABELS, 32, 0.5, 0.25)))
+    (path / md.THRESHOLDS).write_text(json.dumps({
+        "labels": list(CHEXPERT_LABELS), "rule": ">=",
+        "thresholds": {c: 0.5 for c in CHEXPERT_LABELS}}))
+    return path
+
+
+def predict_args(tmp: Path, n: int, n_missing: int, *extra: str) -> list[str]:
+    """A manifest of n 32-px PNGs of which the last n_missing are not on disk."""
+    from PIL import Image
+
+    man = manifest_frame(n)
+    (tmp / "img").mkdir(exist_ok=True)
+    man["path"] = [f"img/{i}.png" for i in man["image_id"]]
+    for rel in man["path"][: n - n_missing]:
+        Image.fromarray(np.full((32, 32), 90, np.uint8)).save(tmp / rel)
+    m = write_parquet(man, tmp / "m.parquet")
+    return ["predict", "--model", str(classifier_dir()), "--manifest", str(m),
+            "--root", str(tmp), "--out", str(tmp / "pred.parquet"), "--device", "cpu", *extra]
+
+
+def _no_predictions_written(tmp: Path, res) -> None:
+    assert not (tmp / "pred.parquet").exists()
+    assert len(pd.read_csv(tmp / "pred.skipped.csv")) == 4
+
+
+def _partial_predictions_written(tmp: Path, res) -> None:
+    assert len(pd.read_parquet(tmp / "pred.parquet")) == 18
+    assert len(pd.read_csv(tmp / "pred.skipped.csv")) == 2
+
+
 # ------------------------------------------------------------------ the catalogue
 
 
@@ -174,6 +227,14 @@ CASES = [
                     str(nih_csv(t / "nih.csv")), "--root", str(_folder(t / "root")),
                     "--out", str(t / "nih.parquet"), "--quiet"],
          (), code=0, check=_missing_files_reported),
+    # --- predict: nothing read, or too much unread, is a failure
+    Case("predict-nothing-readable", lambda t: predict_args(t, 4, 4),
+         ("no image could be read", "pred.skipped.csv", "--root"), check=_no_predictions_written),
+    Case("predict-unreadable-share", lambda t: predict_args(t, 20, 2),
+         ("2 of 20", "10.0%", "5.0%", "pred.skipped.csv"), check=_partial_predictions_written),
+    Case("predict-unreadable-share-allowed",
+         lambda t: predict_args(t, 20, 2, "--max-unreadable", "0.2"), (), code=0,
+         check=_partial_predictions_written),
     # --- tracebacks before: config and adapter errors
     Case("config-unknown-override",
          lambda t: ["data", "index", "--dataset", "nih", "--metadata", str(nih_csv(t / "n.csv")),

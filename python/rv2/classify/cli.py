@@ -110,17 +110,37 @@ def sweep(config_file, overrides, out, strategies, n_real_list, real_fractions, 
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--decoder", type=click.Choice(["pil", "dali"]), default="pil", show_default=True,
               help="Image decoding: Pillow/pydicom, or batched DALI (rv2[dali]).")
-def predict(model_dir, manifest, out, root, batch_size, num_workers, device, decoder):
-    """Probabilities per image and label; unreadable images are reported in OUT's .skipped.csv."""
-    from rv2.classify.inference import predict as run
-    from rv2.classify.inference import write_predictions
+@click.option("--max-unreadable", type=click.FloatRange(0.0, 1.0), default=0.05, show_default=True,
+              help="Exit non-zero when a larger share of the images cannot be read.")
+def predict(model_dir, manifest, out, root, batch_size, num_workers, device, decoder,
+            max_unreadable):
+    """Probabilities per image and label; unreadable images are reported in OUT's .skipped.csv.
 
+    Exits with status 2 when no image could be read, or more than --max-unreadable of them."""
+    from pathlib import Path
+
+    from rv2.classify.inference import check_unreadable, write_predictions
+    from rv2.classify.inference import predict as run
+    from rv2.files import check_writable
+
+    check_writable(Path(out).parent, "--out folder")
     preds = run(model_dir, manifest, root, batch_size=batch_size, device=device, num_workers=num_workers,
                 decoder=decoder)
     settings = {"model_dir": model_dir, "manifest": manifest, "root": root, "batch_size": batch_size,
                 "device": device, "decoder": decoder}
+    if not len(preds):  # nothing to write but the list of what could not be read
+        import pandas as pd
+
+        from rv2.classify.inference import SKIPPED_COLUMNS
+        from rv2.files import atomic_write_text
+
+        skipped = Path(out).with_name(Path(out).stem + ".skipped.csv")
+        atomic_write_text(skipped, preds.attrs.get("skipped", pd.DataFrame(
+            columns=SKIPPED_COLUMNS)).to_csv(index=False))
+        check_unreadable(preds, skipped, max_unreadable)
     path, skipped = write_predictions(preds, out, model_dir=model_dir, manifest=manifest, config=settings)
     n_skip = len(preds.attrs["skipped"])
     click.echo(f"{len(preds)} images predicted -> {path}")
     if n_skip:
         click.echo(f"{n_skip} unreadable image(s) skipped, listed in {skipped}", err=True)
+    check_unreadable(preds, skipped, max_unreadable)

@@ -104,3 +104,26 @@ def write_predictions(preds: pd.DataFrame, out: str | os.PathLike, *, model_dir,
                                "skipped_report": str(skipped_path),
                                "labels": [c for c in preds.columns if c != "image_id"]})
     return out, skipped_path
+
+
+def check_unreadable(preds: pd.DataFrame, skipped_path: str | os.PathLike,
+                     max_share: float = 0.05) -> None:
+    """UserError when no image could be predicted, or the unreadable share is above
+    `max_share` (a wrong --root, a half-copied dataset): a pipeline must not carry on
+    with predictions for a part of the images it asked for."""
+    n_in = int(preds.attrs.get("n_input", len(preds)))
+    skipped = preds.attrs.get("skipped")
+    n_skip = 0 if skipped is None else len(skipped)
+    reason = ""
+    if n_skip:
+        reasons = skipped["reason"].astype(str).str.split(":").str[0].value_counts()
+        reason = f"; most common reason: {reasons.index[0]} ({int(reasons.iloc[0])})"
+    if not n_in:
+        raise UserError("nothing to predict: the manifest has no rows")
+    if not len(preds):
+        raise UserError(f"no image could be read ({n_skip} of {n_in} skipped, listed in "
+                        f"{skipped_path}{reason}); check --root and the manifest's paths")
+    if n_in and n_skip / n_in > max_share:
+        raise UserError(f"{n_skip} of {n_in} images ({n_skip / n_in:.1%}) could not be read, "
+                        f"above the allowed {max_share:.1%} (--max-unreadable); listed in "
+                        f"{skipped_path}{reason}")
