@@ -36,21 +36,26 @@ from rv2.errors import UserError
                    "inprocess: one batch at a time; auto (default): native where built.")
 @click.option("--slots", type=int, default=None,
               help="Denoiser slots of the native/python executors (default: --batch-size).")
+@click.option("--allow-long-prompts", is_flag=True,
+              help="Generate from prompts over 77 CLIP tokens (the text encoder cuts them; "
+                   "warned) instead of refusing them.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def generate(prompts_path, model_dir, out_dir, qc_weights_dir, no_qc, batch_size, max_attempts,
              steps, guidance, device, dtype, limit, config_path, overrides, executor, slots,
-             no_progress):
+             allow_long_prompts, no_progress):
     """Generate a QC'd synthetic dataset store from an expanded prompts table.
 
     Failed images are regenerated with the prompt's next seed up to --max-attempts.
-    Kill it at any time; the same command resumes where it stopped."""
+    Kill it at any time; the same command resumes where it stopped. Ctrl-C or SIGTERM
+    finish the batch in flight and exit with 130 / 143 and how to resume."""
     from rv2.generate.config import GenerateConfig
     from rv2.generate.pipeline import generate_dataset
 
     flags = {"batch_size": batch_size, "max_attempts": max_attempts, "limit": limit,
              "sampler.steps": steps, "sampler.guidance": guidance, "sampler.device": device,
              "sampler.dtype": dtype, "qc.weights_dir": qc_weights_dir,
-             "qc.enabled": False if no_qc else None, "executor": executor, "slots": slots}
+             "qc.enabled": False if no_qc else None, "executor": executor, "slots": slots,
+             "allow_long_prompts": True if allow_long_prompts else None}
     sets = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     cfg = GenerateConfig.load(config_path, list(overrides) + sets).validate()
     # The runtimes live above this layer: the rv2 command line hands in their factory.

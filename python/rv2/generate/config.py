@@ -52,6 +52,7 @@ class GenerateConfig(Config):
     executor: Literal["auto", "native", "python", "inprocess"] = "auto"
     slots: Optional[int] = None     # denoiser slots of the pipeline executors (default batch_size)
     limit: Optional[int] = None     # only the first N prompts (smoke runs)
+    allow_long_prompts: bool = False  # generate from prompts over 77 CLIP tokens (cut; warned)
 
     def validate(self) -> "GenerateConfig":
         if self.batch_size < 1:

@@ -31,12 +31,14 @@ from rv2.data.manifest import conform, sidecar_path, summary_counts, validate
 from rv2.data.schema import REQUIRED_COLUMNS
 from rv2.errors import UserError
 from rv2.files import (
+    DiskFullError,
     atomic_path,
     atomic_write_bytes,
     atomic_write_text,
     clean_temporaries,
     dumps,
     fsync_dir,
+    is_disk_full,
 )
 from rv2.generate.config import StoreConfig
 
@@ -109,7 +111,8 @@ class ShardedStore:
                              "(its .lock is held); wait for it or use another --out") from None
         self._check_run_info()
         self._recover()
-        self._journal = open(self.root / JOURNAL, "ab")
+        # Unbuffered: a failed append (a full disk) leaves nothing behind to flush at close.
+        self._journal = open(self.root / JOURNAL, "ab", buffering=0)
         return self
 
     def close(self) -> None:
@@ -252,9 +255,18 @@ class ShardedStore:
         if not records:
             return
         blob = b"".join(dumps(r).encode() + b"\n" for r in records)
-        self._journal.write(blob)
-        self._journal.flush()
-        os.fsync(self._journal.fileno())
+        try:
+            view = memoryview(blob)
+            while view:  # a raw write may be short
+                view = view[self._journal.write(view):]
+            os.fsync(self._journal.fileno())
+        except OSError as exc:
+            # A torn last line is cut when the store is reopened; the batch's images,
+            # not journaled, are removed then and regenerated identically.
+            if is_disk_full(exc):
+                raise DiskFullError(f"disk full while writing {self.root / JOURNAL}",
+                                    self.root / JOURNAL) from exc
+            raise
         for r in records:
             self.records.append(self._compact(r))
             pid = r["prompt_id"]
