@@ -53,7 +53,7 @@ def test_prompt_table_errors(tmp_path):
         load_prompts(df.drop(columns=["split", "Edema"]))
     bad = df.copy()
     bad.loc[0, "race"] = "Other"
-    with pytest.raises(PromptsError, match="race must be one of"):
+    with pytest.raises(PromptsError, match=r"column 'race' has value\(s\) \['Other'\]"):
         load_prompts(bad)
     dup = pd.concat([df, df.iloc[:1]])
     with pytest.raises(PromptsError, match="unique"):

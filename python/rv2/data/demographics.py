@@ -59,8 +59,8 @@ def _rows_text(rows: np.ndarray, ids: np.ndarray | None, limit: int = 5) -> str:
 
 
 def canonical_column(df: pd.DataFrame, col: str, allowed: Sequence[str], name: str,
-                     extra: dict[str, str] | None = None, id_column: str = "image_id"
-                     ) -> pd.Series:
+                     extra: dict[str, str] | None = None, id_column: str = "image_id",
+                     required: bool = False) -> pd.Series:
     """`df[col]` with well-known spellings mapped to `allowed`; DemographicsError
     naming bad values and their rows (0-based row numbers, with their ids) otherwise."""
     table = _spellings(allowed, extra)
@@ -81,7 +81,8 @@ def canonical_column(df: pd.DataFrame, col: str, allowed: Sequence[str], name: s
         raise DemographicsError(
             f"{name}: column {col!r} has value(s) {sorted(set(bad_vals))[:5]} outside "
             f"{list(allowed)} in {len(bad_rows)} row(s): {_rows_text(np.array(bad_rows), ids)}; "
-            "fix those values (accepted spellings: docs/bad-input.md) or leave them empty")
+            "fix those values (accepted spellings: docs/bad-input.md)"
+            + ("" if required else " or leave them empty"))
     mapped = int(sum(1 for v, c in zip(values, out) if c is not None and v != c))
     if mapped:
         log.info("%s: %s: %d value(s) mapped to the schema's spelling %s", name, col, mapped,
@@ -131,7 +132,7 @@ def check_demographics(df: pd.DataFrame, name: str, *, races: Sequence[str] = RA
             out[c] = check_ages(out, name, id_column=id_column, required=c in require)
             continue
         vals, extra = allowed[c]
-        out[c] = canonical_column(out, c, vals, name, extra, id_column)
+        out[c] = canonical_column(out, c, vals, name, extra, id_column, c in require)
         if c in require and out[c].isna().any():
             rows = np.flatnonzero(out[c].isna().to_numpy())
             ids = out[id_column].to_numpy(dtype=object) if id_column in out.columns else None

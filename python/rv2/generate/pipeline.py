@@ -12,19 +12,21 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rv2 import __version__
 from rv2.config import hash_input, write_artifact_meta
-from rv2.data.schema import CHEXPERT_LABELS, SEXES, STUDY_RACES, age_bin
+from rv2.data.schema import CHEXPERT_LABELS, age_bin
 from rv2.errors import UserError
-from rv2.files import atomic_write_text, dumps, plain
+from rv2.files import DiskFullError, atomic_write_text, check_writable, dumps, is_disk_full, plain
 from rv2.generate.config import GenerateConfig
 from rv2.generate.executor import Executor, InProcessExecutor
 from rv2.generate.sampler import latent_shape
 from rv2.generate.stages import SamplingPlan, StageRunner, StageSet
 from rv2.generate.store import ShardedStore, StoreError
 from rv2.models.sd import check_model_dir, load_components
+from rv2.prompts.checks import check_generation_prompts
+from rv2.signals import StopRequests, interrupted
 
 log = logging.getLogger("rv2.generate")
 
@@ -37,9 +39,12 @@ CARRY_COLUMNS = ("prompt_id", "prompt", "sex", "race", "age", "age_bin", "source
 class PromptsError(UserError):
     """The prompts table cannot be generated from; the message says why and what to do."""
 
-def load_prompts(src) -> "Any":
-    """Read and check an expanded prompts table (Parquet path or DataFrame)."""
 
+
+def load_prompts(src, allow_long: bool = False) -> "Any":
+    """Read and check an expanded prompts table (Parquet path or DataFrame): sex, race
+    and age in the schema (ages in its range), prompt text that agrees with them and
+    fits 77 CLIP tokens (`rv2.prompts.checks`; `allow_long` only warns)."""
     import pandas as pd
 
     name = "<DataFrame>"
@@ -66,22 +71,14 @@ def load_prompts(src) -> "Any":
     dup = df["prompt_id"][df["prompt_id"].duplicated()]
     if len(dup):
         raise PromptsError(f"{name}: prompt_id must be unique; duplicated: {list(dup[:5])}")
-    bad_sex = sorted(set(df["sex"].dropna().astype(str)) - set(SEXES)) + (["<missing>"] if df["sex"].isna().any() else [])
-    if bad_sex:
-        raise PromptsError(f"{name}: sex must be one of {SEXES}; found {bad_sex}")
-    bad_race = sorted(set(df["race"].dropna().astype(str)) - set(STUDY_RACES)) + (["<missing>"] if df["race"].isna().any() else [])
-    if bad_race:
-        raise PromptsError(f"{name}: race must be one of {STUDY_RACES}; found {bad_race}")
-    age = pd.to_numeric(df["age"], errors="coerce")
-    if age.isna().any():
-        raise PromptsError(f"{name}: age must be a number for every prompt; bad rows: "
-                           f"{list(df['prompt_id'][age.isna()][:5])}")
-    df["age"] = age
-    if "age_bin" not in df.columns:
-        df["age_bin"] = [age_bin(a) for a in df["age"]]
     empty = df["prompt"].isna() | (df["prompt"].astype(str).str.strip() == "")
     if empty.any():
         raise PromptsError(f"{name}: empty prompt text in rows {list(df['prompt_id'][empty][:5])}")
+    try:
+        df = check_generation_prompts(df, name, allow_long=allow_long)
+    except UserError as exc:
+        raise PromptsError(str(exc)) from None
+    df["age_bin"] = [age_bin(a) for a in df["age"]]  # follows the checked age
     return df.reset_index(drop=True)
 
 
@@ -183,9 +180,10 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
     from tqdm.auto import tqdm
 
     cfg = (cfg or GenerateConfig()).validate()
-    df = load_prompts(prompts)
+    df = load_prompts(prompts, allow_long=cfg.allow_long_prompts)
     if cfg.limit is not None:
         df = df.iloc[: cfg.limit]
+    check_writable(out_dir, "--out")  # before loading any model
     model_dir = Path(model_dir) if model_dir is not None else None
     if stages is None and components is None:
         if model_dir is None:
@@ -212,7 +210,11 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
                 "channels": cfg.store.channels, "rv2_version": __version__}
     out_dir = Path(out_dir)
     executor = executor or InProcessExecutor(cfg.batch_size)
-    store = ShardedStore(out_dir, cfg.store, run_info).open()
+    resume = f"the store {out_dir} is consistent; rerun the same command to resume"
+    try:
+        store = ShardedStore(out_dir, cfg.store, run_info).open()
+    except DiskFullError as exc:
+        raise disk_full(exc, out_dir) from None
     try:
         rows = df.to_dict("records")
         bases = {str(r["prompt_id"]): base_record(r, __version__, model_id, model_hash, qc_id)
@@ -232,8 +234,19 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
         bar = tqdm(total=len(work), desc="prompts", unit="prompt", disable=not progress,
                    dynamic_ncols=True)
         progress_cb = _Progress(bar, store, cfg.store.manifest_every, executor)
-        executor.run(runner, work, cfg.max_attempts, progress_cb)
+        with StopRequests() as stop:
+            try:
+                executor.run(runner, work, cfg.max_attempts, stop_after_batch(progress_cb, stop))
+            except StopAfterBatch:
+                pass
+            except KeyboardInterrupt as exc:  # a second signal: the batch in flight is dropped
+                bar.close()
+                raise interrupted(exc, resume) from None
         bar.close()
+        if stop.requested:
+            store.write_tables()
+            stop.raise_if_requested(f"{progress_cb.attempts} attempt(s) of this run are kept; "
+                                    + resume)
         wall = time.perf_counter() - progress_cb.t_start
         manifest, qc_log = store.write_tables()
         summary = summarize(store, cfg.max_attempts, wall, progress_cb.attempts,
@@ -249,8 +262,31 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
         write_artifact_meta(out_dir, cfg, inputs=inputs, extra={"run": run_info, "summary": summary})
         write_artifact_meta(manifest, cfg, inputs=inputs, extra={"run": run_info})
         return summary
+    except (DiskFullError, OSError) as exc:
+        if isinstance(exc, DiskFullError) or is_disk_full(exc):
+            raise disk_full(exc, out_dir) from None
+        raise
     finally:
         store.close()
+
+
+class StopAfterBatch(Exception):
+    """Raised from the result callback once a stop signal came: the batch that produced
+    the result is already in the store (executors call back after writing)."""
+
+
+def stop_after_batch(on_result: Callable, stop: StopRequests) -> Callable:
+    def call(rec: dict, final: bool) -> None:
+        on_result(rec, final)
+        if stop.requested:
+            raise StopAfterBatch
+    return call
+
+
+def disk_full(exc: OSError, out_dir) -> DiskFullError:
+    path = getattr(exc, "path", None) or exc.filename or out_dir
+    return DiskFullError(f"disk full while writing {path}; the store {out_dir} is consistent; "
+                         "free space and rerun the same command to resume", path)
 
 
 def _build_stages(cfg: GenerateConfig, model_dir: Path | None, qc_models: Any, components: Any,
