@@ -347,3 +347,238 @@ def test_twelve_bit_png_is_scaled_by_its_bits():
     assert np.isclose(img.max(), 4080 / 4095)
     full = (a.astype(np.uint32) * 16).astype(np.uint16)  # the same image shifted to 16 bits
     assert np.isclose(decode_image(_png16(full, sbit=12)).max(), 65280 / 65535)
+
+
+# ------------------------------------------------------------------ generation
+
+
+def generation_prompts(n: int, **cols) -> pd.DataFrame:
+    """An expanded prompts table as `rv2 prompts expand` writes it (the template's text)."""
+    sexes, races = ["F", "M"], ["Asian", "Black", "Hispanic", "White"]
+    rows = []
+    for i in range(n):
+        sex, race, age = sexes[i % 2], races[(i // 2) % 4], 30 + i % 50
+        rows.append({"prompt_id": f"q{i:04d}", "source_prompt_id": f"s{i // 8}",
+                     "prompt": f"{age} year old {race.upper()} {'female' if sex == 'F' else 'male'}"
+                               f". No acute process {i} .",
+                     "sex": sex, "race": race, "age": float(age), "image_id": f"img{i // 8}",
+                     "patient_id": f"pat{i // 8}", "split": "train", "dataset": "mimic",
+                     **{c: 0.0 for c in CHEXPERT_LABELS}})
+    df = pd.DataFrame(rows)
+    for k, v in cols.items():
+        df[k] = v
+    return df
+
+
+def tiny_generator() -> Path:
+    """A diffusers folder of random tiny components (32 px images), saved once."""
+    from rv2.models.sd import save_pipeline, tiny_components
+
+    path = _SHARED["root"] / "generator"
+    if not path.is_dir():
+        save_pipeline(tiny_components(seed=0, sample_size=32), path)
+    return path
+
+
+def generate_args(tmp: Path, prompts: pd.DataFrame, *extra: str, model: Path | None = None,
+                  out: Path | None = None) -> list[str]:
+    p = write_parquet(prompts, tmp / "prompts.parquet")
+    return ["generate", "--prompts", str(p), "--model", str(model or tiny_generator()),
+            "--out", str(out or tmp / "store"), "--no-qc", "--steps", "2", "--batch-size", "4",
+            "--device", "cpu", "--no-progress", *extra]
+
+
+def corrupt_generator(tmp: Path) -> Path:
+    import shutil
+
+    model = shutil.copytree(tiny_generator(), tmp / "generator")
+    f = model / "unet" / "diffusion_pytorch_model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # a download cut in half
+    return model
+
+
+def _long(n: int) -> list[str]:
+    df = generation_prompts(n)
+    return [p + " Lines and tubes unchanged in position" * (16 if i == 1 else 0)
+            for i, p in enumerate(df["prompt"])]
+
+
+def _generated(n: int):
+    def check(tmp: Path, res) -> None:
+        assert_store_consistent(tmp / "store", accepted=n)
+    return check
+
+
+GENERATE_CASES = [
+    Case("generate-age-out-of-range",
+         lambda t: generate_args(t, generation_prompts(4, age=[40.0, -5.0, 200.0, 50.0])),
+         ("prompts.parquet", "'age'", "-5.0", "200.0", "1 (q0001)", "2 (q0002)")),
+    Case("generate-prompt-contradicts-row",
+         lambda t: generate_args(t, generation_prompts(4, sex=["F", "F", "F", "M"])),
+         ("prompts.parquet", "row 1 (q0001)", "sex 'M' vs column 'F'")),
+    Case("generate-long-prompt",
+         lambda t: generate_args(t, generation_prompts(4, prompt=_long(4))),
+         ("prompts.parquet", "1 prompt(s) are longer than 77", "q0001", "--allow-long-prompts")),
+    Case("generate-long-prompt-allowed",
+         lambda t: generate_args(t, generation_prompts(4, prompt=_long(4)), "--allow-long-prompts"),
+         (), code=0, check=_generated(4)),
+    Case("generate-corrupt-unet",
+         lambda t: generate_args(t, generation_prompts(2), model=corrupt_generator(t)),
+         ("model component unet", "diffusion_pytorch_model.safetensors", "corrupt")),
+]
+
+
+@pytest.mark.parametrize("case", GENERATE_CASES, ids=[c.name for c in GENERATE_CASES])
+def test_generate_catalogue(case: Case, tmp_path):
+    res = run_cli(case.setup(tmp_path))
+    assert_one_line_error(res, case.names, case.code)
+    if case.check is not None:
+        case.check(tmp_path, res)
+
+
+def assert_store_consistent(store: Path, accepted: int | None = None,
+                            settled: bool = True) -> dict:
+    """Every journal line whole, every accepted image on disk and readable, tables that
+    agree, no temporaries; `settled`: no image the journal does not accept either (a
+    stopped run may leave those of its last batch, which reopening removes). Returns
+    the accepted records."""
+    from rv2.data.imageio import load_image
+    from rv2.data.manifest import read_manifest
+
+    data = (store / "journal.jsonl").read_bytes()
+    assert not data or data.endswith(b"\n")
+    recs = [json.loads(x) for x in data.splitlines() if x.strip()]
+    acc = {r["prompt_id"]: r for r in recs if r.get("qc_pass")}
+    on_disk = {p.relative_to(store).as_posix() for p in (store / "images").rglob("*")
+               if p.is_file()}
+    wanted = {r["path"] for r in acc.values()}
+    assert wanted <= on_disk
+    assert on_disk == wanted or not settled
+    for rel in wanted:
+        assert load_image(store / rel).shape == (32, 32)
+    assert not [p for p in store.rglob("*") if ".tmp-" in p.name]
+    if (store / "manifest.parquet").is_file():
+        man = read_manifest(store / "manifest.parquet")
+        assert set(man["prompt_id"]) <= set(acc)
+    if accepted is not None:
+        assert len(acc) == accepted
+        assert len(read_manifest(store / "manifest.parquet")) == accepted
+    return acc
+
+
+def test_temporaries_are_removed_when_the_store_reopens(tmp_path):
+    args = generate_args(tmp_path, generation_prompts(4))
+    assert_one_line_error(run_cli(args), code=0)
+    store = tmp_path / "store"
+    left = [store / f".manifest.sidecar.json.tmp-{99999}", store / ".journal.jsonl.tmp-4242",
+            store / "images" / "s00000" / ".syn-q0000.png.tmp-4242"]
+    for p in left:
+        p.write_bytes(b"half")
+    assert_one_line_error(run_cli(args), code=0)  # the same command: nothing left to do
+    assert not any(p.exists() for p in left)
+    assert_store_consistent(store, accepted=4)
+
+
+# ------------------------------------------------------------------ mounts
+
+
+def _mount(args: list[str], target: Path) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("mount") is None:
+        pytest.skip("no `mount` command here")
+    r = subprocess.run(["mount", *args, str(target)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount here ({' '.join(args)}): {r.stderr.strip() or r.returncode}; "
+                    "needs root or CAP_SYS_ADMIN")
+
+
+def _umount(target: Path) -> None:
+    import subprocess
+
+    subprocess.run(["umount", str(target)], capture_output=True)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 48 KiB tmpfs: room for a few of the tiny images and journal lines, then ENOSPC."""
+    target = tmp_path / "small"
+    target.mkdir()
+    _mount(["-t", "tmpfs", "-o", "size=48k", "tmpfs"], target)
+    yield target
+    _umount(target)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    src, target = tmp_path / "src", tmp_path / "ro"
+    src.mkdir()
+    target.mkdir()
+    _mount(["--bind", "-o", "ro", str(src)], target)
+    yield target
+    _umount(target)
+
+
+def test_read_only_out_is_refused_before_any_model_loads(tmp_path, read_only_dir):
+    # A corrupt model: were it loaded (or even checked) first, its error would show.
+    args = generate_args(tmp_path, generation_prompts(2), model=corrupt_generator(tmp_path),
+                         out=read_only_dir / "store")
+    err = assert_one_line_error(run_cli(args), (str(read_only_dir / "store"), "--out",
+                                                "Read-only file system"))
+    assert "unet" not in err
+
+
+def test_disk_full_mid_run_leaves_a_resumable_store(tmp_path, small_tmpfs):
+    import subprocess
+
+    args = generate_args(tmp_path, generation_prompts(24), out=small_tmpfs / "store")
+    res = run_cli(args)
+    err = assert_one_line_error(res, ("disk full while writing", str(small_tmpfs / "store"),
+                                      "is consistent",
+                                      "free space and rerun the same command to resume"), code=1)
+    assert str(small_tmpfs) in err.split(";")[0]
+    done = assert_store_consistent(small_tmpfs / "store", settled=False)
+    assert len(done) < 24
+    r = subprocess.run(["mount", "-o", "remount,size=8m", str(small_tmpfs)], capture_output=True)
+    assert r.returncode == 0, r.stderr
+    assert_one_line_error(run_cli(args), code=0)  # the same command resumes
+    after = assert_store_consistent(small_tmpfs / "store", accepted=24)
+    for pid, rec in done.items():  # what was kept is kept
+        assert after[pid]["path"] == rec["path"] and after[pid]["seed"] == rec["seed"]
+
+
+def test_sigterm_finishes_the_batch_and_exits_143(tmp_path):
+    """A real process and a real signal: exit 143, one line on how to resume, a
+    consistent store, and the same command then completes it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = generate_args(tmp_path, generation_prompts(24), "--batch-size", "1")
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "rv2.cli", *args]
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    journal = store / "journal.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if journal.is_file() and journal.stat().st_size > 0:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    last = err.rstrip().splitlines()[-1]
+    assert last.startswith("Error: stopped by SIGTERM") and "rerun the same command" in last, err
+    assert str(store) in last
+    done = assert_store_consistent(store, settled=False)
+    assert 0 < len(done) < 24
+    assert len(pd.read_parquet(store / "manifest.parquet")) == len(done)  # tables written
+    assert_one_line_error(run_cli(args), code=0)  # the same command resumes (in-process)
+    after = assert_store_consistent(store, accepted=24)
+    assert all(after[pid]["path"] == rec["path"] for pid, rec in done.items())

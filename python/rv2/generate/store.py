@@ -18,6 +18,7 @@ and replaced atomically. A lock file keeps two runs off the same store.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -255,14 +256,17 @@ class ShardedStore:
         if not records:
             return
         blob = b"".join(dumps(r).encode() + b"\n" for r in records)
+        size = os.fstat(self._journal.fileno()).st_size
         try:
             view = memoryview(blob)
             while view:  # a raw write may be short
                 view = view[self._journal.write(view):]
             os.fsync(self._journal.fileno())
         except OSError as exc:
-            # A torn last line is cut when the store is reopened; the batch's images,
-            # not journaled, are removed then and regenerated identically.
+            # Cut the torn lines now (reopening would too); the batch's images, not
+            # journaled, are removed on reopening and regenerated identically.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._journal.fileno(), size)
             if is_disk_full(exc):
                 raise DiskFullError(f"disk full while writing {self.root / JOURNAL}",
                                     self.root / JOURNAL) from exc
