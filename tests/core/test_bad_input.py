@@ -488,7 +488,7 @@ def _mount(args: list[str], target: Path) -> None:
 
     if shutil.which("mount") is None:
         pytest.skip("no `mount` command here")
-    r = subprocess.run(["mount", *args, str(target)], capture_output=True, text=True)
+    r = subprocess.run(["mount", *args, str(target)], capture_output=True, text=True, check=False)
     if r.returncode != 0:
         pytest.skip(f"cannot mount here ({' '.join(args)}): {r.stderr.strip() or r.returncode}; "
                     "needs root or CAP_SYS_ADMIN")
@@ -497,7 +497,7 @@ def _mount(args: list[str], target: Path) -> None:
 def _umount(target: Path) -> None:
     import subprocess
 
-    subprocess.run(["umount", str(target)], capture_output=True)
+    subprocess.run(["umount", str(target)], capture_output=True, check=False)
 
 
 @pytest.fixture
@@ -540,7 +540,8 @@ def test_disk_full_mid_run_leaves_a_resumable_store(tmp_path, small_tmpfs):
     assert str(small_tmpfs) in err.split(";")[0]
     done = assert_store_consistent(small_tmpfs / "store", settled=False)
     assert len(done) < 24
-    r = subprocess.run(["mount", "-o", "remount,size=8m", str(small_tmpfs)], capture_output=True)
+    r = subprocess.run(["mount", "-o", "remount,size=8m", str(small_tmpfs)], capture_output=True,
+                       check=False)
     assert r.returncode == 0, r.stderr
     assert_one_line_error(run_cli(args), code=0)  # the same command resumes
     after = assert_store_consistent(small_tmpfs / "store", accepted=24)
@@ -570,7 +571,7 @@ def test_sigterm_finishes_the_batch_and_exits_143(tmp_path):
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
     assert "Traceback" not in err
     last = err.rstrip().splitlines()[-1]
