@@ -78,8 +78,11 @@ def test_predict_cli_reports_unreadable_images(learned, tmp_path):
     m = val.parent / "bad.parquet"
     df.to_parquet(m)
     dest = tmp_path / "p.parquet"
-    res = CliRunner().invoke(cli.main, ["predict", "--model", str(out), "--manifest", str(m),
-                                        "--out", str(dest), "--device", "cpu", "--batch-size", "2"])
+    args = ["predict", "--model", str(out), "--manifest", str(m), "--out", str(dest), "--device",
+            "cpu", "--batch-size", "2"]
+    res = CliRunner().invoke(cli.main, args)  # 2 of 5 unreadable: above the default 5%
+    assert res.exit_code == 2 and "2 of 5 images (40.0%)" in res.output and "p.skipped.csv" in res.output
+    res = CliRunner().invoke(cli.main, args + ["--max-unreadable", "0.5"])
     assert res.exit_code == 0, res.output
     p = pd.read_parquet(dest)
     assert p.image_id.tolist() == [df.image_id[i] for i in (0, 2, 4)]

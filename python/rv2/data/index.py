@@ -87,11 +87,12 @@ def count_missing(df: pd.DataFrame, root: Path, workers: int = 8) -> dict:
     slow per call); {"count", "examples"} of those that do not exist."""
     paths = df["path"].to_numpy(dtype=object)
 
-    def exists(p):
-        return p is not None and os.path.isfile(os.path.join(root, p))
+    def exists(chunk):
+        return [p is not None and os.path.isfile(os.path.join(root, p)) for p in chunk]
 
+    chunks = [paths[i:i + 1024] for i in range(0, len(paths), 1024)]
     with ThreadPoolExecutor(max(4, workers)) as pool:
-        ok = np.fromiter(pool.map(exists, paths, chunksize=256), bool, len(paths))
+        ok = np.array([x for part in pool.map(exists, chunks) for x in part], dtype=bool)
     miss = np.flatnonzero(~ok)
     return {"count": int(len(miss)), "examples": [str(paths[i]) for i in miss[:5]]}
 
