@@ -372,7 +372,8 @@ def generation_prompts(n: int, **cols) -> pd.DataFrame:
 
 def tiny_generator() -> Path:
     """A diffusers folder of random tiny components (32 px images), saved once."""
-    from rv2.models.sd import save_pipeline, tiny_components
+    from rv2.models.sd import save_pipeline
+    from rv2.testing.sd import tiny_components
 
     path = _SHARED["root"] / "generator"
     if not path.is_dir():
