@@ -16,7 +16,8 @@ PKG = Path(__file__).resolve().parents[2] / "python" / "rv2"
 
 # Lowest first; one entry per layer (see docs/architecture.md).
 LAYERS: list[set[str]] = [
-    {"__init__", "config", "envs", "errors", "files", "_native", "_C", "weights"},
+    {"__init__", "config", "envs", "errors", "files", "_native", "_C", "weights",
+     "signals"},
     {"data"},
     {"prompts"},
     {"models"},
