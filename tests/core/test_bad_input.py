@@ -584,3 +584,36 @@ def test_sigterm_finishes_the_batch_and_exits_143(tmp_path):
     assert_one_line_error(run_cli(args), code=0)  # the same command resumes (in-process)
     after = assert_store_consistent(store, accepted=24)
     assert all(after[pid]["path"] == rec["path"] for pid, rec in done.items())
+
+
+@pytest.mark.parametrize("executor", ["python"])  # inprocess (or native): the real-process test
+def test_sigterm_in_process_with_each_executor(tmp_path, executor):
+    """The stop rule holds for the pipeline executors too (their result callback runs on
+    a writer thread): exit 143, a consistent store, and the same command completes it."""
+    import os
+    import signal
+    import threading
+    import time
+
+    args = generate_args(tmp_path, generation_prompts(24), "--batch-size", "1", "--executor",
+                         executor)
+    journal = tmp_path / "store" / "journal.jsonl"
+
+    def kill_when_started():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if journal.is_file() and journal.stat().st_size > 0:
+                os.kill(os.getpid(), signal.SIGTERM)  # handled by the run (main thread)
+                return
+            time.sleep(0.02)
+
+    t = threading.Thread(target=kill_when_started, daemon=True)
+    t.start()
+    res = run_cli(args)
+    t.join()
+    err = assert_one_line_error(res, ("stopped by SIGTERM", "rerun the same command"), code=143)
+    assert str(tmp_path / "store") in err
+    done = assert_store_consistent(tmp_path / "store", settled=False)
+    assert 0 < len(done) < 24
+    assert_one_line_error(run_cli(args), code=0)
+    assert_store_consistent(tmp_path / "store", accepted=24)
