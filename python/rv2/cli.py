@@ -29,6 +29,26 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("rv2.demo.cli:demo", "The main job end to end on a built-in phantom world with bundled tiny models."),
 }
 
+# --executor NAME -> "module:attribute" of a factory(kind, **options) for the stage commands
+# (kind: "generate" or "predict"). The stage commands sit in layers below the executors, so
+# the table reaches them through the click context (`make_executor` in ctx.obj).
+EXECUTORS: dict[str, str] = {
+    "ray": "rv2.distributed.factory:make_executor",
+}
+
+
+def make_executor(name: str, kind: str, **options):
+    """The executor called `name` for stage `kind`; None for the in-process default."""
+    if name == "inprocess":
+        given = sorted(k for k, v in options.items() if v is not None and k != "batch_size")
+        if given:
+            raise UserError(f"--{given[0].replace('_', '-')} applies to --executor ray only")
+        return None
+    if name not in EXECUTORS:
+        raise UserError(f"unknown --executor {name!r}; use one of {['inprocess', *EXECUTORS]}")
+    mod_name, attr = EXECUTORS[name].split(":")
+    return getattr(importlib.import_module(mod_name), attr)(kind, **options)
+
 
 class LazyGroup(click.Group):
     """A group whose subcommands are imported on first use."""
@@ -65,8 +85,10 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="rv2")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def main(verbose: int) -> None:
+@click.pass_context
+def main(ctx, verbose: int) -> None:
     """rv2: controllable synthetic chest radiographs, QC'd generation, fair classifiers."""
+    ctx.ensure_object(dict)["make_executor"] = make_executor
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 

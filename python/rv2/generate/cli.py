@@ -5,6 +5,37 @@ import json
 
 import click
 
+from rv2.errors import UserError
+
+
+def executor_options(f):
+    """--executor and the options of a distributed executor (shared with `rv2 predict`)."""
+    opts = [
+        click.option("--executor", default="inprocess", show_default=True,
+                     help="Who runs the work: inprocess, or ray (many GPUs / nodes; pip install 'rv2[ray]')."),
+        click.option("--address", default=None,
+                     help="ray: auto (the cluster started on this node) or ray://HOST:PORT; default: a local cluster."),
+        click.option("--workers", type=int, default=None,
+                     help="ray: workers to start (default: one per GPU, else one per --cpus-per-worker CPUs)."),
+        click.option("--gpus-per-worker", type=float, default=None,
+                     help="ray: GPUs per worker (default 1 where the cluster has GPUs, else 0)."),
+        click.option("--cpus-per-worker", type=float, default=None,
+                     help="ray: CPUs (and torch threads) per worker (default 1)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def make_executor(ctx, name: str, kind: str, **options):
+    """The executor the CLI wires in by name (`rv2.cli.EXECUTORS`); None: in-process."""
+    factory = (ctx.find_object(dict) or {}).get("make_executor")
+    if factory is None:
+        if name != "inprocess":
+            raise UserError(f"--executor {name} is wired in by the rv2 command line (rv2.cli)")
+        return None
+    return factory(name, kind, **options)
+
 
 @click.command("generate")
 @click.option("--prompts", "prompts_path", required=True, type=click.Path(dir_okay=False),
@@ -29,8 +60,11 @@ import click
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Config override, e.g. --set store.image_format=jpeg (repeatable).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def generate(prompts_path, model_dir, out_dir, qc_weights_dir, no_qc, batch_size, max_attempts,
-             steps, guidance, device, dtype, limit, config_path, overrides, no_progress):
+@executor_options
+@click.pass_context
+def generate(ctx, prompts_path, model_dir, out_dir, qc_weights_dir, no_qc, batch_size, max_attempts,
+             steps, guidance, device, dtype, limit, config_path, overrides, no_progress,
+             executor, address, workers, gpus_per_worker, cpus_per_worker):
     """Generate a QC'd synthetic dataset store from an expanded prompts table.
 
     Failed images are regenerated with the prompt's next seed up to --max-attempts.
@@ -44,8 +78,17 @@ def generate(prompts_path, model_dir, out_dir, qc_weights_dir, no_qc, batch_size
              "qc.enabled": False if no_qc else None}
     sets = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     cfg = GenerateConfig.load(config_path, list(overrides) + sets).validate()
-    summary = generate_dataset(prompts_path, model_dir, out_dir, cfg,
+    ex = make_executor(ctx, executor, "generate", address=address, workers=workers,
+                       gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                       batch_size=cfg.batch_size)
+    if ex is not None and callable(getattr(ex, "connect", None)):
+        c = ex.connect()
+        click.echo(f"{executor}: cluster {c['address']} ({c['nodes']} node(s), {c['cpus']:g} CPU(s), "
+                   f"{c['gpus']:g} GPU(s))" + (f"; dashboard {c['dashboard_url']}"
+                                              if c.get("dashboard_url") else ""), err=True)
+    summary = generate_dataset(prompts_path, model_dir, out_dir, cfg, executor=ex,
                                progress=not no_progress)
-    keys = ("accepted", "failed", "failed_by_attribute", "attempts_histogram", "this_run")
-    click.echo(json.dumps({k: summary[k] for k in keys}, indent=2))
+    keys = ("accepted", "failed", "failed_by_attribute", "attempts_histogram", "this_run",
+            "workers")
+    click.echo(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
     click.echo(f"store: {out_dir}  (manifest: {summary['manifest']})")

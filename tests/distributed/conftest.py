@@ -1,0 +1,20 @@
+"""One local Ray cluster per test module (3 CPU slots, no dashboard)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """The address of a local Ray cluster started for this module; drivers in subprocesses
+    join it with --address. Worker processes inherit this process's environment."""
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    ctx = ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False,
+                   logging_level="ERROR")
+    try:
+        yield ctx.address_info["gcs_address"]
+    finally:
+        ray.shutdown()
