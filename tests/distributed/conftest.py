@@ -12,8 +12,15 @@ def ray_cluster():
     join it with --address. Worker processes inherit this process's environment."""
     ray = pytest.importorskip("ray")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    ctx = ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False,
-                   logging_level="ERROR")
+    for tries in range(3):   # Ray waits 30 s for its raylet: too short on an overloaded host
+        try:
+            ctx = ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False,
+                           logging_level="ERROR")
+            break
+        except Exception as exc:  # noqa: BLE001
+            ray.shutdown()
+            if tries == 2 or "timed out during startup" not in str(exc):
+                raise
     try:
         yield ctx.address_info["gcs_address"]
     finally:

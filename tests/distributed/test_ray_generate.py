@@ -95,11 +95,6 @@ def test_three_workers_match_in_process(tmp_path, ray_cluster):
     rows = summary["workers"]["workers"]
     assert len(rows) == 3 and sum(r["items"] for r in rows) == len(got)
     assert all(r["items"] > 0 and r["items_per_s"] > 0 for r in rows)
-    # re-running resumes: nothing left to do, nothing changes
-    again = generate_dataset(prompts, GEN, tmp_path / "ray", config(),
-                             executor=RayExecutor(address=ray_cluster, workers=1, batch_size=1),
-                             progress=False)
-    assert again["this_run"]["attempts"] == 0 and attempts(tmp_path / "ray") == got
 
 
 def test_models_that_fail_to_load_stop_the_run_naming_the_worker(tmp_path, ray_cluster):
@@ -143,7 +138,7 @@ def _live_worker_pids(out: Path) -> list[int]:
 
 def test_killed_workers_then_killed_driver_lose_and_duplicate_nothing(tmp_path, ray_cluster):
     rng = random.Random(16)
-    prompts = prompts_table(24, seed=5)
+    prompts = prompts_table(16, seed=5)
     prompts.to_parquet(tmp_path / "p.parquet")
     out, log = tmp_path / "out", tmp_path / "driver.log"
     drv = _driver(ray_cluster, tmp_path / "p.parquet", out, log)
@@ -156,6 +151,10 @@ def test_killed_workers_then_killed_driver_lose_and_duplicate_nothing(tmp_path, 
             os.kill(rng.choice(pids), signal.SIGKILL)
             kills += 1
     assert kills == 3, f"the driver ended before 3 workers were killed:\n{log.read_text()[-2000:]}"
+    deadline = time.monotonic() + 60
+    while log.read_text().count(" lost (") < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert log.read_text().count(" lost (") == 3, log.read_text()[-3000:]
     # let some more batches land, then kill the driver mid-run
     time.sleep(rng.uniform(1.0, 3.0))
     assert drv.poll() is None, log.read_text()[-2000:]
@@ -167,5 +166,3 @@ def test_killed_workers_then_killed_driver_lose_and_duplicate_nothing(tmp_path, 
     after = read_journal(out / JOURNAL)
     assert after[:len(before)] == before   # the journal only grows
     check_consistent(out, prompts)
-    text = log.read_text()
-    assert '"restarts": 0' in text or '"restarts"' in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from rv2.classify.config import STRATEGIES
+from rv2.generate.cli import executor_options, make_executor
 
 # CLI option -> ClassifierConfig field
 _FIELDS = {"strategy": "strategy", "real": "real", "synthetic": "synthetic", "val": "val", "out": "out",
@@ -110,15 +111,29 @@ def sweep(config_file, overrides, out, strategies, n_real_list, real_fractions, 
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--decoder", type=click.Choice(["pil", "dali"]), default="pil", show_default=True,
               help="Image decoding: Pillow/pydicom, or batched DALI (rv2[dali]).")
-def predict(model_dir, manifest, out, root, batch_size, num_workers, device, decoder):
-    """Probabilities per image and label; unreadable images are reported in OUT's .skipped.csv."""
+@executor_options
+@click.pass_context
+def predict(ctx, model_dir, manifest, out, root, batch_size, num_workers, device, decoder,
+            executor, address, workers, gpus_per_worker, cpus_per_worker):
+    """Probabilities per image and label; unreadable images are reported in OUT's .skipped.csv.
+
+    With --executor ray the manifest is split across classifier actors (one per GPU or
+    CPU slot); the predictions are those of the single-process run."""
     from rv2.classify.inference import predict as run
     from rv2.classify.inference import write_predictions
 
-    preds = run(model_dir, manifest, root, batch_size=batch_size, device=device, num_workers=num_workers,
-                decoder=decoder)
+    ex = make_executor(ctx, executor, "predict", address=address, workers=workers,
+                       gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker)
+    if ex is None:
+        preds = run(model_dir, manifest, root, batch_size=batch_size, device=device,
+                    num_workers=num_workers, decoder=decoder)
+    else:
+        preds = ex.predict(model_dir, manifest, root, batch_size=batch_size, decoder=decoder)
+        for w in preds.attrs.get("workers", []):
+            click.echo(f"{executor} {w['worker']} ({w['device']}, {w['node']}): {w['items']} images, "
+                       f"{w['items_per_s'] or 0:.1f} images/s busy", err=True)
     settings = {"model_dir": model_dir, "manifest": manifest, "root": root, "batch_size": batch_size,
-                "device": device, "decoder": decoder}
+                "device": device, "decoder": decoder, "executor": executor}
     path, skipped = write_predictions(preds, out, model_dir=model_dir, manifest=manifest, config=settings)
     n_skip = len(preds.attrs["skipped"])
     click.echo(f"{len(preds)} images predicted -> {path}")
