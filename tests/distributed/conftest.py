@@ -17,7 +17,7 @@ def ray_cluster():
             ctx = ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False,
                            logging_level="ERROR")
             break
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             ray.shutdown()
             if tries == 2 or "timed out during startup" not in str(exc):
                 raise

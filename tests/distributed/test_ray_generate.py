@@ -73,7 +73,6 @@ def check_consistent(store: Path, prompts: pd.DataFrame, max_attempts: int = 3) 
 
 def test_three_workers_match_in_process(tmp_path, ray_cluster):
     import torch
-
     from rv2.distributed.generate import RayExecutor
 
     prompts = prompts_table(9, seed=3)

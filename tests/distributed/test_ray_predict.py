@@ -16,7 +16,6 @@ from rv2.data.schema import CHEXPERT_LABELS, age_bin
 def classifier(folder):
     """A real classifier folder (seeded, untrained DenseNet-121 at 32 px)."""
     import torch
-
     from rv2.classify import model_dir as md
     from rv2.models.densenet import densenet121, model_config
 
@@ -49,7 +48,6 @@ def manifest(folder, n):
 @pytest.mark.ray
 def test_ray_predict_equals_single_process(tmp_path, ray_cluster):
     import torch
-
     from rv2.classify.inference import predict
     from rv2.distributed.predict import RayPredictExecutor
 

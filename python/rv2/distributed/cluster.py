@@ -46,4 +46,4 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
     return info
 
 
-__all__ = ["require_ray", "connect"]
+__all__ = ["connect", "require_ray"]

@@ -19,8 +19,8 @@ import json
 import os
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from rv2 import __version__
 from rv2.distributed.cluster import connect, require_ray
@@ -236,4 +236,4 @@ class RayExecutor:
             self.pool.close()
 
 
-__all__ = ["RayExecutor", "GenerateWorker"]
+__all__ = ["GenerateWorker", "RayExecutor"]

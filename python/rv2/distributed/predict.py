@@ -144,5 +144,5 @@ class RayPredictExecutor:
         return out
 
 
-__all__ = ["RayPredictExecutor", "PredictWorker"]
+__all__ = ["PredictWorker", "RayPredictExecutor"]
 
