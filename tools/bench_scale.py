@@ -75,6 +75,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("RAY_agent_register_timeout_ms", "180000")   # busy hosts: slow agents
     from rv2.testing.prompts import prompts_table
 
     prompts = prompts_table(args.n, seed=11)
