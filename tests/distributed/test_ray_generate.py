@@ -136,24 +136,36 @@ def _live_worker_pids(out: Path) -> list[int]:
 
 
 def test_killed_workers_then_killed_driver_lose_and_duplicate_nothing(tmp_path, ray_cluster):
-    rng = random.Random(16)
-    prompts = prompts_table(16, seed=5)
+    fault_run(tmp_path, ray_cluster, n_prompts=16, n_kills=3, seed=16)
+
+
+@pytest.mark.slow
+def test_soak_many_kills(tmp_path, ray_cluster):
+    fault_run(tmp_path, ray_cluster, n_prompts=64, n_kills=8, seed=61)
+
+
+def fault_run(tmp_path, ray_cluster, n_prompts: int, n_kills: int, seed: int) -> None:
+    """Kill `n_kills` workers at random moments, then the driver; resume; check."""
+    rng = random.Random(seed)
+    prompts = prompts_table(n_prompts, seed=5)
     prompts.to_parquet(tmp_path / "p.parquet")
     out, log = tmp_path / "out", tmp_path / "driver.log"
     drv = _driver(ray_cluster, tmp_path / "p.parquet", out, log)
-    kills = 0
-    deadline = time.monotonic() + 240
-    while kills < 3 and drv.poll() is None and time.monotonic() < deadline:
+    kills, killed = 0, set()
+    deadline = time.monotonic() + 120 + 60 * n_kills
+    while kills < n_kills and drv.poll() is None and time.monotonic() < deadline:
         time.sleep(rng.uniform(0.5, 2.5))
-        pids = _live_worker_pids(out)
+        pids = [p for p in _live_worker_pids(out) if p not in killed]   # a zombie is not alive
         if pids:
-            os.kill(rng.choice(pids), signal.SIGKILL)
+            pid = rng.choice(pids)
+            os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
             kills += 1
-    assert kills == 3, f"the driver ended before 3 workers were killed:\n{log.read_text()[-2000:]}"
+    assert kills == n_kills, f"the driver ended before {n_kills} workers were killed:\n{log.read_text()[-2000:]}"
     deadline = time.monotonic() + 60
-    while log.read_text().count(" lost (") < 3 and time.monotonic() < deadline:
+    while log.read_text().count(" lost (") < n_kills and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert log.read_text().count(" lost (") == 3, log.read_text()[-3000:]
+    assert log.read_text().count(" lost (") == n_kills, log.read_text()[-3000:]
     # let some more batches land, then kill the driver mid-run
     time.sleep(rng.uniform(1.0, 3.0))
     assert drv.poll() is None, log.read_text()[-2000:]
