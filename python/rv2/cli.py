@@ -31,6 +31,35 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("rv2.demo.cli:demo", "The main job end to end on a built-in phantom world with bundled tiny models."),
 }
 
+# --executor NAME -> "module:attribute" of a factory(kind, **options) for the stage commands
+# (kind: "generate" or "predict"). The stage commands sit in layers below the executors, so
+# the table reaches them through the click context (`make_executor` in ctx.obj).
+EXECUTORS: dict[str, str] = {
+    "ray": "rv2.distributed.factory:make_executor",
+}
+
+
+def make_executor(name: str, kind: str = "generate", batch_size: int = 8, slots: int | None = None,
+                  **options):
+    """The executor called `name` for stage `kind` ("generate" or "predict"). The stage
+    commands sit in layers below the executors, so this factory reaches them through the
+    click context (`make_executor` in ctx.obj). None: the stage's in-process default."""
+    if name in EXECUTORS:
+        mod_name, attr = EXECUTORS[name].split(":")
+        if kind == "generate":
+            options["batch_size"] = batch_size
+        return getattr(importlib.import_module(mod_name), attr)(kind, **options)
+    given = sorted(k for k, v in options.items() if v is not None)
+    if given:
+        raise UserError(f"--{given[0].replace('_', '-')} applies to --executor ray only")
+    if kind == "predict":
+        if name not in ("inprocess", "auto"):
+            raise UserError(f"rv2 predict runs inprocess or ray, not {name!r}")
+        return None
+    from rv2.runtime.executors import make_executor as make
+
+    return make(name, batch_size, slots)
+
 
 class LazyGroup(click.Group):
     """A group whose subcommands are imported on first use."""
@@ -62,14 +91,6 @@ class LazyGroup(click.Group):
         rows = [(name, help_) for name, (_, help_) in COMMANDS.items()]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
-
-
-def make_executor(name: str, batch_size: int = 8, slots: int | None = None):
-    """The generation executor called `name`: the CLI wires the runtimes (a layer above
-    generate) into `rv2 generate` through the click context."""
-    from rv2.runtime.executors import make_executor as make
-
-    return make(name, batch_size, slots)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from rv2.classify.config import STRATEGIES
+from rv2.generate.cli import make_executor, ray_options
 
 # CLI option -> ClassifierConfig field
 _FIELDS = {"strategy": "strategy", "real": "real", "synthetic": "synthetic", "val": "val", "out": "out",
@@ -112,11 +113,17 @@ def sweep(config_file, overrides, out, strategies, n_real_list, real_fractions, 
               help="Image decoding: Pillow/pydicom, or batched DALI (rv2[dali]).")
 @click.option("--max-unreadable", type=click.FloatRange(0.0, 1.0), default=0.05, show_default=True,
               help="Exit non-zero when a larger share of the images cannot be read.")
-def predict(model_dir, manifest, out, root, batch_size, num_workers, device, decoder,
-            max_unreadable):
+@click.option("--executor", type=click.Choice(["inprocess", "ray"]), default="inprocess",
+              show_default=True, help="ray: split the manifest across classifier actors (rv2[ray]).")
+@ray_options
+@click.pass_context
+def predict(ctx, model_dir, manifest, out, root, batch_size, num_workers, device, decoder,
+            max_unreadable, executor, address, workers, gpus_per_worker, cpus_per_worker):
     """Probabilities per image and label; unreadable images are reported in OUT's .skipped.csv.
 
-    Exits with status 2 when no image could be read, or more than --max-unreadable of them."""
+    Exits with status 2 when no image could be read, or more than --max-unreadable of them.
+    With --executor ray the manifest is split across classifier actors (one per GPU or
+    CPU slot); the predictions are those of the single-process run."""
     from pathlib import Path
 
     from rv2.classify.inference import check_unreadable, write_predictions
@@ -124,10 +131,18 @@ def predict(model_dir, manifest, out, root, batch_size, num_workers, device, dec
     from rv2.files import check_writable
 
     check_writable(Path(out).parent, "--out folder")
-    preds = run(model_dir, manifest, root, batch_size=batch_size, device=device, num_workers=num_workers,
-                decoder=decoder)
+    ex = make_executor(ctx, executor, "predict", address=address, workers=workers,
+                       gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker)
+    if ex is None:
+        preds = run(model_dir, manifest, root, batch_size=batch_size, device=device,
+                    num_workers=num_workers, decoder=decoder)
+    else:
+        preds = ex.predict(model_dir, manifest, root, batch_size=batch_size, decoder=decoder)
+        for w in preds.attrs.get("workers", []):
+            click.echo(f"{executor} {w['worker']} ({w['device']}, {w['node']}): {w['items']} images, "
+                       f"{w['items_per_s'] or 0:.1f} images/s busy", err=True)
     settings = {"model_dir": model_dir, "manifest": manifest, "root": root, "batch_size": batch_size,
-                "device": device, "decoder": decoder}
+                "device": device, "decoder": decoder, "executor": executor}
     if not len(preds):  # nothing to write but the list of what could not be read
         import pandas as pd
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from rv2.config import write_artifact_meta
+from rv2.data.demographics import check_demographics
 from rv2.data.schema import (
     AGE_BINS,
     CHEXPERT_LABELS,
@@ -29,7 +30,6 @@ from rv2.data.schema import (
     VIEWS,
     age_bin,
 )
-from rv2.data.demographics import check_demographics
 from rv2.errors import UserError
 from rv2.files import atomic_path, atomic_write_text, dumps
 

@@ -8,6 +8,34 @@ import click
 from rv2.errors import UserError
 
 
+def ray_options(f):
+    """The options of the Ray executor (shared with `rv2 predict`)."""
+    opts = [
+        click.option("--address", default=None,
+                     help="ray: auto (the cluster started on this node) or ray://HOST:PORT; default: a local cluster."),
+        click.option("--workers", type=int, default=None,
+                     help="ray: workers to start (default: one per GPU, else one per --cpus-per-worker CPUs)."),
+        click.option("--gpus-per-worker", type=float, default=None,
+                     help="ray: GPUs per worker (default 1 where the cluster has GPUs, else 0)."),
+        click.option("--cpus-per-worker", type=float, default=None,
+                     help="ray: CPUs (and torch threads) per worker (default 1)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def make_executor(ctx, name: str, kind: str, **options):
+    """The executor the rv2 command line wires in by name (`rv2.cli.make_executor`); None:
+    the stage's in-process default."""
+    factory = (ctx.find_object(dict) or {}).get("make_executor")
+    if factory is None:
+        if name not in ("auto", "inprocess"):
+            raise UserError(f"--executor {name} needs the rv2 command line (rv2 {kind} ...)")
+        return None
+    return factory(name, kind, **options)
+
+
 @click.command("generate")
 @click.option("--prompts", "prompts_path", required=True, type=click.Path(dir_okay=False),
               help="Expanded prompts table (Parquet) from the prompts stage.")
@@ -31,7 +59,7 @@ from rv2.errors import UserError
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Config override, e.g. --set store.image_format=jpeg (repeatable).")
 @click.option("--executor", default=None,
-              type=click.Choice(["auto", "native", "python", "inprocess"]),
+              type=click.Choice(["auto", "native", "python", "inprocess", "ray"]),
               help="native: overlapped stages + continuous batching (rv2._C); python: its twin; "
                    "inprocess: one batch at a time; auto (default): native where built.")
 @click.option("--slots", type=int, default=None,
@@ -40,9 +68,11 @@ from rv2.errors import UserError
               help="Generate from prompts over 77 CLIP tokens (the text encoder cuts them; "
                    "warned) instead of refusing them.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def generate(prompts_path, model_dir, out_dir, qc_weights_dir, no_qc, batch_size, max_attempts,
+@ray_options
+@click.pass_context
+def generate(ctx, prompts_path, model_dir, out_dir, qc_weights_dir, no_qc, batch_size, max_attempts,
              steps, guidance, device, dtype, limit, config_path, overrides, executor, slots,
-             allow_long_prompts, no_progress):
+             allow_long_prompts, no_progress, address, workers, gpus_per_worker, cpus_per_worker):
     """Generate a QC'd synthetic dataset store from an expanded prompts table.
 
     Failed images are regenerated with the prompt's next seed up to --max-attempts.
@@ -54,17 +84,26 @@ def generate(prompts_path, model_dir, out_dir, qc_weights_dir, no_qc, batch_size
     flags = {"batch_size": batch_size, "max_attempts": max_attempts, "limit": limit,
              "sampler.steps": steps, "sampler.guidance": guidance, "sampler.device": device,
              "sampler.dtype": dtype, "qc.weights_dir": qc_weights_dir,
-             "qc.enabled": False if no_qc else None, "executor": executor, "slots": slots,
+             "qc.enabled": False if no_qc else None,
+             "executor": executor if executor != "ray" else None, "slots": slots,
              "allow_long_prompts": True if allow_long_prompts else None}
     sets = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     cfg = GenerateConfig.load(config_path, list(overrides) + sets).validate()
-    # The runtimes live above this layer: the rv2 command line hands in their factory.
-    make = (click.get_current_context().find_object(dict) or {}).get("make_executor")
-    if make is None and cfg.executor not in ("auto", "inprocess"):
-        raise UserError(f"--executor {cfg.executor} needs the rv2 command line (rv2 generate ...)")
-    run_with = make(cfg.executor, cfg.batch_size, cfg.slots) if make is not None else None
-    summary = generate_dataset(prompts_path, model_dir, out_dir, cfg, executor=run_with,
+    ray = {"address": address, "workers": workers, "gpus_per_worker": gpus_per_worker,
+           "cpus_per_worker": cpus_per_worker}
+    if executor == "ray":
+        ex = make_executor(ctx, "ray", "generate", batch_size=cfg.batch_size, **ray)
+        if callable(getattr(ex, "connect", None)):
+            c = ex.connect()
+            click.echo(f"ray: cluster {c['address']} ({c['nodes']} node(s), {c['cpus']:g} CPU(s), "
+                       f"{c['gpus']:g} GPU(s))" + (f"; dashboard {c['dashboard_url']}"
+                                                  if c.get("dashboard_url") else ""), err=True)
+    else:
+        ex = make_executor(ctx, cfg.executor, "generate", batch_size=cfg.batch_size,
+                           slots=cfg.slots, **ray)
+    summary = generate_dataset(prompts_path, model_dir, out_dir, cfg, executor=ex,
                                progress=not no_progress)
-    keys = ("accepted", "failed", "failed_by_attribute", "attempts_histogram", "executor", "this_run")
-    click.echo(json.dumps({k: summary[k] for k in keys}, indent=2))
+    keys = ("accepted", "failed", "failed_by_attribute", "attempts_histogram", "executor",
+            "this_run", "workers")
+    click.echo(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
     click.echo(f"store: {out_dir}  (manifest: {summary['manifest']})")

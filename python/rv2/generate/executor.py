@@ -8,7 +8,7 @@ which attempts exist. The CLI picks one by name (`--executor`).
 from __future__ import annotations
 
 import collections
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from rv2.generate.stages import StageRunner, WorkItem
 
@@ -31,6 +31,26 @@ class Executor(Protocol):
 
     def run(self, runner: StageRunner, work: Sequence[WorkItem], max_attempts: int,
             on_result: ResultCallback | None = None) -> None: ...
+
+
+class RemoteExecutor(Executor, Protocol):
+    """An executor whose workers build their own stages (other processes or machines).
+
+    `generate_dataset` then loads nothing in the driver: it calls `start(recipe,
+    out_dir)`, which starts the workers, has each build its stages from the picklable
+    `rv2.generate.recipe.StageRecipe` and returns their `StageInfo` (to open the store
+    with); then `run` with a runner whose `stages` is None: the executor uses its
+    `plan` and `base_records`, and journals the workers' results through its
+    `writer` (the store, opened in multi-writer mode: `commit`). `report()` gives the
+    per-worker figures for the summary; `close()` stops the workers (always called)."""
+
+    name: str
+
+    def start(self, recipe, out_dir) -> Any: ...
+
+    def report(self) -> dict: ...
+
+    def close(self) -> None: ...
 
 
 class InProcessExecutor:
@@ -60,4 +80,4 @@ class InProcessExecutor:
                     on_result(rec, nxt is None)
 
 
-__all__ = ["next_attempt", "Executor", "InProcessExecutor", "ResultCallback"]
+__all__ = ["next_attempt", "Executor", "RemoteExecutor", "InProcessExecutor", "ResultCallback"]

@@ -18,13 +18,20 @@ from rv2 import __version__
 from rv2.config import hash_input, write_artifact_meta
 from rv2.data.schema import CHEXPERT_LABELS, age_bin
 from rv2.errors import UserError
-from rv2.files import DiskFullError, atomic_write_text, check_writable, dumps, is_disk_full, plain
+from rv2.files import (
+    DiskFullError,
+    atomic_write_text,
+    check_writable,
+    dumps,
+    is_disk_full,
+    plain,
+)
 from rv2.generate.config import GenerateConfig
 from rv2.generate.executor import Executor, InProcessExecutor
-from rv2.generate.sampler import latent_shape
+from rv2.generate.recipe import StageInfo, StageRecipe, build_stages
 from rv2.generate.stages import SamplingPlan, StageRunner, StageSet
 from rv2.generate.store import ShardedStore, StoreError
-from rv2.models.sd import check_model_dir, load_components
+from rv2.models.sd import check_model_dir
 from rv2.prompts.checks import check_generation_prompts
 from rv2.signals import StopRequests, interrupted
 
@@ -185,36 +192,50 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
         df = df.iloc[: cfg.limit]
     check_writable(out_dir, "--out")  # before loading any model
     model_dir = Path(model_dir) if model_dir is not None else None
+    executor = executor or InProcessExecutor(cfg.batch_size)
+    # An executor whose workers load their own stages gets a recipe, not loaded stages.
+    remote = callable(getattr(executor, "start", None))
+    if remote and (stages is not None or components is not None or not isinstance(qc_models, str)):
+        raise UserError(f"the {executor.name} executor loads the models in its workers from "
+                        "model_dir and the settings; pass neither stages, components nor QC models")
     if stages is None and components is None:
         if model_dir is None:
             raise UserError("give model_dir (a diffusers folder), components or stages")
         check_model_dir(model_dir)  # fail fast, before loading anything
-    stages = _build_stages(cfg, model_dir, qc_models, components, stages)
-    device, dtype = stages.denoiser.device, stages.denoiser.dtype
-    qc = stages.qc
+    out_dir = Path(out_dir)
+    if remote:
+        stages = None
+        info = executor.start(StageRecipe.of(model_dir, cfg), out_dir)
+    else:
+        stages = build_stages(cfg, model_dir, qc_models, components, stages)
+        info = StageInfo.of(stages, cfg)
     if model_dir is not None and model_dir.exists():
         model_id, model_hash = model_dir.name, hash_input(model_dir)["sha256"][:16]
     else:
         model_id, model_hash = "in-memory", "unhashed"
-    qc_id = f"{qc.model_id}@{qc.model_hash}" if qc is not None else "none"
-
-    shape = latent_shape(stages.denoiser, stages.decoder, cfg.sampler.height, cfg.sampler.width)
+    qc_on = info.qc_model_hash is not None
+    qc_id = f"{info.qc_model_id}@{info.qc_model_hash}" if qc_on else "none"
+    shape = info.latent_shape
     run_info = {"model_id": model_id, "model_hash": model_hash,
-                "qc_hash": qc.model_hash if qc is not None else None,
+                "qc_hash": info.qc_model_hash,
                 "steps": cfg.sampler.steps, "guidance": cfg.sampler.guidance,
                 "height": cfg.sampler.height, "width": cfg.sampler.width,
                 "latent_shape": list(shape), "base_seed": cfg.sampler.base_seed,
-                "dtype": str(dtype), "qc_enabled": qc is not None,
-                "qc_convention": qc.convention if qc is not None else None,
+                "dtype": info.dtype, "qc_enabled": qc_on,
+                "qc_convention": info.qc_convention,
                 "age_tolerance": cfg.qc.age_tolerance, "image_format": cfg.store.image_format,
                 "channels": cfg.store.channels, "rv2_version": __version__}
     out_dir = Path(out_dir)
-    executor = executor or InProcessExecutor(cfg.batch_size)
     resume = f"the store {out_dir} is consistent; rerun the same command to resume"
     try:
-        store = ShardedStore(out_dir, cfg.store, run_info).open()
-    except DiskFullError as exc:
-        raise disk_full(exc, out_dir) from None
+        store = ShardedStore(out_dir, cfg.store, run_info,
+                             writers="multi" if remote else "single").open()
+    except BaseException as exc:
+        if remote:
+            executor.close()
+        if isinstance(exc, DiskFullError):
+            raise disk_full(exc, out_dir) from None
+        raise
     try:
         rows = df.to_dict("records")
         bases = {str(r["prompt_id"]): base_record(r, __version__, model_id, model_hash, qc_id)
@@ -255,8 +276,10 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
             summary["this_run"]["scheduler"] = _scheduler_summary(executor.last_stats)
         summary.update({"store": str(out_dir), "manifest": str(manifest), "qc_log": str(qc_log),
                         "model_id": model_id, "model_hash": model_hash, "qc_model": qc_id,
-                        "device": str(device), "dtype": str(dtype), "prompts_total": len(df),
+                        "device": info.device, "dtype": info.dtype, "prompts_total": len(df),
                         "executor": getattr(executor, "name", type(executor).__name__)})
+        if callable(getattr(executor, "report", None)):
+            summary["workers"] = executor.report()
         atomic_write_text(out_dir / "summary.json", dumps(summary, indent=2))
         inputs = [prompts] if isinstance(prompts, (str, os.PathLike)) else []
         write_artifact_meta(out_dir, cfg, inputs=inputs, extra={"run": run_info, "summary": summary})
@@ -267,6 +290,8 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
             raise disk_full(exc, out_dir) from None
         raise
     finally:
+        if remote:
+            executor.close()
         store.close()
 
 
@@ -287,36 +312,6 @@ def disk_full(exc: OSError, out_dir) -> DiskFullError:
     path = getattr(exc, "path", None) or exc.filename or out_dir
     return DiskFullError(f"disk full while writing {path}; the store {out_dir} is consistent; "
                          "free space and rerun the same command to resume", path)
-
-
-def _build_stages(cfg: GenerateConfig, model_dir: Path | None, qc_models: Any, components: Any,
-                  stages: StageSet | None) -> StageSet:
-    """The stage set of this run: the given one, or the eager stages over the given or
-    loaded components; QC as asked (`qc_models`, else the weights of `cfg.qc`)."""
-    from rv2.generate.eager import eager_stages
-    from rv2.models.device import resolve_device, resolve_dtype
-
-    if stages is not None:
-        device = stages.denoiser.device
-        qc = stages.qc if isinstance(qc_models, str) else qc_models
-    else:
-        device = resolve_device(cfg.sampler.device)
-        qc = None if isinstance(qc_models, str) else qc_models
-    if not cfg.qc.enabled:
-        qc = None
-    elif isinstance(qc_models, str) and qc_models == "auto" and qc is None:
-        from rv2.models.qc_networks import load_qc_models
-
-        qc = load_qc_models(cfg.qc.weights_dir, device, cfg.qc.convention, cfg.qc.batch_size)
-    if qc is not None and hasattr(qc, "to"):
-        qc.to(device)
-    if stages is not None:
-        stages.qc = qc
-        return stages
-    dtype = resolve_dtype(cfg.sampler.dtype, device)
-    if components is None:
-        components = load_components(model_dir, torch_dtype=dtype)
-    return eager_stages(components, device, dtype, qc=qc)
 
 
 def _scheduler_summary(st: dict) -> dict:

@@ -127,9 +127,10 @@ class StageRunner:
     """Runs batches of work items through the stages, one timed method per stage.
 
     `base_records` maps prompt_id -> the prompt's manifest fields (prompt text,
-    requested demographics, labels); `writer` is the store."""
+    requested demographics, labels); `writer` is the store. `stages` is None in the
+    driver of an executor whose workers build their own (`RemoteExecutor`)."""
 
-    stages: StageSet
+    stages: StageSet | None
     writer: Writer
     plan: SamplingPlan
     base_records: dict

@@ -14,7 +14,21 @@ journal (one write + fsync per batch). On reopening, a torn last journal line
 is cut off, temporary files are removed, and image files that no journal line
 accepts are deleted (their prompts are regenerated, identically, since seeds
 depend only on prompt and attempt). Parquet files are derived from the journal
-and replaced atomically. A lock file keeps two runs off the same store.
+and replaced atomically.
+
+Writers. One process owns the journal (`.journal.lock`, exclusive). In the
+single-writer mode (`writers="single"`, the in-process executor) it also writes
+every image and holds `.lock` exclusively, keeping any other run off the store.
+In the multi-writer mode (`writers="multi"`, the Ray executor) many processes
+write images, each into its own sub-store `workers/<name>/` (images plus its own
+journal, under its own exclusive `workers/<name>/.lock`), and all of them, the
+journal owner included, hold `.lock` shared: two drivers, or a single-writer run
+beside live workers, cannot start. A sub-store's images count only once the
+journal owner has journaled them (`commit`); the journal owner's journal is the
+truth for which attempt counts. On opening, the sub-stores of dead writers (their
+lock is free) are read: finished attempts the journal lacks are adopted in attempt
+order (so a killed driver loses no finished work), and images no journal line
+accepts are deleted. The sub-stores of live writers are left alone.
 """
 from __future__ import annotations
 
@@ -50,6 +64,9 @@ MANIFEST = "manifest.parquet"
 QC_LOG = "qc_log.parquet"
 RUN_INFO = "run.json"
 IMAGES = "images"
+WORKERS = "workers"          # multi-writer mode: one sub-store per image writer
+LOCK = ".lock"               # exclusive: single writer; shared: multi-writer mode
+JOURNAL_LOCK = ".journal.lock"
 # What the store keeps in memory of a rejected attempt (accepted ones are kept whole).
 LOG_KEYS = ("prompt_id", "attempt", "seed", "image_id", "path", "sex", "race", "age")
 # Settings that must not change between a run and its resumption.
@@ -81,14 +98,18 @@ def encode_image(img: np.ndarray, fmt: str = "png", quality: int = 95, compress_
 class ShardedStore:
     """Images in bounded shard folders + an append-only journal; see the module doc."""
 
-    def __init__(self, root: str | os.PathLike, store_cfg=None, run_info: dict | None = None):
+    def __init__(self, root: str | os.PathLike, store_cfg=None, run_info: dict | None = None,
+                 writers: str = "single"):
+        if writers not in ("single", "multi"):
+            raise ValueError(f"writers must be 'single' or 'multi', got {writers!r}")
         self.root = Path(root)
+        self.writers = writers
         self.cfg = store_cfg or StoreConfig()
         self.run_info = dict(run_info or {})
         self.records: list[dict] = []
         self.accepted: dict[str, dict] = {}
         self.last_attempt: dict[str, int] = {}
-        self._lock_fd: int | None = None
+        self._lock_fds: list[int] = []
         self._journal = None
         self._n_accepted_paths = 0
 
@@ -98,18 +119,15 @@ class ShardedStore:
 
     # ---------------------------------------------------------------- open / recover
     def open(self) -> "ShardedStore":
-        import fcntl
-
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / IMAGES).mkdir(exist_ok=True)
-        self._lock_fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._lock_fds = [_flock(self.root / LOCK, shared=self.writers == "multi")]
+            self._lock_fds.append(_flock(self.root / JOURNAL_LOCK))
         except BlockingIOError:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-            raise StoreError(f"store {self.root} is in use by another rv2 generate process "
-                             "(its .lock is held); wait for it or use another --out") from None
+            self.close()
+            raise StoreError(f"store {self.root} is in use by another rv2 generate process or its "
+                             "workers (its lock is held); wait for it or use another --out") from None
         self._check_run_info()
         self._recover()
         # Unbuffered: a failed append (a full disk) leaves nothing behind to flush at close.
@@ -120,9 +138,9 @@ class ShardedStore:
         if self._journal is not None:
             self._journal.close()
             self._journal = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        for fd in self._lock_fds:
+            os.close(fd)
+        self._lock_fds = []
 
     def __enter__(self):
         return self.open()
@@ -145,32 +163,16 @@ class ShardedStore:
 
     def _recover(self) -> None:
         jpath = self.root / JOURNAL
-        records: list[dict] = []
-        if jpath.is_file():
-            data = jpath.read_bytes()
-            cut = data.rfind(b"\n") + 1
-            if cut != len(data):  # torn last line from a crash mid-append
-                log.warning("%s: dropping a torn last line (%d bytes)", jpath, len(data) - cut)
-                with open(jpath, "r+b") as f:
-                    f.truncate(cut)
-                    f.flush()
-                    os.fsync(f.fileno())
-            for n, line in enumerate(data[:cut].splitlines(), 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise StoreError(f"{jpath}:{n}: unreadable journal line ({exc}); the store "
-                                         "was edited by hand?") from exc
-        # Keep the first record of each (prompt, attempt): a retried batch after a
-        # crash between journal append and nothing else cannot duplicate, but be safe.
+        records = read_journal(jpath, repair=True)
+        # Keep the first record of each (prompt, attempt), and only accepted ones whose
+        # image is on disk (a file deleted by hand: its prompt is regenerated).
         seen, kept, lost = set(), [], []
         for r in records:
             key = (r["prompt_id"], int(r["attempt"]))
             if key in seen:
                 continue
             if r.get("qc_pass") and r.get("path") and not (self.root / r["path"]).is_file():
-                lost.append(r)  # journaled but its file is gone (deleted by hand): redo it
+                lost.append(r)
                 continue
             seen.add(key)
             kept.append(r)
@@ -183,26 +185,72 @@ class ShardedStore:
         self.accepted = {}
         self.last_attempt = {}
         for r in kept:
-            pid = r["prompt_id"]
-            self.last_attempt[pid] = max(self.last_attempt.get(pid, -1), int(r["attempt"]))
-            if r.get("qc_pass"):
-                self.accepted[pid] = r
-        # Remove temporaries and images no journal line accepts.
+            self._note(r)
+        self._journal = open(jpath, "ab", buffering=0)
+        try:
+            dead = self._dead_substores()
+            self._adopt(dead)
+        finally:
+            self._journal.close()
+            self._journal = None
+        # Remove images no journal line accepts: in images/ and in dead writers' sub-stores.
         wanted = {r["path"] for r in self.accepted.values()}
         removed = 0
-        for shard in sorted((self.root / IMAGES).iterdir()):
-            if not shard.is_dir():
-                continue
-            for f in shard.iterdir():
-                rel = f.relative_to(self.root).as_posix()
-                if rel not in wanted:
-                    f.unlink()
-                    removed += 1
+        folders = [self.root / IMAGES] + [d / IMAGES for d in dead]
+        for folder in folders:
+            for shard in sorted(folder.iterdir()) if folder.is_dir() else []:
+                if not shard.is_dir():
+                    continue
+                for f in shard.iterdir():
+                    if f.relative_to(self.root).as_posix() not in wanted:
+                        f.unlink()
+                        removed += 1
         if removed:
-            log.warning("%s: removed %d image file(s) written after the last journal entry",
-                        self.root, removed)
-        self._n_accepted_paths = len(self.accepted)
+            log.warning("%s: removed %d image file(s) that no journal line accepts (written after "
+                        "the last journal entry, or by a worker that was lost)", self.root, removed)
+        self._n_accepted_paths = sum(1 for r in self.accepted.values()
+                                     if str(r.get("path", "")).startswith(IMAGES + "/"))
         clean_temporaries(self.root)  # left by a writer killed mid-write (tables, sidecar, run info)
+        for d in dead:
+            clean_temporaries(d)
+            for shard in (d / IMAGES).iterdir() if (d / IMAGES).is_dir() else []:
+                clean_temporaries(shard)
+
+    def _dead_substores(self) -> list[Path]:
+        """Sub-store folders whose writer is gone (their lock can be taken)."""
+        base = self.root / WORKERS
+        dead = []
+        for d in sorted(base.iterdir()) if base.is_dir() else []:
+            if not d.is_dir():
+                continue
+            try:
+                os.close(_flock(d / LOCK))
+            except BlockingIOError:
+                log.info("%s: its writer is alive; left alone", d)
+                continue
+            dead.append(d)
+        return dead
+
+    def _adopt(self, substores: Sequence[Path]) -> None:
+        """Journal the finished attempts of dead writers that the journal lacks, each
+        prompt's in attempt order, stopping where the chain breaks."""
+        by_prompt: dict[str, dict[int, dict]] = {}
+        for d in substores:
+            for r in read_journal(d / JOURNAL, repair=False):
+                by_prompt.setdefault(r["prompt_id"], {}).setdefault(int(r["attempt"]), r)
+        adopted = []
+        for pid, attempts in by_prompt.items():
+            while pid not in self.accepted:
+                r = attempts.get(self.next_attempt(pid))
+                if r is None or (r.get("qc_pass") and not (self.root / str(r.get("path"))).is_file()):
+                    break
+                adopted.append(r)
+                self._note(r)
+        if adopted:
+            log.warning("%s: adopted %d finished attempt(s) from the workers' journals", self.root,
+                        len(adopted))
+            self._append_lines(adopted)
+            self.records.extend(self._compact(r) for r in adopted)
 
     def _rewrite_journal(self, records: Sequence[dict]) -> None:
         atomic_write_bytes(self.root / JOURNAL, b"".join(
@@ -250,11 +298,13 @@ class ShardedStore:
         fsync_dir(final.parent)
         return rel
 
-    def append(self, records: Iterable[dict]) -> None:
-        """Journal attempts (after their images are on disk): one write, one fsync."""
-        records = list(records)
-        if not records:
-            return
+    def _note(self, r: dict) -> None:
+        pid = r["prompt_id"]
+        self.last_attempt[pid] = max(self.last_attempt.get(pid, -1), int(r["attempt"]))
+        if r.get("qc_pass"):
+            self.accepted[pid] = r
+
+    def _append_lines(self, records: Sequence[dict]) -> None:
         blob = b"".join(dumps(r).encode() + b"\n" for r in records)
         size = os.fstat(self._journal.fileno()).st_size
         try:
@@ -271,12 +321,41 @@ class ShardedStore:
                 raise DiskFullError(f"disk full while writing {self.root / JOURNAL}",
                                     self.root / JOURNAL) from exc
             raise
+
+    def append(self, records: Iterable[dict]) -> None:
+        """Journal attempts (after their images are on disk): one write, one fsync."""
+        records = list(records)
+        if not records:
+            return
+        self._append_lines(records)
         for r in records:
             self.records.append(self._compact(r))
-            pid = r["prompt_id"]
-            self.last_attempt[pid] = max(self.last_attempt.get(pid, -1), int(r["attempt"]))
-            if r.get("qc_pass"):
-                self.accepted[pid] = r
+            self._note(r)
+
+    def commit(self, records: Sequence[dict]) -> list[dict]:
+        """Journal attempts that another writer (a sub-store) has already made durable;
+        returns those that counted. An attempt counts only as its prompt's next one
+        (exactly once: a duplicate or a late result is dropped), and an accepted one only
+        if its image is a file inside a sub-store."""
+        counted, dropped = [], []
+        for r in records:
+            pid, att = r["prompt_id"], int(r["attempt"])
+            path = str(r.get("path") or "")
+            ok = pid not in self.accepted and att == self.next_attempt(pid)
+            if ok and r.get("qc_pass"):
+                ok = path.startswith(WORKERS + "/") and (self.root / path).is_file()
+            if ok:
+                counted.append(r)
+                self._note(r)   # the next record of the same prompt is checked against this one
+            else:
+                dropped.append(f"{pid}#{att}")
+        if counted:
+            self._append_lines(counted)
+            self.records.extend(self._compact(r) for r in counted)
+        if dropped:
+            log.warning("%s: %d result(s) not counted (already journaled or out of order): %s",
+                        self.root, len(dropped), dropped[:5])
+        return counted
 
     def write(self, records: Sequence[dict], images_u8: Sequence[np.ndarray | None]) -> list[dict]:
         """The writer stage: write the accepted images of a batch, then journal every attempt.
@@ -331,3 +410,110 @@ class ShardedStore:
                         "prompt's source row; every image passed QC"}
         atomic_write_text(sidecar_path(path), dumps(side, indent=2))
         return path, self._atomic_parquet(self.qc_log_frame(), QC_LOG)
+
+
+def _flock(path: Path, shared: bool = False) -> int:
+    """An open fd holding flock on `path` (created); raises BlockingIOError if taken."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_journal(path: Path, repair: bool = False) -> list[dict]:
+    """The records of a journal file ([] if absent). A torn last line (a crash mid-append)
+    is ignored, and cut from the file when `repair`."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    cut = data.rfind(b"\n") + 1
+    if cut != len(data) and repair:
+        log.warning("%s: dropping a torn last line (%d bytes)", path, len(data) - cut)
+        with open(path, "r+b") as f:
+            f.truncate(cut)
+            f.flush()
+            os.fsync(f.fileno())
+    records = []
+    for n, line in enumerate(data[:cut].splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise StoreError(f"{path}:{n}: unreadable journal line ({exc}); the store "
+                                 "was edited by hand?") from exc
+    return records
+
+
+class SubStore:
+    """One image writer of the multi-writer mode: `<root>/workers/<name>/` with its own
+    images and journal. Its `write` is the writer stage of a Ray worker; the paths it
+    returns are relative to the store root, ready for the journal owner's `commit`."""
+
+    def __init__(self, root: str | os.PathLike, name: str, store_cfg=None):
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"bad sub-store name {name!r}")
+        self.root = Path(root)
+        self.name = name
+        self.dir = self.root / WORKERS / name
+        self.cfg = store_cfg or StoreConfig()
+        self._lock_fds: list[int] = []
+        self._journal = None
+        self._n_images = 0
+
+    @property
+    def ext(self) -> str:
+        return "png" if self.cfg.image_format == "png" else "jpg"
+
+    def open(self) -> "SubStore":
+        if not (self.root / RUN_INFO).is_file():
+            raise StoreError(f"{self.root} is not an open rv2 store (no {RUN_INFO}); the driver "
+                             "makes it before starting workers, on a file system they share")
+        (self.dir / IMAGES).mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock_fds = [_flock(self.root / LOCK, shared=True), _flock(self.dir / LOCK)]
+        except BlockingIOError:
+            self.close()
+            raise StoreError(f"sub-store {self.dir} is in use (a single-writer run holds the store, "
+                             "or another worker has this name)") from None
+        done = read_journal(self.dir / JOURNAL, repair=True)
+        self._n_images = sum(1 for r in done if r.get("qc_pass"))
+        self._journal = open(self.dir / JOURNAL, "ab", buffering=0)
+        return self
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        for fd in self._lock_fds:
+            os.close(fd)
+        self._lock_fds = []
+
+    def write(self, records: Sequence[dict], images_u8: Sequence[np.ndarray | None]) -> list[dict]:
+        """Accepted images first (atomic, fsynced), then one journal line per attempt."""
+        out = []
+        for rec, img in zip(records, images_u8):
+            rec = dict(rec)
+            rec["path"] = None
+            if rec.get("qc_pass"):
+                if img is None:
+                    raise ValueError(f"accepted attempt {rec['prompt_id']}#{rec['attempt']} has no image")
+                shard = self._n_images // self.cfg.shard_size
+                self._n_images += 1
+                rel = f"{WORKERS}/{self.name}/{IMAGES}/s{shard:05d}/{rec['image_id']}.{self.ext}"
+                final = self.root / rel
+                final.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(final, encode_image(img, self.cfg.image_format,
+                                                       self.cfg.jpeg_quality,
+                                                       self.cfg.png_compress_level))
+                rec["path"] = rel
+            out.append(rec)
+        if out:
+            self._journal.write(b"".join(dumps(r).encode() + b"\n" for r in out))
+            self._journal.flush()
+            os.fsync(self._journal.fileno())
+        return out

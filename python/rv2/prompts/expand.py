@@ -12,9 +12,8 @@ import hashlib
 
 import pandas as pd
 
-from rv2.data.schema import age_bin
 from rv2.data.demographics import check_demographics
-from rv2.data.schema import AGE_RANGE
+from rv2.data.schema import AGE_RANGE, age_bin
 from rv2.errors import UserError
 from rv2.prompts.build import OUTPUT_COLUMNS, ImpressionFitter, _prefix_cost
 from rv2.prompts.config import PromptsConfig

@@ -12,7 +12,6 @@ from rv2.data.config import IndexConfig
 from rv2.data.schema import CHEXPERT_LABELS
 from rv2.errors import UserError
 
-
 # Columns of train.csv / valid.csv read here.
 NEEDED = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA") + CHEXPERT_LABELS
 

@@ -34,7 +34,12 @@ import numpy as np
 import pandas as pd
 
 from rv2.data import labels as lab
-from rv2.data.adapters.base import ExclusionTracker, read_header, read_table, require_columns
+from rv2.data.adapters.base import (
+    ExclusionTracker,
+    read_header,
+    read_table,
+    require_columns,
+)
 from rv2.data.config import IndexConfig
 from rv2.data.report_sections import extract_impression as _extract_impression
 from rv2.data.schema import CHEXPERT_LABELS, STUDY_RACES

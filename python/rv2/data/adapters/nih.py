@@ -10,7 +10,6 @@ from rv2.data.config import IndexConfig
 from rv2.data.schema import CHEXPERT_LABELS
 from rv2.errors import UserError
 
-
 # Columns of Data_Entry_2017*.csv read here (plus `Patient Gender` or `Patient Sex`).
 NEEDED = ("Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
           "View Position")
