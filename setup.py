@@ -76,7 +76,7 @@ ext_modules = [] if target_device() == "empty" else [CMakeExtension("rv2._C")]
 setup(
     package_dir={"": "python"},
     packages=find_packages("python"),
-    package_data={"rv2": ["py.typed", "demo/weights/**/*", "demo/weights/*"]},
+    package_data={"rv2": ["py.typed", "engines/profiles/*.yaml", "demo/weights/**/*", "demo/weights/*"]},
     include_package_data=True,
     ext_modules=ext_modules,
     cmdclass={"build_ext": CMakeBuild},

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("rv2.classify.cli:predict", "Disease probabilities per image from a trained classifier; unreadable images reported."),
     "evaluate": ("rv2.evaluate.cli:evaluate", "AUROC/AP with bootstrap CIs, subgroup AUROC, fairness and underdiagnosis gaps; Markdown/HTML report."),
     "compare": ("rv2.evaluate.cli:compare", "Paired model comparison: DeLong, bootstrap and permutation tests, CIs of differences; report."),
+    "build-engines": ("rv2.engines.cli:build_engines", "Compiled engines (ONNX Runtime, AOTInductor, TensorRT) for a target: manifests, parity gates, cache; Triton repository."),
     "serve": ("rv2.serve.cli:serve", "Serve a classifier on KServe v2 / Triton's protocol (HTTP + gRPC, dynamic batching, /metrics)."),
     "demo": ("rv2.demo.cli:demo", "The main job end to end on a built-in phantom world with bundled tiny models."),
 }
@@ -102,6 +103,14 @@ def main(ctx: click.Context, verbose: int) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     ctx.ensure_object(dict)["make_executor"] = make_executor
+    ctx.obj["load_engines"] = load_engines
+
+
+def load_engines(folder, device: str | None = None):
+    """Compiled engines (`rv2 build-engines`) for `rv2 generate/predict --engines DIR`."""
+    from rv2.engines.runtime import load
+
+    return load(folder, device=device)
 
 
 @click.command()

@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 
 from rv2.classify.config import STRATEGIES
-from rv2.generate.cli import make_executor, ray_options
+from rv2.errors import UserError
+from rv2.generate.cli import load_engines, make_executor, ray_options
 
 # CLI option -> ClassifierConfig field
 _FIELDS = {"strategy": "strategy", "real": "real", "synthetic": "synthetic", "val": "val", "out": "out",
@@ -115,10 +116,12 @@ def sweep(config_file, overrides, out, strategies, n_real_list, real_fractions, 
               help="Exit non-zero when a larger share of the images cannot be read.")
 @click.option("--executor", type=click.Choice(["inprocess", "ray"]), default="inprocess",
               show_default=True, help="ray: split the manifest across classifier actors (rv2[ray]).")
+@click.option("--engines", "engines_dir", type=click.Path(file_okay=False), default=None,
+              help="Run the classifier engine of this folder (`rv2 build-engines --classifier`).")
 @ray_options
 @click.pass_context
 def predict(ctx, model_dir, manifest, out, root, batch_size, num_workers, device, decoder,
-            max_unreadable, executor, address, workers, gpus_per_worker, cpus_per_worker):
+            max_unreadable, executor, engines_dir, address, workers, gpus_per_worker, cpus_per_worker):
     """Probabilities per image and label; unreadable images are reported in OUT's .skipped.csv.
 
     Exits with status 2 when no image could be read, or more than --max-unreadable of them.
@@ -133,16 +136,23 @@ def predict(ctx, model_dir, manifest, out, root, batch_size, num_workers, device
     check_writable(Path(out).parent, "--out folder")
     ex = make_executor(ctx, executor, "predict", address=address, workers=workers,
                        gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker)
+    predictor = None
+    if engines_dir:
+        if ex is not None:
+            raise UserError("--engines runs in this process; leave out --executor ray")
+        predictor = load_engines(ctx, engines_dir, None if device == "auto" else device) \
+            .predictor(model_dir)
     if ex is None:
         preds = run(model_dir, manifest, root, batch_size=batch_size, device=device,
-                    num_workers=num_workers, decoder=decoder)
+                    num_workers=num_workers, decoder=decoder, predictor=predictor)
     else:
         preds = ex.predict(model_dir, manifest, root, batch_size=batch_size, decoder=decoder)
         for w in preds.attrs.get("workers", []):
             click.echo(f"{executor} {w['worker']} ({w['device']}, {w['node']}): {w['items']} images, "
                        f"{w['items_per_s'] or 0:.1f} images/s busy", err=True)
     settings = {"model_dir": model_dir, "manifest": manifest, "root": root, "batch_size": batch_size,
-                "device": device, "decoder": decoder, "executor": executor}
+                "device": device, "decoder": decoder, "executor": executor, "engines": engines_dir,
+                "backend": predictor.backend.name if predictor else "torch"}
     if not len(preds):  # nothing to write but the list of what could not be read
         import pandas as pd
 

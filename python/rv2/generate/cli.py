@@ -36,6 +36,15 @@ def make_executor(ctx, name: str, kind: str, **options):
     return factory(name, kind, **options)
 
 
+def load_engines(ctx, folder, device=None):
+    """The compiled engines the rv2 command line wires in (`rv2.cli.load_engines`): stage
+    commands never import `rv2.engines`, which sits above them."""
+    loader = (ctx.find_object(dict) or {}).get("load_engines")
+    if loader is None:
+        raise UserError("--engines needs the rv2 command line (rv2 generate|predict ...)")
+    return loader(folder, device)
+
+
 @click.command("generate")
 @click.option("--prompts", "prompts_path", required=True, type=click.Path(dir_okay=False),
               help="Expanded prompts table (Parquet) from the prompts stage.")
@@ -68,11 +77,15 @@ def make_executor(ctx, name: str, kind: str, **options):
               help="Generate from prompts over 77 CLIP tokens (the text encoder cuts them; "
                    "warned) instead of refusing them.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--engines", "engines_dir", type=click.Path(file_okay=False), default=None,
+              help="Run the compiled engines of this folder (`rv2 build-engines --generator`); "
+                   "QC runs from its QC engines unless --qc-weights-dir is given.")
 @ray_options
 @click.pass_context
 def generate(ctx, prompts_path, model_dir, out_dir, qc_weights_dir, no_qc, batch_size, max_attempts,
              steps, guidance, device, dtype, limit, config_path, overrides, executor, slots,
-             allow_long_prompts, no_progress, address, workers, gpus_per_worker, cpus_per_worker):
+             allow_long_prompts, no_progress, engines_dir, address, workers, gpus_per_worker,
+             cpus_per_worker):
     """Generate a QC'd synthetic dataset store from an expanded prompts table.
 
     Failed images are regenerated with the prompt's next seed up to --max-attempts.
@@ -101,7 +114,16 @@ def generate(ctx, prompts_path, model_dir, out_dir, qc_weights_dir, no_qc, batch
     else:
         ex = make_executor(ctx, cfg.executor, "generate", batch_size=cfg.batch_size,
                            slots=cfg.slots, **ray)
-    summary = generate_dataset(prompts_path, model_dir, out_dir, cfg, executor=ex,
+    stages = None
+    if engines_dir:
+        if executor == "ray":
+            raise UserError("--engines with --executor ray: each Ray worker loads the eager "
+                            "model; run the engines with the native, python or inprocess executor")
+        engines = load_engines(ctx, engines_dir,
+                               None if cfg.sampler.device == "auto" else cfg.sampler.device)
+        engines.check_generator(model_dir)
+        stages = engines.stages(qc=cfg.qc.enabled and not qc_weights_dir)
+    summary = generate_dataset(prompts_path, model_dir, out_dir, cfg, executor=ex, stages=stages,
                                progress=not no_progress)
     keys = ("accepted", "failed", "failed_by_attribute", "attempts_histogram", "executor",
             "this_run", "workers")

@@ -121,6 +121,13 @@ class _QCWrapper(nn.Module):
     def _scale(self, u: torch.Tensor) -> torch.Tensor:  # race / age: ImageNet normalisation
         return (u - self.mean) / self.std
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.net(self.preprocess(x)))
+
+    def head(self, out: torch.Tensor) -> torch.Tensor:
+        """The net's raw output -> what the QC rule reads (per model kind)."""
+        raise NotImplementedError
+
     def extra_repr(self) -> str:
         return f"convention={self.convention}, input_size={self.input_size}, pre_size={self.pre_size}"
 
@@ -133,8 +140,7 @@ class SexModel(_QCWrapper):
     def _scale(self, u):
         return u * 255.0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.net(self.preprocess(x))
+    def head(self, out: torch.Tensor) -> torch.Tensor:
         if out.ndim != 2 or out.shape[1] != 2:
             raise QCWeightsError(f"sex net must return B x 2 (Male, Female); got {tuple(out.shape)}")
         return out.float().softmax(dim=1)[:, 1]
@@ -145,8 +151,7 @@ class RaceModel(_QCWrapper):
 
     kind = "race"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.net(self.preprocess(x))
+    def head(self, out: torch.Tensor) -> torch.Tensor:
         if out.ndim != 2 or out.shape[1] != len(RACE_CLASSES):
             raise QCWeightsError(f"race net must return B x 3 (Asian, Black, White); "
                                  f"got {tuple(out.shape)}")
@@ -158,8 +163,7 @@ class AgeModel(_QCWrapper):
 
     kind = "age"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.net(self.preprocess(x))
+    def head(self, out: torch.Tensor) -> torch.Tensor:
         if out.ndim == 2 and out.shape[1] == 1:
             out = out[:, 0]
         if out.ndim != 1:
