@@ -148,8 +148,10 @@ def _shape_key(profile: TargetProfile, component: str) -> dict:
 def build_engines(profile: TargetProfile, out: str | Path, sources: Sources, *,
                   backends: Optional[list[str]] = None, device: Optional[str] = None,
                   force: bool = False, e2e_steps: int = E2E_STEPS, e2e_prompts_n: int = 16,
+                  only: Optional[list[str]] = None,
                   command: str = "rv2 build-engines", echo: Callable[[str], None] = print) -> dict:
     """Build (or reuse) the engines; returns the index written to `out/engines.json`.
+    `only`: build these components and keep the others as the index has them.
     Raises ParityError naming the component when an engine fails its gate."""
     from rv2.engines.backends import tensorrt_missing
     from rv2.models.device import resolve_device
@@ -170,12 +172,22 @@ def build_engines(profile: TargetProfile, out: str | Path, sources: Sources, *,
             backends.remove("tensorrt")
     here = mf.machine_info(str(dev))
     components = sources.components(profile)
+    if only:
+        bad = [c for c in only if c not in components]
+        if bad:
+            raise UserError(f"--components {bad}: not among the components of the given models "
+                            f"{components}")
+        components = [c for c in components if c in only]
     graphs = _Graphs(sources, profile)
     out.mkdir(parents=True, exist_ok=True)
     old = _read_index(out)
     index = {"format": "rv2-engines", "version": 1, "target": profile.target,
              "device": dev.type, "precision": profile.precision, "rebuild": command,
-             "built_at": mf.now(), "components": {}, "machine": here}
+             "built_at": mf.now(), "machine": here,
+             "components": {c: e for c, e in old.get("components", {}).items()
+                            if only and c not in components and (out / c).is_dir()}}
+    if only:  # what this partial build does not touch stays as it was
+        index.update({k: old[k] for k in ("generator", "qc", "classifier", "end_to_end") if k in old})
     rows: list[BuildRow] = []
     failures: list[str] = []
     for comp in components:
@@ -212,7 +224,7 @@ def build_engines(profile: TargetProfile, out: str | Path, sources: Sources, *,
     if failures:
         _write_index(out, index, profile)
         raise ParityError("engine build failed for " + "; ".join(failures))
-    if sources.generator is not None and e2e_steps > 0:
+    if sources.generator is not None and e2e_steps > 0 and all(c in components for c in GENERATOR):
         index["end_to_end"] = _end_to_end(out, index, old, sources, profile, dev, e2e_steps,
                                           e2e_prompts_n, echo)
     _write_index(out, index, profile)
@@ -237,7 +249,7 @@ def _read_index(out: Path) -> dict:
 
 
 def _write_index(out: Path, index: dict, profile: TargetProfile) -> None:
-    profile.save(out / "profile.yaml") if hasattr(profile, "save") else None
+    profile.save(out / "profile.yaml")
     atomic_write_text(out / mf.INDEX, dumps(index, indent=2))
 
 

@@ -32,9 +32,11 @@ import click
               help="Sampling steps of the end-to-end parity check of the generator engines (0: skip).")
 @click.option("--e2e-prompts", type=int, default=16, show_default=True,
               help="Prompts in the end-to-end parity set.")
+@click.option("--components", default=None,
+              help="Comma-separated subset to (re)build, e.g. classifier; the others are kept.")
 @click.option("--force", is_flag=True, help="Rebuild everything, ignoring the cache.")
 def build_engines(target, out, generator, qc_weights_dir, qc_convention, classifier, backends, device,
-                  fmt, e2e_steps, e2e_prompts, force):
+                  fmt, e2e_steps, e2e_prompts, components, force):
     """Export, compile and parity-check every given network for a target; prints the
     parity table. A failed parity gate fails the build and names the component."""
     from pathlib import Path
@@ -51,6 +53,7 @@ def build_engines(target, out, generator, qc_weights_dir, qc_convention, classif
         else _command(target, out, generator, qc_weights_dir, classifier)
     index = build(profile, out, sources, backends=[b.strip() for b in backends.split(",")] if backends else None,
                   device=device, force=force, e2e_steps=e2e_steps, e2e_prompts_n=e2e_prompts,
+                  only=[c.strip() for c in components.split(",")] if components else None,
                   command=command, echo=click.echo)
     if fmt == "triton":
         from rv2.engines.triton import write_repository
