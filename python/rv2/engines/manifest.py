@@ -128,7 +128,7 @@ def check_files(manifest: dict, folder: Path) -> None:
     """Every file the engine is made of is present with the recorded size and sha256."""
     rebuild = manifest.get("rebuild", "rv2 build-engines")
     for f in manifest.get("files", []):
-        p = folder / f["file"]
+        p = (folder / f["file"]).resolve()
         if not p.is_file():
             raise EngineError(f"{p}: engine file missing; rebuild with: {rebuild}")
         if p.stat().st_size != f["bytes"] or sha256_file(p) != f["sha256"]:
