@@ -10,10 +10,12 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 import platform
+import shutil
 import sys
 from pathlib import Path
 
 from rv2 import __version__, _native, envs, weights
+from rv2.engines.profile import known_targets
 
 CORE = ("numpy", "pandas", "pyarrow", "click", "yaml", "tqdm", "PIL")
 OPTIONAL = ("torch", "torchvision", "diffusers", "transformers", "accelerate", "open_clip",
@@ -119,6 +121,14 @@ def collect() -> dict:
                                                        onnxruntime_usable_providers()))
         except Exception as exc:  # noqa: BLE001
             report["onnxruntime_providers"] = {"error": f"{type(exc).__name__}: {exc}"}
+    usable = report.get("onnxruntime_providers", {}).get("usable") or []
+    report["engines"] = {
+        "targets": known_targets(),
+        "onnxruntime": bool(usable),
+        # AOTInductor compiles C++ at build time: it needs torch and a C++ compiler.
+        "aotinductor": bool(torch_info["version"]) and bool(shutil.which("c++") or shutil.which("g++")),
+        "tensorrt": report["tensorrt"] is not None,
+    }
     report["weight_dirs"] = [str(d) for d in weights.weight_dirs()]
     report["weights"] = {w.key: (str(p) if p else None) for w, p in weights.inventory()}
     return report
@@ -160,6 +170,10 @@ def format_report(r: dict) -> str:
             lines.append(f"ONNX Runtime:     error: {prov['error']}")
         else:
             lines.append(f"ONNX Runtime:     usable {prov['usable']} (listed {prov['available']})")
+    e = r.get("engines")
+    if e:
+        lines.append(f"engines:          backends {[b for b in ('onnxruntime', 'aotinductor', 'tensorrt') if e[b]]}"
+                     f", target profiles {e['targets']} (rv2 build-engines --target NAME)")
     lines += ["", "weight folders searched:"] + [f"  {d}" for d in r["weight_dirs"]]
     lines.append("weights:")
     lines += [f"  {k:18s} {v or '-- not found'}" for k, v in r["weights"].items()]
