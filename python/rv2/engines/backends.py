@@ -92,6 +92,9 @@ def ort_session(onnx_path: Path, device: torch.device):
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if device.type == "cpu":
         so.intra_op_num_threads = torch.get_num_threads()
+        if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+            # The same policy as torch's OpenMP threads: no spin-waiting on shared CPUs.
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ort_providers(device)
     if device.type == "cuda":
         providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]

@@ -212,12 +212,13 @@ def build_engines(profile: TargetProfile, out: str | Path, sources: Sources, *,
                 failures.append(f"{comp} ({backend}): {row.message}")
             echo(_row_line(row))
         index["components"][comp] = entry
-    if sources.generator is not None:
+    built = {c for c, e in index["components"].items() if e["selected"]}
+    if sources.generator is not None and "unet" in built:
         _copy_generator_files(sources.generator, out)
         index["generator"] = {"path": str(sources.generator), **_generator_meta(out, graphs)}
-    if sources.qc_dir is not None:
+    if sources.qc_dir is not None and "qc_sex" in built:
         index["qc"] = _qc_meta(out)
-    if sources.classifier is not None:
+    if sources.classifier is not None and "classifier" in built:
         index["classifier"] = {"path": str(sources.classifier), **_classifier_meta(out)}
     echo("")
     echo(format_table([dataclasses.asdict(r) for r in rows]))
@@ -389,18 +390,18 @@ def _copy_generator_files(generator: Path, out: Path) -> None:
 
 
 def _generator_meta(out: Path, graphs: _Graphs) -> dict:
-    m = mf.read_manifest(next((out / "unet").glob("*/")))
+    m = mf.read_manifest(next(p for p in (out / "unet").iterdir() if (p / mf.MANIFEST).is_file()))
     return {k: m["meta"][k] for k in ("in_channels", "sample_size", "latent", "scale_factor",
                                        "vae_scaling", "seq_len", "hidden")}
 
 
 def _qc_meta(out: Path) -> dict:
-    m = mf.read_manifest(next((out / "qc_sex").glob("*/")))
+    m = mf.read_manifest(next(p for p in (out / "qc_sex").iterdir() if (p / mf.MANIFEST).is_file()))
     return {k: m["meta"][k] for k in ("convention", "model_id", "model_hash", "image_size")}
 
 
 def _classifier_meta(out: Path) -> dict:
-    m = mf.read_manifest(next((out / "classifier").glob("*/")))
+    m = mf.read_manifest(next(p for p in (out / "classifier").iterdir() if (p / mf.MANIFEST).is_file()))
     return {k: m["meta"][k] for k in ("labels", "image_size", "mean", "std", "channels")}
 
 
