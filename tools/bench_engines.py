@@ -5,6 +5,7 @@
     tools/bench_engines.py --sd                  # + SD 2.1-sized text encoder and VAE decoder
     tools/bench_engines.py --device cuda --sd    # GPU rows (fp16 engines), whole generation
     tools/bench_engines.py --backends onnxruntime,aotinductor
+    tools/bench_engines.py --sets densenet --backends aotinductor
 
 Engines are built with `rv2.engines.build` into --cache (default build/bench-engines),
 so a second run reuses them (AOTInductor compiles take minutes on 2 cores). Every
@@ -165,8 +166,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backends", default="onnxruntime,aotinductor")
+    ap.add_argument("--sets", default="demo,densenet",
+                    help="row sets: demo (bundled demo models), densenet (DenseNet-121 classifier "
+                         "at 224), sd (SD 2.1-sized text encoder and VAE decoder)")
     ap.add_argument("--sd", action="store_true", help="add the SD 2.1-sized rows (minutes on CPU)")
-    ap.add_argument("--no-classifier", action="store_true")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--cache", default="build/bench-engines")
     ap.add_argument("--json", default=None, help="also write the rows as JSON here")
@@ -198,14 +201,16 @@ def main() -> int:
                          "qc_race": {"batch_sizes": [1, 8], "image": [1, 64, 64]},
                          "qc_age": {"batch_sizes": [1, 8], "image": [1, 64, 64]}})
     log = lambda s: print(s, file=sys.stderr) if not s.startswith(("demo ", "sd ", "densenet")) else print(s)  # noqa: E731
-    bench_set("demo", demo, Sources(generator=DEMO / "generator", qc_dir=DEMO / "qc"), None, cache,
-              backends, args.repeats, args.device, rows, log)
-    if not args.no_classifier:
+    sets = {s.strip() for s in args.sets.split(",")} | ({"sd"} if args.sd else set())
+    if "demo" in sets:
+        bench_set("demo", demo, Sources(generator=DEMO / "generator", qc_dir=DEMO / "qc"), None, cache,
+                  backends, args.repeats, args.device, rows, log)
+    if "densenet" in sets:
         clf = make_classifier(cache / "densenet121-224")
         bench_set("densenet", prof("densenet", {"classifier": {"batch_sizes": [1, 16]}}),
                   Sources(classifier=clf), ["classifier"], cache, backends, args.repeats, args.device,
                   rows, log)
-    if args.sd:
+    if "sd" in sets:
         sd = make_sd_sized(cache / "sd21-sized")
         p = prof("sd", {"text_encoder": {"batch_sizes": [1, 8]},
                         "unet": {"batch_sizes": [2, 8], "latent": [4, 64, 64]},
