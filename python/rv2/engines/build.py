@@ -101,13 +101,18 @@ class BuildRow:
 class _Graphs:
     """Loads each model once, only when some engine of it must be (re)built."""
 
-    def __init__(self, sources: Sources, profile: TargetProfile):
-        self.sources, self.profile = sources, profile
+    def __init__(self, sources: Sources, profile: TargetProfile, device):
+        self.sources, self.profile, self.device = sources, profile, device
         self._specs: dict = {}
 
     def get(self, component: str):
+        """The component's graph on the build device (its eager reference shares the
+        modules, so parity runs there too, in fp32)."""
         if component not in self._specs:
-            self._specs.update(self._load(component))
+            specs = self._load(component)
+            for s in specs.values():
+                s.module.to(self.device)
+            self._specs.update(specs)
         return self._specs[component]
 
     def _load(self, component: str) -> dict:
@@ -178,7 +183,7 @@ def build_engines(profile: TargetProfile, out: str | Path, sources: Sources, *,
             raise UserError(f"--components {bad}: not among the components of the given models "
                             f"{components}")
         components = [c for c in components if c in only]
-    graphs = _Graphs(sources, profile)
+    graphs = _Graphs(sources, profile, dev)
     out.mkdir(parents=True, exist_ok=True)
     old = _read_index(out)
     index = {"format": "rv2-engines", "version": 1, "target": profile.target,
@@ -374,7 +379,7 @@ def _parity(spec, runner, cp) -> dict:
     figures = {}
     for n in sorted({cp.min_batch, cp.max_batch}):
         xs = spec.example(n, seed=1234 + n)
-        refs = run_reference(spec, xs)
+        refs = run_reference(spec, [x.to(runner.device) for x in xs])
         outs = runner(*xs)
         figures[str(n)] = compare(outs, refs, [t.name for t in spec.outputs])
     return figures

@@ -36,7 +36,8 @@ def export_onnx(spec: GraphSpec, path: str | os.PathLike, precision: str = "fp32
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = in_precision(spec.module, precision).eval()
-    example = spec.example(example_batch)
+    device = next(module.parameters()).device
+    example = tuple(x.to(device) for x in spec.example(example_batch))
     names_in = [t.name for t in spec.inputs]
     names_out = [t.name for t in spec.outputs]
     axes = {n: {0: "batch"} for n in names_in + names_out}
