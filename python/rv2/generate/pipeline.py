@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -289,6 +290,10 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
         if isinstance(exc, DiskFullError) or is_disk_full(exc):
             raise disk_full(exc, out_dir) from None
         raise
+    except RuntimeError as exc:  # the native write pool reports errno text, not an OSError
+        if "No space left on device" in str(exc):
+            raise disk_full(exc, out_dir) from None
+        raise
     finally:
         if remote:
             executor.close()
@@ -308,8 +313,10 @@ def stop_after_batch(on_result: Callable, stop: StopRequests) -> Callable:
     return call
 
 
-def disk_full(exc: OSError, out_dir) -> DiskFullError:
-    path = getattr(exc, "path", None) or exc.filename or out_dir
+def disk_full(exc: Exception, out_dir) -> DiskFullError:
+    named = re.match(r"writing (.+?): ", str(exc))
+    path = (getattr(exc, "path", None) or getattr(exc, "filename", None)
+            or (named.group(1) if named else None) or out_dir)
     return DiskFullError(f"disk full while writing {path}; the store {out_dir} is consistent; "
                          "free space and rerun the same command to resume", path)
 
