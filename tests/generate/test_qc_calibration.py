@@ -191,3 +191,25 @@ def test_bad_inputs_are_one_line_user_errors(phantoms, tmp_path):
     assert r.exit_code == 2 and "manifest not found" in r.output
     r = _calibrate(phantoms, tmp_path / "d.json", "--split", "train")
     assert r.exit_code == 2 and "0 row(s) to calibrate on in split 'train'" in r.output
+
+
+def test_calibration_reads_the_real_qc_file_formats(phantoms, tmp_path):
+    """The published formats (DataParallel race state dict, Lightning sex checkpoint,
+    TorchScript age model; random weights here) calibrate like a bundle."""
+    from test_qc_models import _real_files
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    _real_files(weights)
+    out = tmp_path / "real_files.json"
+    r = CliRunner().invoke(main, ["qc", "calibrate", "--manifest", str(phantoms), "--out", str(out),
+                                  "--qc-weights-dir", str(weights), "--image-size", "64", "--limit", "8",
+                                  "--device", "cpu", "--no-progress", "--set", "n_boot=50"])
+    assert r.exit_code == 0, r.output
+    doc = cal.read_calibration(out)
+    qc = load_qc_models(weights)
+    assert doc["qc_model"] == {"model_id": qc.model_id, "model_hash": qc.model_hash,
+                               "convention": "authors"}
+    assert doc["data"]["images_used"] == 8 and doc["age"]["n"] == 8
+    assert math.isfinite(doc["age"]["sd"]) and math.isfinite(doc["age"]["rmse"])
+    assert 0 <= doc["sex"]["accuracy"] <= 1 and doc["age_tolerance"]["years"] == doc["age"]["sd"]
