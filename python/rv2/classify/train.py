@@ -389,6 +389,7 @@ def run_phase(cfg: ClassifierConfig, ph: Phase, model, val_ds, device, *,
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         st = saved["loop"]
+        st.setdefault("lr_plan", plan)  # states saved before the plan was recorded
         log.info("%s: resuming %s after epoch %d (step %d)", ph.dir, ph.name, st["epoch"], st["step"])
     labels = list(CHEXPERT_LABELS)
     t_phase = time.monotonic()
