@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prompts": ("rv2.prompts.cli:prompts", "Prompts from reports: build (77-token fit), expand (8 demographic variants), authors' CSV import/export."),
     "train-generator": ("rv2.finetune.cli:train_generator", "Fine-tune the generator (UNet + text encoder); resumable, multi-GPU via accelerate."),
     "eval-generator": ("rv2.evaluate.generator_cli:eval_generator", "Checkpoint metrics of a generator (Supplementary Table 1): alignment, FID, MS-SSIM, BioViL, diversity; selection."),
+    "qc": ("rv2.generate.cli:qc", "QC networks: calibrate them on real images (accuracy, age error SD = the paper's age tolerance)."),
     "generate": ("rv2.generate.cli:generate", "Generate a QC'd synthetic dataset from expanded prompts (retries, crash-safe resumable store)."),
     "train-classifier": ("rv2.classify.cli:train_classifier", "Train the DenseNet-121 disease classifier (real, synthetic, mixed, pretrain-finetune; sweep)."),
     "predict": ("rv2.classify.cli:predict", "Disease probabilities per image from a trained classifier; unreadable images reported."),

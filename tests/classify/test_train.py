@@ -302,7 +302,117 @@ def test_sweep_grid():
 
     g = grid(["real", "synthetic", "mixed"], [100], [0.5], seeds=[0, 1])
     assert len(g) == 2 * (2 + 1 + 2)
-    assert {"strategy": "synthetic", "n_real": None, "real_fraction": None, "seed": 1} in g
+    assert {"strategy": "synthetic", "n_real": None, "real_fraction": None, "seed": 1,
+            "synthetic_multiple": None} in g
     assert run_name("mixed", None, 0.5, 1) == "mixed_f0.5_s1"
     with pytest.raises(ValueError, match="unknown strategies"):
         grid(["nope"], [], [], [0])
+
+
+def test_sweep_synthetic_multiples_give_the_supplementation_curve(tiny_data, tmp_path):
+    """Real data fixed (6 images), synthetic 0, 1 and 5 times that: one command."""
+    res = CliRunner().invoke(cli.main, [
+        "train-classifier", "sweep", "--strategies", "real,mixed", "--n-real", "6",
+        "--synthetic-multiples", "0,1,5", "--seeds", "0", "--real", str(tiny_data["real"]),
+        "--synthetic", str(tiny_data["synthetic"]), "--val", str(tiny_data["val"]), "--out", str(tmp_path),
+        "--image-size", "32", "--epochs", "1", "--max-steps", "1", "--batch-size", "8",
+        "--num-workers", "0", "--init", "scratch", "--set", "progress=false"])
+    assert res.exit_code == 0, res.output
+    t = pd.read_csv(tmp_path / "sweep.csv")
+    assert t.strategy.tolist() == ["real", "mixed", "mixed", "mixed"]
+    assert t.n_real_images.tolist() == [6, 6, 6, 6]
+    assert t.synthetic_multiple.tolist()[1:] == [0, 1, 5] and np.isnan(t.synthetic_multiple[0])
+    assert t.n_synthetic_requested.tolist() == [0, 0, 6, 30]
+    assert t.n_synthetic_images.tolist() == [0, 0, 6, 30]
+    assert (tmp_path / "runs" / "mixed_n6_x5_s0").is_dir()
+    for m in (1, 5):
+        s = json.loads((tmp_path / "runs" / f"mixed_n6_x{m}_s0" / "rv2_meta.json").read_text())["summary"]
+        assert s["data"]["synthetic_used"]["images"] == 6 * m and s["data"]["real_used"]["images"] == 6
+    x0 = json.loads((tmp_path / "runs" / "mixed_n6_x0_s0" / "rv2_meta.json").read_text())["summary"]
+    assert "synthetic_used" not in x0["data"]  # multiple 0: the real subset alone
+    res = CliRunner().invoke(cli.main, ["train-classifier", "sweep", "--synthetic-multiples", "1,x",
+                                        "--out", str(tmp_path / "bad")])
+    assert res.exit_code == 2 and "--synthetic-multiples" in res.output
+
+
+def test_sweep_grid_with_synthetic_multiples():
+    from rv2.classify.sweep import grid, run_name
+
+    g = grid(["real", "synthetic", "mixed", "pretrain-finetune"], [10], [], seeds=[0], multiples=[0, 2])
+    by = [(r["strategy"], r["synthetic_multiple"]) for r in g]
+    assert by == [("real", None), ("synthetic", 2), ("mixed", 0), ("mixed", 2), ("pretrain-finetune", 2)]
+    assert run_name("mixed", 10, None, 0, 2) == "mixed_n10_x2_s0"
+    with pytest.raises(ValueError, match=">= 0"):
+        grid(["mixed"], [], [], [0], multiples=[-1])
+
+
+def _short(tiny_data, out, **kw):
+    base = dict(real=str(tiny_data["real"]), val=str(tiny_data["val"]), image_size=32, init="scratch",
+                batch_size=16, lr=1e-3, num_workers=0, progress=False, n_real=16)
+    return train_classifier(ClassifierConfig(out=str(out), **{**base, **kw}))
+
+
+def test_lr_schedule_ends_at_its_planned_value_and_is_recorded(tiny_data, tmp_path):
+    # cosine planned over the run's 2 epochs: the last epoch ends at lr x min_lr_ratio
+    out = _short(tiny_data, tmp_path / "cos", epochs=2, min_lr_ratio=0.1)
+    hist = pd.read_csv(out / "history.csv")
+    assert hist.lr.iloc[-1] == pytest.approx(1e-4, rel=1e-6) and hist.lr.iloc[0] > 1e-4
+    s = json.loads((out / "rv2_meta.json").read_text())["summary"]
+    plan = s["lr_schedule"]
+    assert plan["kind"] == "cosine" and plan["planned_epochs"] == 2 and plan["planned_over"] == "epochs"
+    assert plan["planned_steps"] == s["steps"] and s["final_lr"] == pytest.approx(plan["end_lr"])
+    assert json.loads((out / "model_config.json").read_text())["lr_schedule"] == plan
+    # planned over expected_epochs=1 of at most 3: at its end value after epoch 1, held there
+    out = _short(tiny_data, tmp_path / "exp", epochs=3, expected_epochs=1)
+    hist = pd.read_csv(out / "history.csv")
+    assert hist.lr.tolist() == [0.0, 0.0, 0.0]
+    assert json.loads((out / "rv2_meta.json").read_text())["summary"]["lr_schedule"]["planned_over"] == \
+        "expected_epochs"
+    out = _short(tiny_data, tmp_path / "const", epochs=2, lr_schedule="constant")
+    assert pd.read_csv(out / "history.csv").lr.tolist() == [1e-3, 1e-3]
+
+
+def test_plateau_schedule_cuts_the_rate_when_validation_loss_stalls(tiny_data, tmp_path, monkeypatch):
+    import rv2.classify.train as tr
+
+    losses = iter([1.0, 0.9, 0.95, 0.97])
+    real_evaluate = tr.evaluate
+
+    def fake_evaluate(model, ds, cfg, device, skipped=None):
+        loss, probs, target, mask = real_evaluate(model, ds, cfg, device, skipped)
+        return next(losses, loss), probs, target, mask
+
+    monkeypatch.setattr(tr, "evaluate", fake_evaluate)
+    out = _short(tiny_data, tmp_path / "plateau", epochs=4, lr_schedule="plateau", plateau_patience=1,
+                 plateau_factor=0.5)
+    hist = pd.read_csv(out / "history.csv")
+    # epoch 3 is the first bad epoch, epoch 4 the second: patience 1 cuts after it
+    assert hist.lr.tolist() == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4])
+    plan = json.loads((out / "rv2_meta.json").read_text())["summary"]["lr_schedule"]
+    assert plan == {"kind": "plateau", "start_lr": 1e-3, "factor": 0.5, "patience": 1,
+                    "monitor": "validation loss"}
+
+
+def test_mixed_views_warn_once_and_views_pa_filters(tiny_data, tmp_path, caplog):
+    df = pd.read_parquet(tiny_data["real"])
+    df.loc[df.index[:10], "view"] = "AP"
+    df.loc[df.index[10:12], "view"] = "LATERAL"
+    mixed = tiny_data["real"].parent / "mixed_views.parquet"
+    df.to_parquet(mixed)
+    kw = dict(real=str(mixed), val=str(tiny_data["val"]), epochs=1, max_steps=1)
+    with caplog.at_level("WARNING", logger="rv2.data.views"):
+        out = _short(tiny_data, tmp_path / "all", **{**kw, "n_real": None})
+    warnings = [r.getMessage() for r in caplog.records if r.name == "rv2.data.views"]
+    assert len(warnings) == 1 and "mixed views (PA 36, AP 10, LATERAL 2)" in warnings[0]
+    s = json.loads((out / "rv2_meta.json").read_text())["summary"]
+    assert s["data"]["real_used"]["images"] == 48
+    assert s["data"]["views"]["real"] == {"setting": "all", "present": {"PA": 36, "AP": 10, "LATERAL": 2},
+                                          "used": {"PA": 36, "AP": 10, "LATERAL": 2}}
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rv2.data.views"):
+        out = _short(tiny_data, tmp_path / "pa", **{**kw, "n_real": None, "views": "PA"})
+    assert not [r for r in caplog.records if r.name == "rv2.data.views"]
+    s = json.loads((out / "rv2_meta.json").read_text())["summary"]
+    assert s["data"]["real_used"]["images"] == 36 and s["data"]["views"]["real"]["used"] == {"PA": 36}
+    with pytest.raises(ValueError, match="is not a view"):
+        ClassifierConfig(views="frontal")

@@ -86,9 +86,13 @@ def test_chexpert_valid_and_demographics(tmp_path):
     assert df["race"].tolist() == ["White", "Asian", "Hispanic"]
     assert df["image_id"][0] == "patient64541/study1/view1_frontal"
     assert df["study_id"][0] == "patient64541/study1"
-    d2, _ = index_dataset("chexpert", [tmp_path / "valid.csv"], config=IndexConfig(views="PA,AP"),
-                          progress=False)
+    # the sidecar states the view filter and the views present
+    assert side["views"] == "all" and side["view_filter"].startswith("all views kept")
+    assert side["views_present"] == {"AP": 1, "LATERAL": 1, "PA": 1}
+    d2, s2 = index_dataset("chexpert", [tmp_path / "valid.csv"], config=IndexConfig(views="PA,AP"),
+                           progress=False)
     assert len(d2) == 2
+    assert s2["view_filter"] == "kept views ['AP', 'PA']" and s2["views_present"] == {"AP": 1, "PA": 1}
 
 
 def test_chexpert_plus(tmp_path):

@@ -216,3 +216,20 @@ def test_cli_evaluate_and_compare(world, tmp_path):
                                str(world["manifest"]), "--out", str(tmp_path / "y"),
                                "--split", "val"])
     assert res.exit_code != 0 and "no rows with split == 'val'" in res.output
+
+
+def test_sweep_table_of_synthetic_multiples_plots_over_the_multiple(tmp_path):
+    from rv2.evaluate.report_writer import read_sweep
+
+    t = pd.DataFrame({"strategy": ["real"] + ["mixed"] * 6, "seed": [0, 0, 0, 0, 1, 1, 1],
+                      "synthetic_multiple": [np.nan, 0, 1, 5, 0, 1, 5],
+                      "n_real_images": [100] * 7, "val_auroc_mean": [0.7, 0.7, 0.74, 0.8, 0.72, 0.76, 0.8]})
+    t.to_csv(tmp_path / "sweep.csv", index=False)
+    agg, x, y = read_sweep(tmp_path / "sweep.csv")
+    assert x == "synthetic_multiple" and y == "val_auroc_mean"
+    assert agg["synthetic_multiple"].tolist() == [0, 1, 5]
+    assert agg["mean"].tolist() == pytest.approx([0.71, 0.75, 0.8])
+    # several real sizes: the label-efficiency curve over the real size, as before
+    t.loc[4:, "n_real_images"] = 200
+    t.to_csv(tmp_path / "sweep2.csv", index=False)
+    assert read_sweep(tmp_path / "sweep2.csv")[1] == "n_real_images"

@@ -45,7 +45,8 @@ def test_build_small_manifest(make_manifest):
     assert a["prompt_id"] == prompt_id("a", a["prompt"]) and len(a["prompt_id"]) == 16
     assert b["prompt"] == "60 year old WHITE male. No acute cardiopulmonary process ."  # from the report
     assert stats["rows_in"] == 7 and stats["rows_out"] == 2
-    assert stats["dropped"] == {"no_impression": 1, "nondescriptive": 1, "missing_demographics": 3}
+    assert stats["dropped"] == {"other_view": 0, "no_impression": 1, "nondescriptive": 1,
+                                "missing_demographics": 3}
     assert stats["missing"] == {"sex": 1, "age": 0, "race": 2}
     # Stable ids: the same input gives the same ids; another template another id.
     again, _ = build_prompts(make_manifest(_rows()))
@@ -118,3 +119,28 @@ def test_placeholder_only_impression_is_left_out(make_manifest, deid, reason):
         {"image_id": "s", "sex": "F", "age": 50.0, "race": "White", "impression": "See findings."}]
     df, stats = build_prompts(make_manifest(rows), PromptsConfig(deid=deid))
     assert len(df) == 0 and stats["dropped"][reason] >= 1 and stats["dropped"]["nondescriptive"] >= 1
+
+
+def test_views_all_warns_once_on_mixed_views_and_pa_filters(make_manifest, caplog):
+    rows = [{**r, "view": v} for r, v in zip(_rows(), ["PA", "AP", "PA", "LATERAL", "PA", "PA", None])]
+    df = make_manifest(rows)
+    with caplog.at_level("WARNING", logger="rv2.data.views"):
+        _, stats = build_prompts(df, name="mixed.parquet")
+        build_prompts(df, name="mixed.parquet")  # the same manifest again: no second warning
+    warnings = [r.getMessage() for r in caplog.records if r.name == "rv2.data.views"]
+    assert len(warnings) == 1
+    assert "mixed.parquet: mixed views (PA 4, AP 1, LATERAL 1, unknown 1)" in warnings[0]
+    assert "prompts" in warnings[0] and "views=PA" in warnings[0]
+    assert stats["views"] == {"setting": "all", "present": {"PA": 4, "AP": 1, "LATERAL": 1, "unknown": 1},
+                              "used": {"PA": 4, "AP": 1, "LATERAL": 1, "unknown": 1}}
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rv2.data.views"):
+        out, stats = build_prompts(df, PromptsConfig(views="pa"), name="mixed2.parquet")
+    assert not [r for r in caplog.records if r.name == "rv2.data.views"]
+    assert set(out["image_id"]) <= {"a", "c", "e", "f"} and out["image_id"].tolist() == ["a"]
+    assert stats["rows_in"] == 7 and stats["dropped"]["other_view"] == 3
+    assert stats["views"]["setting"] == "PA" and stats["views"]["used"] == {"PA": 4}
+    with pytest.raises(ValueError, match="no image with a view in \\['LL'\\]"):
+        build_prompts(df, PromptsConfig(views="LL"), name="m")
+    with pytest.raises(ValueError, match="is not a view"):
+        PromptsConfig(views="frontal")

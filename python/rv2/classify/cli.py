@@ -13,7 +13,8 @@ _FIELDS = {"strategy": "strategy", "real": "real", "synthetic": "synthetic", "va
            "n_synthetic": "n_synthetic", "image_size": "image_size", "epochs": "epochs",
            "batch_size": "batch_size", "num_workers": "num_workers", "max_steps": "max_steps",
            "time_limit": "time_limit_s", "init": "init", "weights_dir": "weights_dir",
-           "pretrained_from": "pretrained_from", "device": "device", "seed": "seed", "lr": "lr"}
+           "pretrained_from": "pretrained_from", "device": "device", "seed": "seed", "lr": "lr",
+           "views": "views"}
 
 
 def _common(f):
@@ -36,6 +37,8 @@ def _common(f):
         click.option("--weights-dir", type=click.Path(file_okay=False), help="Where densenet121-a639ec97.pth is."),
         click.option("--device", help="auto | cpu | cuda | cuda:N"),
         click.option("--lr", type=float),
+        click.option("--views", help="Views used: PA, a comma list, or all (default: all, with a warning "
+                                     "when a manifest mixes views; the paper uses PA)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -87,19 +90,34 @@ def train_classifier(ctx, config_file, overrides, **opts):
 @click.option("--strategies", default=",".join(STRATEGIES), show_default=True, help="Comma-separated.")
 @click.option("--n-real", "n_real_list", default="", help="Comma-separated real image counts ('all' allowed).")
 @click.option("--real-fractions", default="", help="Comma-separated fractions of the real set.")
+@click.option("--synthetic-multiples", default="",
+              help="Comma-separated synthetic sizes as multiples of each run's real images, e.g. "
+                   "0,1,2,5 with --strategies mixed: the supplementation curve.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds.")
-def sweep(config_file, overrides, out, strategies, n_real_list, real_fractions, seeds, **opts):
-    """Run a grid (strategies x real-data sizes x seeds) and write OUT/sweep.csv."""
+def sweep(config_file, overrides, out, strategies, n_real_list, real_fractions, synthetic_multiples,
+          seeds, **opts):
+    """Run a grid (strategies x real-data sizes x synthetic sizes x seeds) and write OUT/sweep.csv."""
     from rv2.classify.sweep import run_sweep
 
     base = _config(config_file, overrides, **opts)
     n_reals = [None if x.strip() == "all" else int(x) for x in n_real_list.split(",") if x.strip()]
     fracs = [float(x) for x in real_fractions.split(",") if x.strip()]
     table = run_sweep(base, out, strategies=[s.strip() for s in strategies.split(",") if s.strip()],
-                      n_reals=n_reals, fractions=fracs, seeds=[int(s) for s in seeds.split(",") if s.strip()])
+                      n_reals=n_reals, fractions=fracs, seeds=[int(s) for s in seeds.split(",") if s.strip()],
+                      multiples=_numbers(synthetic_multiples, "--synthetic-multiples"))
     cols = ["strategy", "seed", "n_real_images", "n_synthetic_images", "best_epoch", "val_auroc_mean"]
+    if synthetic_multiples.strip():
+        cols.insert(2, "synthetic_multiple")
     click.echo(table[cols].to_string(index=False))
     click.echo(f"table: {out}/sweep.csv")
+
+
+def _numbers(text: str, option: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers",
+                                 param_hint=option) from None
 
 
 @click.command()

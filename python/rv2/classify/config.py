@@ -6,6 +6,7 @@ from typing import Any, ClassVar, Literal, Mapping
 
 from rv2.config import Config
 from rv2.data.label_policy import DEFAULT_TEXT, LabelPolicy, from_legacy
+from rv2.data.labels import parse_views
 
 STRATEGIES = ("real", "synthetic", "mixed", "pretrain-finetune")
 VAL_SPLIT_ALIASES = ("val", "valid", "validate", "validation")
@@ -30,6 +31,10 @@ class ClassifierConfig(Config):
     train_split: str | None = "train"
     val_split: str | None = "val"  # also matches valid / validate / validation
 
+    # Views used from every manifest: "all" (warns when a manifest mixes views; the paper
+    # uses PA only) or a comma list, e.g. "PA".
+    views: str = "all"
+
     # Label efficiency: patient-level, seeded subsets of the real training set.
     n_real: int | None = None
     real_fraction: float | None = None
@@ -47,6 +52,18 @@ class ClassifierConfig(Config):
     finetune_lr: float = 5e-5
     weight_decay: float = 0.05
     epochs: int = 100
+    # Learning-rate schedule (recorded in the model's config and summary):
+    #   cosine    decays per step from lr to lr x min_lr_ratio over `expected_epochs`
+    #             (default: epochs; set it near where early stopping ends a run, or the
+    #             rate barely decays), then holds that end value;
+    #   plateau   lr x plateau_factor when the validation loss has not improved for
+    #             plateau_patience epochs;
+    #   constant  lr throughout.
+    lr_schedule: Literal["cosine", "plateau", "constant"] = "cosine"
+    expected_epochs: int | None = None
+    min_lr_ratio: float = 0.0
+    plateau_factor: float = 0.1
+    plateau_patience: int = 5
     pretrain_epochs: int | None = None   # default: epochs
     patience: int = 20
     batch_size: int = 32
@@ -78,6 +95,7 @@ class ClassifierConfig(Config):
 
     def __post_init__(self):
         self.label_policy = str(LabelPolicy.parse(self.label_policy))  # checked, canonical
+        parse_views(self.views)  # a bad view name fails here, not after loading data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>") -> "ClassifierConfig":

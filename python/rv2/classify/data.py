@@ -2,35 +2,21 @@
 label-efficiency subsets (patient-level, seeded)."""
 from __future__ import annotations
 
-import json
 import logging
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from rv2.classify.config import VAL_SPLIT_ALIASES
+from rv2.data.manifest import image_root
 from rv2.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-def manifest_root(manifest: str | Path, *roots: str | None) -> Path:
-    """The first explicit root, else the image root recorded in the manifest's
-    sidecar (by `rv2 data index`) when that folder exists, else the manifest's folder."""
-    for r in roots:
-        if r:
-            return Path(r)
-    side = Path(manifest).with_name(Path(manifest).stem + ".sidecar.json")
-    if side.is_file():
-        try:
-            recorded = json.loads(side.read_text()).get("root")
-        except (OSError, json.JSONDecodeError, AttributeError):
-            recorded = None
-        if recorded and Path(recorded).is_dir():
-            return Path(recorded)
-    return Path(manifest).resolve().parent
+# The image root of a manifest (explicit, else its sidecar's, else its folder).
+manifest_root = image_root
 
 
 def select_split(df: pd.DataFrame, split: str | None, name: str, *, aliases=()) -> pd.DataFrame:

@@ -4,11 +4,14 @@ Phases per strategy (paper, Methods):
   real               ImageNet init (init=auto), train on the real subset, lr
   synthetic          ImageNet init, train on synthetic images, lr
   mixed              ImageNet init, train on real subset + n_synthetic images, lr
+                     (n_synthetic=0: the real subset alone, the origin of a supplementation curve)
   pretrain-finetune  scratch init, train on synthetic (lr) into OUT/pretrain/,
                      then fine-tune its best checkpoint on the real subset (finetune_lr)
 
-Each phase: masked BCE, AdamW, cosine decay per step over the planned steps,
-up to `epochs`, early stop when the validation loss has not improved for
+Each phase: masked BCE, AdamW, the learning-rate schedule `lr_schedule` (cosine
+decay per step planned over `expected_epochs`, default `epochs`; reduce on a
+validation-loss plateau; or constant; recorded with the model), up to
+`epochs`, early stop when the validation loss has not improved for
 `patience` epochs, best checkpoint by mean validation AUROC over the labels that
 have both classes (ties and all-NaN fall back to the lower validation loss).
 After every epoch the full state (weights, optimizer, schedule, history, best)
@@ -40,6 +43,7 @@ from rv2.data.dali import dali_device
 from rv2.data.label_policy import LabelPolicy
 from rv2.data.manifest import read_manifest
 from rv2.data.schema import CHEXPERT_LABELS
+from rv2.data.views import describe_views, select_views
 from rv2.errors import UserError
 from rv2.files import atomic_path, atomic_write_text, dumps
 from rv2.models.densenet import densenet121, model_config
@@ -105,7 +109,7 @@ def _validate(cfg: ClassifierConfig) -> None:
     if not cfg.out:
         raise UserError("an output folder is required (--out DIR)")
     needs_real = cfg.strategy in ("real", "mixed", "pretrain-finetune")
-    needs_syn = cfg.strategy in ("synthetic", "mixed") or (
+    needs_syn = cfg.strategy == "synthetic" or (cfg.strategy == "mixed" and cfg.n_synthetic != 0) or (
         cfg.strategy == "pretrain-finetune" and not cfg.pretrained_from)
     if needs_real and not cfg.real:
         raise UserError(f"strategy {cfg.strategy!r} needs a real training manifest (--real)")
@@ -118,6 +122,13 @@ def _validate(cfg: ClassifierConfig) -> None:
     for name in ("epochs", "patience", "batch_size"):
         if getattr(cfg, name) < 1:
             raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.expected_epochs is not None and cfg.expected_epochs < 1:
+        raise UserError(f"expected_epochs must be at least 1, got {cfg.expected_epochs}")
+    if not 0.0 <= cfg.min_lr_ratio <= 1.0:
+        raise UserError(f"min_lr_ratio must be in [0, 1], got {cfg.min_lr_ratio}")
+    if not 0.0 < cfg.plateau_factor < 1.0 or cfg.plateau_patience < 0:
+        raise UserError(f"plateau_factor must be in (0, 1) and plateau_patience >= 0, got "
+                        f"{cfg.plateau_factor} and {cfg.plateau_patience}")
     if cfg.cache_images and cfg.num_workers > 0:
         log.warning("cache_images only helps with num_workers=0 (each worker has its own memory)")
 
@@ -152,26 +163,33 @@ def load_datasets(cfg: ClassifierConfig, out: Path) -> dict:
     frames: dict[str, tuple[pd.DataFrame, Path]] = {}
     summary: dict = {}
     real_full = None
+    views: dict = {}
+
+    def read(path: str, what: str) -> pd.DataFrame:
+        df = read_manifest(path)
+        kept = select_views(df, cfg.views, name=str(path), what=f"the classifier's {what} set")
+        views[what] = describe_views(cfg.views, df, kept)
+        return kept
+
     if cfg.real:
-        df = read_manifest(cfg.real)
-        real_full = cdata.select_split(df, cfg.train_split, cfg.real)
-        sub = cdata.patient_subset(real_full, n=cfg.n_real, fraction=cfg.real_fraction, seed=cfg.subset_seed)
+        real_full, sub = real_subset(cfg, read(cfg.real, "real"))
         frames["real"] = (sub, cdata.manifest_root(cfg.real, cfg.real_root, cfg.root))
         summary["real_available"] = cdata.describe(real_full)
         summary["real_used"] = cdata.describe(sub)
-    if cfg.synthetic and (cfg.strategy != "real"):
-        sdf = read_manifest(cfg.synthetic)
+    if cfg.synthetic and cfg.strategy != "real" and not (cfg.strategy == "mixed" and cfg.n_synthetic == 0):
+        sdf = read(cfg.synthetic, "synthetic")
         ssub = cdata.image_sample(sdf, cfg.n_synthetic, seed=cfg.subset_seed)
         frames["synthetic"] = (ssub, cdata.manifest_root(cfg.synthetic, cfg.synthetic_root, cfg.root))
         summary["synthetic_available"] = cdata.describe(sdf)
         summary["synthetic_used"] = cdata.describe(ssub)
     if cfg.val:
-        vdf = cdata.val_rows(read_manifest(cfg.val), cfg.val_split, cfg.val)
+        vdf = cdata.val_rows(read(cfg.val, "val"), cfg.val_split, cfg.val)
         vroot = cdata.manifest_root(cfg.val, cfg.val_root, cfg.root)
     else:
-        vdf = cdata.val_rows(read_manifest(cfg.real), cfg.val_split or "val", cfg.real)
+        vdf = cdata.val_rows(read(cfg.real, "val"), cfg.val_split or "val", cfg.real)
         vroot = cdata.manifest_root(cfg.real, cfg.real_root, cfg.root)
     summary["val"] = cdata.describe(vdf)
+    summary["views"] = views
 
     policy = LabelPolicy.parse(cfg.label_policy)
     summary["label_policy"] = str(policy)
@@ -195,6 +213,17 @@ def load_datasets(cfg: ClassifierConfig, out: Path) -> dict:
     ds["summary"] = summary
     ds["norm"] = norm
     return ds
+
+
+def real_subset(cfg: ClassifierConfig, df: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the real manifest's training rows, the run's label-efficiency subset of them).
+
+    df: the real manifest read with the run's views (default: read here)."""
+    if df is None:
+        df = select_views(read_manifest(cfg.real), cfg.views, name=str(cfg.real),
+                          what="the classifier's real set")
+    full = cdata.select_split(df, cfg.train_split, cfg.real)
+    return full, cdata.patient_subset(full, n=cfg.n_real, fraction=cfg.real_fraction, seed=cfg.subset_seed)
 
 
 def _normalization(cfg, out: Path, real_full, frames, common) -> dict:
@@ -239,8 +268,8 @@ def plan_phases(cfg: ClassifierConfig, out: Path, sets: dict) -> list[Phase]:
     if cfg.strategy == "synthetic":
         return [Phase("main", out, sets["synthetic"], init, cfg.lr, cfg.epochs, 0)]
     if cfg.strategy == "mixed":
-        return [Phase("main", out, ConcatDataset([sets["real"], sets["synthetic"]]), init, cfg.lr,
-                      cfg.epochs, 0)]
+        parts = [sets["real"]] + ([sets["synthetic"]] if "synthetic" in sets else [])
+        return [Phase("main", out, ConcatDataset(parts), init, cfg.lr, cfg.epochs, 0)]
     phases = []
     pre_dir = Path(cfg.pretrained_from) if cfg.pretrained_from else out / "pretrain"
     if not cfg.pretrained_from:
@@ -348,18 +377,19 @@ def run_phase(cfg: ClassifierConfig, ph: Phase, model, val_ds, device, *,
     if device.type == "cuda" and cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=ph.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total_steps) / max(total_steps, 1))))
+    plan = lr_plan(cfg, ph, steps_per_epoch)
+    sched = make_scheduler(opt, plan)
 
     st = {"epoch": 0, "step": 0, "best_key": None, "best_epoch": None, "best_val_loss": math.inf,
           "bad_epochs": 0, "history": [], "finished": False, "stop_reason": None, "skipped": [],
-          "train_seconds": 0.0}
+          "train_seconds": 0.0, "lr_plan": plan}
     if state_file.is_file():
         saved = torch.load(state_file, map_location="cpu", weights_only=False)
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         st = saved["loop"]
+        st.setdefault("lr_plan", plan)  # states saved before the plan was recorded
         log.info("%s: resuming %s after epoch %d (step %d)", ph.dir, ph.name, st["epoch"], st["step"])
     labels = list(CHEXPERT_LABELS)
     t_phase = time.monotonic()
@@ -387,7 +417,8 @@ def run_phase(cfg: ClassifierConfig, ph: Phase, model, val_ds, device, *,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+            if plan["kind"] != "plateau":
+                sched.step()
             st["step"] += 1
             loss_sum += float(loss.detach())
             batches += 1
@@ -404,6 +435,8 @@ def run_phase(cfg: ClassifierConfig, ph: Phase, model, val_ds, device, *,
         aurocs = auroc_per_label(target, mask, probs, labels)
         mean_auc, n_auc = mean_defined(aurocs)
         st["epoch"] = epoch + 1
+        if plan["kind"] == "plateau":
+            sched.step(val_loss if math.isfinite(val_loss) else math.inf)
         # best: higher mean AUROC; NaN ranks lowest; then lower validation loss
         key = (mean_auc if math.isfinite(mean_auc) else -math.inf, -val_loss if math.isfinite(val_loss) else -math.inf)
         improved = st["best_key"] is None or key > tuple(st["best_key"])
@@ -436,6 +469,39 @@ def run_phase(cfg: ClassifierConfig, ph: Phase, model, val_ds, device, *,
                  val_loss, mean_auc, " *" if improved else "")
         if on_epoch_end is not None:
             on_epoch_end(ph.name, st["epoch"], row)
+
+
+def lr_plan(cfg: ClassifierConfig, ph: Phase, steps_per_epoch: int) -> dict:
+    """The learning-rate schedule of a phase, as recorded with the model."""
+    if cfg.lr_schedule == "cosine":
+        epochs = min(cfg.expected_epochs or ph.epochs, ph.epochs)
+        steps = epochs * steps_per_epoch
+        if cfg.max_steps is not None:
+            steps = min(steps, cfg.max_steps)
+        return {"kind": "cosine", "start_lr": ph.lr, "end_lr": ph.lr * cfg.min_lr_ratio,
+                "planned_epochs": epochs, "planned_steps": steps,
+                "planned_over": "expected_epochs" if cfg.expected_epochs else "epochs"}
+    if cfg.lr_schedule == "plateau":
+        return {"kind": "plateau", "start_lr": ph.lr, "factor": cfg.plateau_factor,
+                "patience": cfg.plateau_patience, "monitor": "validation loss"}
+    return {"kind": "constant", "start_lr": ph.lr, "end_lr": ph.lr}
+
+
+def make_scheduler(opt, plan: dict):
+    """A torch scheduler for `plan`: per step (cosine, constant) or per epoch (plateau)."""
+    import torch
+
+    if plan["kind"] == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=plan["factor"],
+                                                          patience=plan["patience"])
+    if plan["kind"] == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    total, end = max(plan["planned_steps"], 1), plan["end_lr"] / plan["start_lr"]
+
+    def cosine(s: int) -> float:  # from 1 to `end` over the planned steps, then held
+        return end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, cosine)
 
 
 def _save_state(path: Path, model, opt, sched, st: dict) -> None:
@@ -477,6 +543,7 @@ def finalize(cfg: ClassifierConfig, ph: Phase, sets: dict, device) -> None:
     norm = sets["norm"]
     mcfg = model_config(labels, cfg.image_size, norm["mean"], norm["std"])
     mcfg["label_policy"] = cfg.label_policy
+    mcfg["lr_schedule"] = state.get("lr_plan")
     atomic_write_text(ph.dir / md.MODEL_CONFIG, _dumps(mcfg))
     atomic_write_text(ph.dir / md.NORMALIZATION, _dumps(norm))
     if ph.dir != Path(cfg.out):
@@ -490,7 +557,9 @@ def finalize(cfg: ClassifierConfig, ph: Phase, sets: dict, device) -> None:
                "epochs_run": state["epoch"], "steps": state["step"], "stop_reason": state["stop_reason"],
                "val_loss": val_loss, "val_auroc_mean": mean_auc, "n_auroc_labels": n_auc,
                "val_auroc": aurocs, "train_seconds": state["train_seconds"],
-               "images_skipped": len(state["skipped"]), "data": sets["summary"], "device": str(device)}
+               "images_skipped": len(state["skipped"]), "data": sets["summary"], "device": str(device),
+               "lr_schedule": state.get("lr_plan"),
+               "final_lr": state["history"][-1]["lr"] if state["history"] else None}
     write_artifact_meta(ph.dir, cfg, inputs=inputs, extra={"summary": summary})
     (ph.dir / md.STATE).unlink()
     shutil.rmtree(ph.dir / "state", ignore_errors=True)

@@ -19,7 +19,8 @@ def data() -> None:
               type=click.Path(exists=True), help="A metadata file (repeat); see `rv2.data.index`.")
 @click.option("--root", type=click.Path(exists=True, file_okay=False),
               help="Folder the image paths are relative to (and MIMIC's reports).")
-@click.option("--views", default=None, help="PA, a comma list (PA,AP) or all (default: all).")
+@click.option("--views", default=None, help="PA, a comma list (PA,AP) or all (default: all; the paper uses PA). "
+                   "The sidecar records the filter and the views present.")
 @click.option("--verify-files", is_flag=True, help="Decode every image; drop and list bad ones.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Manifest to write (.parquet).")
@@ -62,6 +63,7 @@ def index_cmd(dataset, metadata, root, views, verify_files, out, config_path, ov
     c = side["counts"]
     click.echo(f"\nwrote {out}: {c['rows']} images, {c['patients']} patients, "
                f"{c['studies']} studies; splits {c['by_split']}; views {c['by_view']}")
+    click.echo(f"views: {side['view_filter']}; present {side['views_present']}")
     click.echo(f"sidecar: {sidecar_path(out)}")
 
 

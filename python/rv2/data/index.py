@@ -53,6 +53,7 @@ from rv2.data.config import IndexConfig
 from rv2.data.imageio import ImageReadError, load_image
 from rv2.data.manifest import conform, summary_counts, validate
 from rv2.data.schema import AGE_RANGE
+from rv2.data.views import view_counts
 from rv2.errors import MissingInputError, UserError
 
 # ------------------------------------------------------------------ files
@@ -216,4 +217,8 @@ def index_dataset(dataset: str, metadata_files: Sequence[str | os.PathLike],
     df = conform(df, dataset=dataset)
     validate(df, f"{dataset} manifest")
     side["counts"] = summary_counts(df)
+    # The filter stated, and what it left: consumers warn on mixed views unless asked.
+    side["view_filter"] = ("all views kept (no filter; the paper uses PA only: --views PA)"
+                           if views is None else f"kept views {sorted(views)}")
+    side["views_present"] = view_counts(df)
     return df, side

@@ -212,6 +212,24 @@ def read_manifest(path: str | os.PathLike, *, validate_values: bool = True,
     return df
 
 
+def image_root(manifest: str | os.PathLike, *roots: str | os.PathLike | None) -> Path:
+    """The folder a manifest's image paths are relative to: the first explicit root,
+    else the root recorded in its sidecar (by `rv2 data index`) when that folder
+    exists, else the manifest's folder."""
+    for r in roots:
+        if r:
+            return Path(r)
+    side = sidecar_path(manifest)
+    if side.is_file():
+        try:
+            recorded = json.loads(side.read_text()).get("root")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            recorded = None
+        if recorded and Path(recorded).is_dir():
+            return Path(recorded)
+    return Path(manifest).resolve().parent
+
+
 def read_sidecar(manifest_path: str | os.PathLike) -> dict:
     p = sidecar_path(manifest_path)
     if not p.is_file():
@@ -232,4 +250,4 @@ def format_consort(steps: list[Mapping]) -> str:
 
 
 __all__ = ["ManifestError", "SPLITS", "conform", "validate", "check_manifest", "check_labels", "write_manifest", "read_manifest",
-           "read_sidecar", "sidecar_path", "summary_counts", "format_consort", "ID_COLUMNS"]
+           "read_sidecar", "sidecar_path", "image_root", "summary_counts", "format_consort", "ID_COLUMNS"]

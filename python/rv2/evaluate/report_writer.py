@@ -191,9 +191,10 @@ SWEEP_Y = ("auroc", "macro_auroc", "test_auroc_mean", "val_auroc_mean")
 def read_sweep(path):
     """A sweep table (CSV or Parquet) with a size column and an AUROC column.
 
-    Size: the first of n_real_images, real_fraction, fraction, n_real; AUROC:
-    the first of auroc, macro_auroc, test_auroc_mean, val_auroc_mean; curves
-    by `strategy` (or `model`), mean and SD over repeated rows (seeds).
+    Size: `synthetic_multiple` for a supplementation sweep (synthetic multiples over
+    one real-data size), else the first of n_real_images, real_fraction, fraction,
+    n_real; AUROC: the first of auroc, macro_auroc, test_auroc_mean, val_auroc_mean;
+    curves by `strategy` (or `model`), mean and SD over repeated rows (seeds).
     """
     import pandas as pd
 
@@ -202,6 +203,9 @@ def read_sweep(path):
         raise MissingInputError(f"sweep table not found: {p}")
     df = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
     x = next((c for c in SWEEP_X if c in df.columns and df[c].notna().any()), None)
+    if "synthetic_multiple" in df.columns and df["synthetic_multiple"].notna().any() and (
+            x is None or df.loc[df["synthetic_multiple"].notna(), x].nunique() <= 1):
+        x = "synthetic_multiple"  # real data fixed: the curve runs over the synthetic size
     y = next((c for c in SWEEP_Y if c in df.columns), None)
     if x is None or y is None:
         raise UserError(f"sweep table {p}: needs a size column (one of {SWEEP_X}) and an "

@@ -54,6 +54,9 @@ def load_engines(ctx, folder, device=None):
               help="Store folder (created; an existing store is resumed).")
 @click.option("--qc-weights-dir", default=None, type=click.Path(file_okay=False),
               help="Folder with the QC weights (the real files or an rv2 QC bundle).")
+@click.option("--qc-calibration", default=None, type=click.Path(dir_okay=False),
+              help="A `rv2 qc calibrate` file: use its age tolerance (the age model's error SD on "
+                   "real data, the paper's rule) instead of the authors' 16 years.")
 @click.option("--no-qc", is_flag=True, help="Accept every image without QC.")
 @click.option("--batch-size", type=int, default=None, help="Images per batch (default 8).")
 @click.option("--max-attempts", type=int, default=None, help="Attempts per prompt (default 4 = 1 + 3 retries).")
@@ -82,9 +85,9 @@ def load_engines(ctx, folder, device=None):
                    "QC runs from its QC engines unless --qc-weights-dir is given.")
 @ray_options
 @click.pass_context
-def generate(ctx, prompts_path, model_dir, out_dir, qc_weights_dir, no_qc, batch_size, max_attempts,
-             steps, guidance, device, dtype, limit, config_path, overrides, executor, slots,
-             allow_long_prompts, no_progress, engines_dir, address, workers, gpus_per_worker,
+def generate(ctx, prompts_path, model_dir, out_dir, qc_weights_dir, qc_calibration, no_qc, batch_size,
+             max_attempts, steps, guidance, device, dtype, limit, config_path, overrides, executor,
+             slots, allow_long_prompts, no_progress, engines_dir, address, workers, gpus_per_worker,
              cpus_per_worker):
     """Generate a QC'd synthetic dataset store from an expanded prompts table.
 
@@ -97,6 +100,7 @@ def generate(ctx, prompts_path, model_dir, out_dir, qc_weights_dir, no_qc, batch
     flags = {"batch_size": batch_size, "max_attempts": max_attempts, "limit": limit,
              "sampler.steps": steps, "sampler.guidance": guidance, "sampler.device": device,
              "sampler.dtype": dtype, "qc.weights_dir": qc_weights_dir,
+             "qc.calibration": qc_calibration,
              "qc.enabled": False if no_qc else None,
              "executor": executor if executor != "ray" else None, "slots": slots,
              "allow_long_prompts": True if allow_long_prompts else None}
@@ -128,4 +132,52 @@ def generate(ctx, prompts_path, model_dir, out_dir, qc_weights_dir, no_qc, batch
     keys = ("accepted", "failed", "failed_by_attribute", "attempts_histogram", "executor",
             "this_run", "workers")
     click.echo(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
+    tol = summary["age_tolerance"]
+    click.echo(f"age tolerance: {tol['years']:.3f} years ({tol['source']}: {tol['rule']})")
     click.echo(f"store: {out_dir}  (manifest: {summary['manifest']})")
+
+
+@click.group("qc")
+def qc() -> None:
+    """QC networks (sex, race, age): calibrate them on real radiographs."""
+
+
+@qc.command("calibrate")
+@click.option("--manifest", required=True, type=click.Path(dir_okay=False),
+              help="Real images with sex, race and age columns (a manifest from `rv2 data index`).")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="Calibration file to write (JSON; its rv2 metadata goes beside it).")
+@click.option("--qc-weights-dir", default=None, type=click.Path(file_okay=False),
+              help="Folder with the QC weights (the real files or an rv2 QC bundle).")
+@click.option("--root", default=None, type=click.Path(file_okay=False),
+              help="Image root (default: the manifest sidecar's, else the manifest's folder).")
+@click.option("--split", default=None, help="Only rows of this split (default: every row).")
+@click.option("--limit", type=int, default=None, help="A seeded sample of this many rows.")
+@click.option("--image-size", type=int, default=None,
+              help="Square size real images are resized to before QC (default 512, as generations).")
+@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N (default auto).")
+@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
+              help="QCCalibrationConfig file (YAML/TOML/JSON).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Setting override, e.g. --set tolerance_rule=rmse (repeatable).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def calibrate(manifest, out, qc_weights_dir, root, split, limit, image_size, device, config_path,
+              overrides, no_progress):
+    """Measure the QC networks on real images: sex and race accuracy, age RMSE and error SD
+    (n, bootstrap CIs by patient), and the age tolerance by the paper's rule (the SD)."""
+    from rv2.generate.qc_calibration import (
+        QCCalibrationConfig,
+        calibrate_qc,
+        format_calibration,
+        write_calibration,
+    )
+
+    flags = {"manifest": manifest, "weights_dir": qc_weights_dir, "root": root, "split": split,
+             "limit": limit, "image_size": image_size, "device": device,
+             "progress": False if no_progress else None}
+    sets = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+    cfg = QCCalibrationConfig.load(config_path, list(overrides) + sets)
+    doc = calibrate_qc(cfg)
+    path = write_calibration(doc, out, cfg)
+    click.echo(format_calibration(doc))
+    click.echo(f"calibration: {path}  (use: rv2 generate --qc-calibration {path})")

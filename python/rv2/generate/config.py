@@ -24,6 +24,9 @@ class QCConfig:
     enabled: bool = True
     convention: Literal["authors", "xrv"] = "authors"
     age_tolerance: float = 16.0     # years (authors' code); the paper uses the age model's SD
+    # A `rv2 qc calibrate` file: its age tolerance (the SD of the age model's error on real
+    # data, the paper's rule) replaces age_tolerance; it must describe these QC models.
+    calibration: Optional[str] = None
     weights_dir: Optional[str] = None
     batch_size: int = 64
 
@@ -65,6 +68,9 @@ class GenerateConfig(Config):
             raise UserError(f"executor must be auto, native, python or inprocess, got {self.executor!r}")
         if self.slots is not None and self.slots < 1:
             raise UserError(f"slots must be >= 1, got {self.slots}")
+        if not self.qc.age_tolerance > 0:
+            raise UserError(f"qc.age_tolerance must be a positive number of years, got "
+                            f"{self.qc.age_tolerance}")
         if self.store.shard_size < 1:
             raise UserError(f"store.shard_size must be >= 1, got {self.store.shard_size}")
         return self

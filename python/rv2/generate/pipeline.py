@@ -29,6 +29,7 @@ from rv2.files import (
 )
 from rv2.generate.config import GenerateConfig
 from rv2.generate.executor import Executor, InProcessExecutor
+from rv2.generate.qc_calibration import read_calibration, resolve_age_tolerance
 from rv2.generate.recipe import StageInfo, StageRecipe, build_stages
 from rv2.generate.stages import SamplingPlan, StageRunner, StageSet
 from rv2.generate.store import ShardedStore, StoreError
@@ -189,6 +190,8 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
 
     cfg = (cfg or GenerateConfig()).validate()
     df = load_prompts(prompts, allow_long=cfg.allow_long_prompts)
+    if cfg.qc.calibration:
+        read_calibration(cfg.qc.calibration)  # fail fast, before loading models
     if cfg.limit is not None:
         df = df.iloc[: cfg.limit]
     check_writable(out_dir, "--out")  # before loading any model
@@ -216,6 +219,13 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
         model_id, model_hash = "in-memory", "unhashed"
     qc_on = info.qc_model_hash is not None
     qc_id = f"{info.qc_model_id}@{info.qc_model_hash}" if qc_on else "none"
+    try:  # the calibration must describe the QC models the stages loaded
+        tolerance = resolve_age_tolerance(cfg.qc, info.qc_model_id, info.qc_model_hash,
+                                          info.qc_convention)
+    except BaseException:
+        if remote:
+            executor.close()
+        raise
     shape = info.latent_shape
     run_info = {"model_id": model_id, "model_hash": model_hash,
                 "qc_hash": info.qc_model_hash,
@@ -224,7 +234,9 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
                 "latent_shape": list(shape), "base_seed": cfg.sampler.base_seed,
                 "dtype": info.dtype, "qc_enabled": qc_on,
                 "qc_convention": info.qc_convention,
-                "age_tolerance": cfg.qc.age_tolerance, "image_format": cfg.store.image_format,
+                "age_tolerance": tolerance["years"],
+                "age_tolerance_source": {k: tolerance.get(k) for k in ("source", "rule", "calibration")},
+                "image_format": cfg.store.image_format,
                 "channels": cfg.store.channels, "rv2_version": __version__}
     out_dir = Path(out_dir)
     resume = f"the store {out_dir} is consistent; rerun the same command to resume"
@@ -251,7 +263,7 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
                 if not store.is_done(pid, cfg.max_attempts)]
         plan = SamplingPlan(steps=cfg.sampler.steps, guidance=cfg.sampler.guidance,
                             base_seed=cfg.sampler.base_seed, latent_shape=shape,
-                            age_tolerance=cfg.qc.age_tolerance, channels=cfg.store.channels)
+                            age_tolerance=tolerance["years"], channels=cfg.store.channels)
         runner = StageRunner(stages, store, plan, bases)
         bar = tqdm(total=len(work), desc="prompts", unit="prompt", disable=not progress,
                    dynamic_ncols=True)
@@ -278,11 +290,14 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
         summary.update({"store": str(out_dir), "manifest": str(manifest), "qc_log": str(qc_log),
                         "model_id": model_id, "model_hash": model_hash, "qc_model": qc_id,
                         "device": info.device, "dtype": info.dtype, "prompts_total": len(df),
-                        "executor": getattr(executor, "name", type(executor).__name__)})
+                        "executor": getattr(executor, "name", type(executor).__name__),
+                        "age_tolerance": tolerance})
         if callable(getattr(executor, "report", None)):
             summary["workers"] = executor.report()
         atomic_write_text(out_dir / "summary.json", dumps(summary, indent=2))
         inputs = [prompts] if isinstance(prompts, (str, os.PathLike)) else []
+        if cfg.qc.calibration:
+            inputs.append(cfg.qc.calibration)
         write_artifact_meta(out_dir, cfg, inputs=inputs, extra={"run": run_info, "summary": summary})
         write_artifact_meta(manifest, cfg, inputs=inputs, extra={"run": run_info})
         return summary

@@ -15,18 +15,29 @@ import numpy as np
 from rv2.models.qc_networks import RACE_CLASSES
 
 ATTRIBUTES = ("sex", "race", "age")
+DEFAULT_AGE_TOLERANCE = 16.0  # years: the authors' code (the paper: the age model's error)
+
+
+def sex_prediction(p_female: float) -> str:
+    """The sex the QC reads from P(female)."""
+    return "F" if p_female >= 0.5 else "M"
+
+
+def race_prediction(probs) -> str:
+    """The race the QC reads: the most probable of RACE_CLASSES."""
+    return RACE_CLASSES[int(np.argmax(np.asarray(probs, dtype=np.float64)))]
 
 
 def judge(p_female: np.ndarray, race_probs: np.ndarray, age_pred: np.ndarray,
           sex: Sequence[str], race: Sequence[str], age: Sequence[float],
-          age_tolerance: float = 16.0) -> list[dict]:
+          age_tolerance: float = DEFAULT_AGE_TOLERANCE) -> list[dict]:
     """One record per image: predictions, per-attribute verdicts, pass, reasons."""
     out = []
     for i in range(len(sex)):
         pf = float(p_female[i])
         probs = np.asarray(race_probs[i], dtype=np.float64)
-        sex_pred = "F" if pf >= 0.5 else "M"
-        race_pred = RACE_CLASSES[int(np.argmax(probs))]
+        sex_pred = sex_prediction(pf)
+        race_pred = race_prediction(probs)
         sex_ok = sex_pred == sex[i]
         if race[i] in RACE_CLASSES:
             race_ok: bool | None = race_pred == race[i]

@@ -20,6 +20,7 @@ import pandas as pd
 from rv2.data.manifest import validate
 from rv2.data.report_sections import extract_impression, normalize_whitespace
 from rv2.data.schema import CHEXPERT_LABELS
+from rv2.data.views import describe_views, select_views
 from rv2.errors import UserError
 from rv2.prompts.config import PromptsConfig
 from rv2.prompts.summarize import (
@@ -150,6 +151,8 @@ def build_prompts(manifest_df: pd.DataFrame, cfg: PromptsConfig | None = None, *
     """One prompt per usable manifest row; returns (prompts table, counts)."""
     cfg = cfg or PromptsConfig()
     validate_input(manifest_df, name)
+    given = manifest_df
+    manifest_df = select_views(manifest_df, cfg.views, name=name, what="prompts")
     template = cfg.template
     if summarizer is None:
         summarizer = make_summarizer(cfg.fit.summarizer, cfg.fit.llm)
@@ -158,9 +161,10 @@ def build_prompts(manifest_df: pd.DataFrame, cfg: PromptsConfig | None = None, *
     reserve = expansion_reserve(cfg) if cfg.fit.reserve_for_expansion else 0
     max_tokens = cfg.fit.max_tokens
 
-    stats: dict = {"rows_in": len(manifest_df), "dropped": {
-        "no_impression": 0, "nondescriptive": 0, "missing_demographics": 0},
-        "missing": {"sex": 0, "age": 0, "race": 0}, "impression_only": 0}
+    stats: dict = {"rows_in": len(given), "views": describe_views(cfg.views, given, manifest_df),
+                   "dropped": {"other_view": len(given) - len(manifest_df), "no_impression": 0,
+                               "nondescriptive": 0, "missing_demographics": 0},
+                   "missing": {"sex": 0, "age": 0, "race": 0}, "impression_only": 0}
     rows = manifest_df.to_dict("records")
     it = rows
     if progress:

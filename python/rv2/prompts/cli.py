@@ -49,24 +49,30 @@ def prompts() -> None:
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False))
 @click.option("--allow-missing-demographics", is_flag=True,
               help="Keep rows lacking sex, age or race, with the impression alone as the prompt.")
+@click.option("--views", default=None,
+              help="Views to use: PA, a comma list, or all (default: all, with a warning when the "
+                   "manifest mixes views; the paper uses PA).")
 @_config_opt
 @_set_opt
-def build(manifest, out, allow_missing_demographics, config, sets):
+def build(manifest, out, allow_missing_demographics, views, config, sets):
     """One prompt per usable image of a manifest."""
     from rv2.config import write_artifact_meta
     from rv2.data.manifest import read_manifest
     from rv2.prompts.build import build_prompts
 
-    cfg = _load_cfg(config, sets, ["allow_missing_demographics=true"]
-                    if allow_missing_demographics else [])
+    extra = ["allow_missing_demographics=true"] if allow_missing_demographics else []
+    if views is not None:
+        extra.append(f"views={json.dumps(views)}")
+    cfg = _load_cfg(config, sets, extra)
     df = read_manifest(manifest)
     table, stats = build_prompts(df, cfg, progress=True, name=str(manifest))
     out = Path(out)
     _write_table(table, out)
     write_artifact_meta(out, cfg, inputs=[manifest], extra={"stats": stats, "rows": len(table)})
     d = stats["dropped"]
-    click.echo(f"{stats['rows_out']} prompts from {stats['rows_in']} rows -> {out}")
-    click.echo(f"dropped: no impression {d['no_impression']}, non-descriptive "
+    click.echo(f"{stats['rows_out']} prompts from {stats['rows_in']} rows (views "
+               f"{stats['views']['setting']}: {stats['views']['used']}) -> {out}")
+    click.echo(f"dropped: other view {d['other_view']}, no impression {d['no_impression']}, non-descriptive "
                f"{d['nondescriptive']}, missing demographics {d['missing_demographics']} "
                f"(sex {stats['missing']['sex']}, age {stats['missing']['age']}, race "
                f"{stats['missing']['race']}); impression-only prompts {stats['impression_only']}")

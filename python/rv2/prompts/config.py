@@ -5,6 +5,7 @@ import dataclasses
 from typing import ClassVar, Literal
 
 from rv2.config import Config
+from rv2.data.labels import parse_views
 from rv2.data.schema import STUDY_RACES
 from rv2.prompts.summarize import LLMSettings
 from rv2.prompts.template import PromptTemplate
@@ -56,7 +57,13 @@ class PromptsConfig(Config):
     # De-identification placeholders ("___", "XXXX"): keep | remove | drop_sentence.
     deid: Literal["keep", "remove", "drop_sentence"] = "remove"
     nondescriptive: list[str] = dataclasses.field(default_factory=lambda: list(NONDESCRIPTIVE_DEFAULT))
+    # Views of the manifest used: "all" (warns when the manifest mixes views; the paper
+    # uses PA only) or a comma list, e.g. "PA".
+    views: str = "all"
     # Keep rows lacking sex, age or race, with the impression alone as the prompt.
     allow_missing_demographics: bool = False
     fit: FitSettings = dataclasses.field(default_factory=FitSettings)
     expand: ExpandSettings = dataclasses.field(default_factory=ExpandSettings)
+
+    def __post_init__(self):
+        parse_views(self.views)  # a bad view name fails when the config is made
