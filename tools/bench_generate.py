@@ -40,9 +40,9 @@ GPU_CHECK = {
     "timeout_s": 200,
     "dry_timeout_s": 300,
     "gpu": ["--device", "cuda", "--size", "sd21", "--steps", "75", "--guidance", "4",
-            "--n", "16", "--batch-size", "8", "--repeats", "1", "--json", "{json}"],
+            "--n", "16", "--batch-size", "8", "--repeats", "1", "--with-native", "--json", "{json}"],
     "dry": ["--device", "cpu", "--size", "tiny", "--steps", "2", "--guidance", "4", "--n", "2",
-            "--batch-size", "2", "--repeats", "1", "--threads", "2", "--json", "{json}"],
+            "--batch-size", "2", "--repeats", "1", "--threads", "2", "--with-native", "--json", "{json}"],
 }
 
 UNET_GFLOP_SD21 = 804.0     # one UNet forward, 64x64 latent, 77x1024 context (deployment.md)
