@@ -15,13 +15,14 @@ and the next one runs:
            (8192^3 products) on the GPU, an fp32 one on the CPU in a dry run.
   build    rv2._C for the cuda target in place (GPU) or the cpu target into a scratch
            folder (dry-run), then loaded and checked (target, archs, to_uint8 parity).
-  tests    `pytest -m gpu tests` (every test marked gpu; in a dry run they are collected
-           and skip).
+  tests    `pytest -m "gpu and not compile" tests` (in a dry run they are collected and skip).
   bench_*  every tools/bench_*.py that declares a GPU_CHECK dict (read with ast, not
            imported): its "gpu" or "dry" arguments, "{json}" replaced by a file the
            benchmark writes its table to ({"title", "rows", "notes"}).
+  tests_compile  `pytest -m "gpu and compile" tests`: the tests that compile engines
+           (minutes), last so that they cannot cost the figures.
 
-Writes gpu_check.json, gpu_check.md, gpu_check.log and junit.xml to DIR (default $OUT,
+Writes gpu_check.json, gpu_check.md, gpu_check.log, junit.xml and junit_compile.xml to DIR (default $OUT,
 else build/gpu-check). Exit 0 when every step that ran passed.
 """
 from __future__ import annotations
@@ -54,7 +55,9 @@ DRY_BUDGET_S = 1500   # the CPU halves on a shared 2-core machine are slower tha
 MIN_STEP_S = 10       # a step with less than this left of the budget is skipped
 TAIL_LINES = 25
 # Fixed steps: (name, GPU limit s, dry-run limit s)
-FIXED_STEPS = (("wheels", 90, 300), ("card", 60, 120), ("build", 150, 600), ("tests", 150, 300))
+FIXED_STEPS = (("wheels", 90, 300), ("card", 60, 120), ("build", 150, 600), ("tests", 150, 300),
+               ("tests_compile", 240, 300))
+JUNITS = ("junit.xml", "junit_compile.xml")  # the tests and tests_compile steps' results
 ALWAYS = ("wheels", "card")  # run even with --only: a fresh machine needs them
 PACKAGES = ("torch", "torchvision", "triton", "diffusers", "transformers", "accelerate",
             "huggingface-hub", "safetensors", "open-clip-torch", "torchxrayvision", "pydicom",
@@ -300,14 +303,19 @@ def plan(args, work: Path, site: Path) -> list[Step]:
                       + ([] if gpu else ["--build-lib", str(lib)]), limits["build"]))
     tests_env = {"RV2_REQUIRE_NATIVE": "1"} if gpu else {}
     # a module that fails to import elsewhere (a package the image lacks) must not stop the rest
-    steps.append(Step("tests", [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                                "--continue-on-collection-errors",
-                                "--junitxml", str(Path(args.out) / "junit.xml"), "tests"],
-                      limits["tests"], env=tests_env))
+    def pytest_step(name: str, marks: str, junit: str, limit: float) -> Step:
+        return Step(name, [py, "-m", "pytest", "-q", "-m", marks, "-p", "no:cacheprovider",
+                           "--continue-on-collection-errors",
+                           "--junitxml", str(Path(args.out) / junit), "tests"], limit, env=tests_env)
+
+    # tests that compile engines take minutes: they run after the benchmarks, in their own
+    # step, so that running out of time there costs neither the other tests nor the figures
+    steps.append(pytest_step("tests", "gpu and not compile", JUNITS[0], limits["tests"]))
     for name, spec in bench_specs():
         argv = [a.replace("{json}", str(work / f"{name}.json")) for a in spec["gpu" if gpu else "dry"]]
         limit = spec.get("timeout_s", 120) if gpu else spec.get("dry_timeout_s", spec.get("timeout_s", 120))
         steps.append(Step(name, [py, str(TOOLS / f"{name}.py"), *argv], float(limit)))
+    steps.append(pytest_step("tests_compile", "gpu and compile", JUNITS[1], limits["tests_compile"]))
     return steps
 
 
@@ -361,6 +369,20 @@ def read_junit(path: Path) -> dict:
     return res
 
 
+def merge_junit(parts: list[dict]) -> dict:
+    parts = [p for p in parts if p]
+    if not parts:
+        return {}
+    res = {"passed": 0, "failed": 0, "skipped": 0, "failures": [], "skips": {}}
+    for p in parts:
+        for k in ("passed", "failed", "skipped"):
+            res[k] += p[k]
+        res["failures"] += p["failures"]
+        for reason, n in p["skips"].items():
+            res["skips"][reason] = res["skips"].get(reason, 0) + n
+    return res
+
+
 def _load(path: Path):
     try:
         return json.loads(path.read_text())
@@ -389,7 +411,7 @@ def summarize(args, steps: list[Step], work: Path, started: str, wall: float) ->
         "machine": _load(work / "card.json") or {},
         "build": _load(work / "build.json") or {},
         "steps": [_step_record(s) for s in steps],
-        "tests": read_junit(Path(args.out) / "junit.xml"),
+        "tests": merge_junit([read_junit(Path(args.out) / j) for j in JUNITS]),
         "benchmarks": benches,
     }
 
@@ -489,7 +511,7 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("gpu_check.json", "gpu_check.md", "gpu_check.log", "junit.xml"):
+    for stale in ("gpu_check.json", "gpu_check.md", "gpu_check.log", *JUNITS):
         (out / stale).unlink(missing_ok=True)
     work = Path(tempfile.mkdtemp(prefix="rv2-gpu-check-"))
     site = Path("/tmp/rv2-site") if not args.dry_run else work / "site"

@@ -43,12 +43,14 @@ def test_dry_run_writes_both_summaries(tmp_path):
                        check=False)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.log",
-                                                      "gpu_check.md", "junit.xml"]
+                                                      "gpu_check.md", "junit.xml",
+                                                      "junit_compile.xml"]
     s = json.loads((out / "gpu_check.json").read_text())
     assert s["mode"] == "dry-run" and s["ok"] and s["wall_s"] <= s["budget_s"]
     steps = {st["name"]: st for st in s["steps"]}
     assert list(steps)[:4] == ["wheels", "card", "build", "tests"]
     assert {"bench_generate", "bench_classify"} <= set(steps)
+    assert list(steps)[-1] == "tests_compile"  # engine compiles run after the figures
     assert steps["wheels"]["status"] == "skipped" and "--skip-wheelhouse" in steps["wheels"]["note"]
     for name, st in steps.items():
         if name != "wheels":
@@ -64,6 +66,7 @@ def test_dry_run_writes_both_summaries(tmp_path):
     assert gen["rows"][0]["ratio"] == 1.0  # the authors' approach is the baseline
     assert all(r["images_per_s"] > 0 and 0 < r["of_fp32_matmul"] for r in gen["rows"])
     assert gen["flops"]["tflop_per_image"] > 0 and gen["flops"]["unet_calls"] == 3
+    assert len(gen["rows"]) == 3 and "native" in gen["rows"][2]["approach"]
     cls = s["benchmarks"]["bench_classify"]
     assert {r["row"] for r in cls["rows"]} == {"train step", "predict step", "train pipeline",
                                               "predict pipeline"}

@@ -58,6 +58,7 @@ def test_every_demo_component_as_aoti_end_to_end(tmp_path, classifier_dir):
 
 
 @pytest.mark.gpu
+@pytest.mark.compile
 def test_cuda_engines_onnxruntime_and_aoti(tmp_path):
     """On a GPU: fp16 ONNX (CUDA EP when onnxruntime-gpu is installed) and AOTInductor."""
     from rv2.engines.profile import TargetProfile
@@ -76,6 +77,7 @@ def test_cuda_engines_onnxruntime_and_aoti(tmp_path):
 
 @pytest.mark.trt
 @pytest.mark.gpu
+@pytest.mark.compile
 def test_tensorrt_plans(tmp_path, classifier_dir):
     from rv2.engines.profile import TargetProfile
 
