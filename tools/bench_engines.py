@@ -97,6 +97,17 @@ def make_sd_sized(folder: Path) -> Path:
     return folder
 
 
+def make_sd21_full(folder: Path) -> Path:
+    """A generator folder at SD 2.1 size throughout (865.9M-parameter UNet), random weights."""
+    if (folder / "model_index.json").is_file():
+        return folder
+    from bench_generate import sd21_components  # tools/ is this script's folder
+    from rv2.models.sd import save_pipeline
+
+    save_pipeline(sd21_components(torch.float16, "cuda"), folder)
+    return folder
+
+
 def bench_set(name, profile, sources, only, cache: Path, backends, repeats, device, rows, log):
     out = cache / name
     index = build_engines(profile, out, sources, backends=backends, device=device, e2e_steps=0,
@@ -175,7 +186,8 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="also write the rows as JSON here")
     ap.add_argument("--whole", metavar="GENERATOR_DIR", default=None,
                     help="GPU: images/s of the whole generation (75 steps, guidance 4) from engines "
-                         "of this full-size generator folder, and its share of the bf16 matmul rate")
+                         "of this full-size generator folder (or 'sd21': SD 2.1-sized, random "
+                         "weights), and its share of the bf16 matmul rate")
     ap.add_argument("--whole-images", type=int, default=16)
     args = ap.parse_args()
     cache = Path(args.cache)
@@ -221,7 +233,7 @@ def main() -> int:
         if not cuda:
             print("--whole is a GPU row (75 steps at SD size take hours on a CPU); skipped")
         else:
-            gen = Path(args.whole)
+            gen = Path(args.whole) if args.whole != "sd21" else make_sd21_full(cache / "sd21-full")
             p = prof("whole", {"text_encoder": {"batch_sizes": [1, args.whole_images]},
                                "unet": {"batch_sizes": [2, 2 * args.whole_images]},
                                "vae_decoder": {"batch_sizes": [1, args.whole_images]}})
