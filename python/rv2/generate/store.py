@@ -95,7 +95,22 @@ def encode_image(img: np.ndarray, fmt: str = "png", quality: int = 95, compress_
     return buf.getvalue()
 
 
-class ShardedStore:
+class _HeldFiles:
+    """What an open store holds: its journal and its lock descriptors; close() lets go."""
+
+    _journal = None
+    _lock_fds: list = ()
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        for fd in self._lock_fds:
+            os.close(fd)
+        self._lock_fds = []
+
+
+class ShardedStore(_HeldFiles):
     """Images in bounded shard folders + an append-only journal; see the module doc."""
 
     def __init__(self, root: str | os.PathLike, store_cfg=None, run_info: dict | None = None,
@@ -133,14 +148,6 @@ class ShardedStore:
         # Unbuffered: a failed append (a full disk) leaves nothing behind to flush at close.
         self._journal = open(self.root / JOURNAL, "ab", buffering=0)
         return self
-
-    def close(self) -> None:
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
-        for fd in self._lock_fds:
-            os.close(fd)
-        self._lock_fds = []
 
     def __enter__(self):
         return self.open()
@@ -449,7 +456,7 @@ def read_journal(path: Path, repair: bool = False) -> list[dict]:
     return records
 
 
-class SubStore:
+class SubStore(_HeldFiles):
     """One image writer of the multi-writer mode: `<root>/workers/<name>/` with its own
     images and journal. Its `write` is the writer stage of a Ray worker; the paths it
     returns are relative to the store root, ready for the journal owner's `commit`."""
@@ -484,14 +491,6 @@ class SubStore:
         self._n_images = sum(1 for r in done if r.get("qc_pass"))
         self._journal = open(self.dir / JOURNAL, "ab", buffering=0)
         return self
-
-    def close(self) -> None:
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
-        for fd in self._lock_fds:
-            os.close(fd)
-        self._lock_fds = []
 
     def write(self, records: Sequence[dict], images_u8: Sequence[np.ndarray | None]) -> list[dict]:
         """Accepted images first (atomic, fsynced), then one journal line per attempt."""
