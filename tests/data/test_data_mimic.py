@@ -237,7 +237,7 @@ def test_cli_verify_files_and_stats(tree, tmp_path):
         assert reasons[df["path"].iloc[0]] == "file not found"
         assert any(w in reasons[df["path"].iloc[1]] for w in ("truncated", "corrupt"))
         assert side["exclusions"][-1]["step"] == "image missing, unreadable or corrupt"
-        assert side["uncertain_label_policy"] == "ignore"
+        assert "uncertain_label_policy" not in side and "label_policy" in side["label_values"]
         meta = json.loads((tmp_path / "m.parquet.rv2.json").read_text())
         assert meta["config"]["val_fraction"] == 0.2 and len(meta["inputs"]) == 4
 
@@ -269,3 +269,17 @@ def test_bad_inputs_are_named(tree, tmp_path):
         index_dataset("mimic", [*files.values(), junk], root, progress=False)
     with pytest.raises(ValueError, match="--views"):
         index_dataset("mimic", list(files.values()), root, config=IndexConfig(views="XX"))
+
+
+def test_index_config_v1_with_uncertain_policy_still_loads(tmp_path):
+    """A v1 index config recorded uncertain_policy, which nothing applied: it loads without it;
+    a current config naming it is refused as an unknown field."""
+    from rv2.config import ConfigError
+
+    v1 = {"config_class": "IndexConfig", "config_version": 1, "dataset": "chexpert",
+          "uncertain_policy": "zeros", "views": "PA"}
+    cfg = IndexConfig.from_dict(v1)
+    assert cfg.dataset == "chexpert" and cfg.views == "PA"
+    assert "uncertain_policy" not in cfg.to_dict() and cfg.to_dict()["config_version"] == 2
+    with pytest.raises(ConfigError, match="uncertain_policy"):
+        IndexConfig.from_dict({**v1, "config_version": 2})

@@ -6,7 +6,6 @@ import re
 
 from rv2.config import Config
 from rv2.data.labels import parse_views
-from rv2.data.schema import UNCERTAIN_POLICIES
 from rv2.errors import UserError
 
 DATASETS = ("mimic", "chexpert", "chexpert-plus", "nih", "padchest", "vindr", "openi")
@@ -25,10 +24,9 @@ DEFAULT_NONDESCRIPTIVE = (
 class IndexConfig(Config):
     """Settings of `rv2 data index` (saved in the manifest's metadata)."""
 
-    VERSION = 1
+    VERSION = 2  # 2: uncertain_policy dropped (the classifier's label_policy decides)
     dataset: str = "mimic"
     views: str = "all"                    # "all" or a comma list: PA, AP, LATERAL, LL, ...
-    uncertain_policy: str = "ignore"      # recorded for consumers: ignore | zeros | ones
     no_finding_rule: bool = True          # No Finding = 1 -> blank findings 0; finding = 1 -> blank NF 0
     # MIMIC
     split_mode: str = "paper"             # paper (p19 test, rest by patient) | official
@@ -50,11 +48,18 @@ class IndexConfig(Config):
     workers: int = 2
     locate_by_name: bool = True
 
+    @classmethod
+    def from_dict(cls, data, *, source: str = "<dict>") -> "IndexConfig":
+        data = dict(data)
+        if int(data.get("config_version", cls.VERSION)) < 2:
+            # version 1 recorded an uncertain-label policy that nothing applied: the labels are
+            # stored as the source gives them and the classifier's label_policy decides
+            data.pop("uncertain_policy", None)
+        return super().from_dict(data, source=source)
+
     def check(self) -> "IndexConfig":
         if self.dataset not in DATASETS:
             raise UserError(f"unknown dataset {self.dataset!r}; choose one of {list(DATASETS)}")
-        if self.uncertain_policy not in UNCERTAIN_POLICIES:
-            raise UserError(f"uncertain_policy must be one of {list(UNCERTAIN_POLICIES)}")
         if self.split_mode not in ("paper", "official"):
             raise UserError("split_mode must be 'paper' or 'official'")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -163,9 +163,9 @@ def index_dataset(dataset: str, metadata_files: Sequence[str | os.PathLike],
                         "dataset's published files (see `rv2 data index --help`)") from exc
     side: dict = {"dataset": dataset, "root": str(root_p) if root_p else None,
                   "metadata_files": [str(f) for f in files],
-                  "uncertain_label_policy": cfg.uncertain_policy,
                   "label_values": "as the source says: 1 positive, 0 negative, -1 uncertain, "
-                                  "NaN blank; the policy is applied by consumers",
+                                  "NaN blank; the classifier's label_policy decides what they "
+                                  "mean",
                   "views": cfg.views}
     side.update(extra)
 
