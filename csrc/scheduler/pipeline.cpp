@@ -27,6 +27,7 @@
 #include <functional>
 #include <mutex>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <tuple>
 #include <utility>
@@ -55,6 +56,20 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
+// A failed file write, with the errno and the file: Python receives it as an
+// OSError (errno, message, filename), so rv2.files.is_disk_full sees ENOSPC
+// exactly as it does for a write of its own.
+class FileWriteError : public std::system_error {
+ public:
+  FileWriteError(int e, const std::string& path, const std::string& what)
+      : std::system_error(e, std::generic_category(), "writing " + path + ": " + what),
+        path_(path) {}
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
 // Durable write of one file: temporary `.name.tmp-PID` (the name
 // rv2.files.clean_temporaries removes after a crash), fsync, rename, fsync dir.
 void atomic_write_file(const std::string& path, const std::string& data) {
@@ -65,7 +80,7 @@ void atomic_write_file(const std::string& path, const std::string& data) {
   auto fail = [&](const char* what) {
     const int e = errno;
     ::unlink(tmp.c_str());
-    throw std::runtime_error(std::string("writing ") + path + ": " + what + ": " + std::strerror(e));
+    throw FileWriteError(e, path, what);
   };
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) fail("open");
@@ -490,6 +505,15 @@ py::dict run_pipeline(py::object bodies, const std::vector<std::pair<int64_t, in
 }  // namespace
 
 void register_scheduler(py::module_& m) {
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const FileWriteError& e) {
+      py::object err = py::module_::import("builtins").attr("OSError")(
+          e.code().value(), std::string(e.what()), e.path());
+      PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(err.ptr())), err.ptr());
+    }
+  });
   m.def("next_attempt", &next_attempt, py::arg("qc_pass"), py::arg("attempt"),
         py::arg("max_attempts"),
         "The retry rule: the next attempt, or -1 when the prompt is settled.");

@@ -172,3 +172,18 @@ def test_no_items(native):
 def test_bad_settings_are_refused(native):
     with pytest.raises(ValueError, match="capacity"):
         run_pipeline(SimBodies(), [(0, 0)], 1, 0, 1, 1, 1, native=native)
+
+
+@pytest.mark.parametrize("native", BACKENDS, ids=IDS)
+def test_a_failed_write_is_an_oserror_with_its_errno_and_file(native, tmp_path):
+    """The native write pool's failures reach Python as OSError (errno, file), as the twin's
+    do, so a full disk is told by its errno (rv2.files.is_disk_full), not by message text."""
+    import errno
+
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"")  # the images' folder is a file: every write fails
+    b = SimBodies(out_dir=blocker)
+    with pytest.raises(OSError) as info:
+        _run(b, 3, native)
+    assert info.value.errno in (errno.ENOTDIR, errno.EEXIST)
+    assert str(blocker) in str(info.value.filename)

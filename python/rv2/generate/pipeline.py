@@ -305,10 +305,6 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
         if isinstance(exc, DiskFullError) or is_disk_full(exc):
             raise disk_full(exc, out_dir) from None
         raise
-    except RuntimeError as exc:  # the native write pool reports errno text, not an OSError
-        if "No space left on device" in str(exc):
-            raise disk_full(exc, out_dir) from None
-        raise
     finally:
         if remote:
             executor.close()
