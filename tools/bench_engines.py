@@ -36,6 +36,21 @@ from rv2.export import graphs  # noqa: E402
 DEMO = Path(str(files("rv2.demo") / "weights"))
 TARGETS = {("classifier", 1): 1.5, ("unet", None): 1.2}
 
+# Read by tools/gpu_check.py (ast, never imported): the GPU row of issue 13, whole
+# generation from AOTInductor engines against eager at SD 2.1 size, QC and writing included.
+# Its engine compiles take about 4 minutes on an H200, so on the GPU it runs in a second
+# call (`--only bench_engines`); the dry run times one small set every time.
+GPU_CHECK = {
+    "order": 30,
+    "by_default": False,
+    "timeout_s": 330,
+    "dry_timeout_s": 300,
+    "gpu": ["--device", "cuda", "--backends", "aotinductor", "--sets", "", "--whole", "sd21",
+            "--whole-images", "16", "--json", "{json}"],
+    "dry": ["--device", "cpu", "--backends", "onnxruntime", "--sets", "densenet", "--repeats", "2",
+            "--max-batch", "1", "--json", "{json}"],
+}
+
 
 def timed(fn, repeats: int, sync) -> float:
     fn()
@@ -108,7 +123,8 @@ def make_sd21_full(folder: Path) -> Path:
     return folder
 
 
-def bench_set(name, profile, sources, only, cache: Path, backends, repeats, device, rows, log):
+def bench_set(name, profile, sources, only, cache: Path, backends, repeats, device, rows, log,
+              max_batch: int | None = None):
     out = cache / name
     index = build_engines(profile, out, sources, backends=backends, device=device, e2e_steps=0,
                           only=only, echo=log)
@@ -123,6 +139,8 @@ def bench_set(name, profile, sources, only, cache: Path, backends, repeats, devi
         if profile.precision != "fp32":
             ref = graphs.in_precision(ref, profile.precision).to(dev)
         for b in profile.component(comp).batch_sizes:
+            if max_batch is not None and b > max_batch:
+                continue
             xs = tuple(x.to(dev) for x in spec.example(b))
             with torch.inference_mode():
                 eager = timed(lambda: ref(*xs), repeats, sync)
@@ -151,26 +169,55 @@ def _fmt(r: dict) -> str:
             f"{r['eager_ms']:10.2f} {r['engine_ms']:10.2f} {r['ratio']:7.2f}x")
 
 
-def whole_generation_cuda(sd_dir: Path, engines_dir: Path, steps: int, n: int) -> dict:
-    """Images/s of QC'd generation from the engines and its share of the card's bf16 rate."""
+def whole_generation_cuda(sd_dir: Path, engines_dir: Path, steps: int, n: int) -> list[dict]:
+    """Images/s of the whole generation (75 steps, guidance 4, QC by ResNet-34-sized networks
+    at the authors' formats, accepted images written), eager against the engines in the same
+    run, and each one's share of the card's bf16 matmul rate measured in the same run."""
+    import tempfile
+
+    from bench_generate import write_qc_files  # tools/ is this script's folder
     from rv2.generate.config import GenerateConfig
     from rv2.generate.pipeline import generate_dataset
+    from rv2.models.qc_networks import load_qc_models
     from rv2.testing.prompts import prompts_table
 
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     ms = timed(lambda: a @ a, 10, torch.cuda.synchronize)
     tflops = 2 * 8192 ** 3 / (ms / 1000) / 1e12
-    stages = load(engines_dir, device="cuda").stages()
+    del a
     cfg = GenerateConfig().override([f"sampler.steps={steps}", "sampler.guidance=4.0",
-                                     f"batch_size={n}", "max_attempts=1", "qc.enabled=false"])
-    t0 = time.perf_counter()
-    s = generate_dataset(prompts_table(n), sd_dir, engines_dir / "bench-store", cfg, stages=stages,
-                         progress=False)
-    wall = time.perf_counter() - t0
-    ips = n / wall
-    # One SD 2.1 image at 75 steps with guidance is about 125 TFLOP (docs/reference).
-    return {"images_per_s": ips, "bf16_tflops": tflops, "fraction_of_bf16": ips * 125.0 / tflops,
-            "summary_accepted": s.get("accepted")}
+                                     "sampler.device=cuda", "sampler.dtype=fp16",
+                                     f"batch_size={n}", "max_attempts=1"])
+    from rv2.models.sd import load_components
+
+    comp = load_components(sd_dir, torch_dtype=torch.float16)  # loaded once, as the engines are
+    for m in (comp.unet, comp.vae, comp.text_encoder):
+        m.to("cuda")
+    ways = {"eager (fp16)": {"components": comp},
+            "engines (aotinductor, fp16)": {"stages": load(engines_dir, device="cuda").stages()}}
+    rows = []
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        qc_dir = write_qc_files(tmp / "qc", "real", 224)
+        qc = load_qc_models(qc_dir, "cuda", "authors", cfg.qc.batch_size)
+        for name, given in ways.items():
+            for tag, k in (("warm", 2), ("timed", n)):  # warm-up: allocator, kernels, autotune
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                s = generate_dataset(prompts_table(k), sd_dir, tmp / f"{len(rows)}-{tag}", cfg,
+                                     qc_models=qc, progress=False, **given)
+                torch.cuda.synchronize()
+                wall = time.perf_counter() - t0
+            ips = n / wall
+            # One SD 2.1 image at 75 steps with guidance is about 125 TFLOP (docs/gpu-check.md).
+            rows.append({"set": "whole", "component": "generation + QC + write", "batch": n,
+                         "backend": name, "wall_s": round(wall, 3), "images_per_s": round(ips, 4),
+                         "of_bf16_matmul": round(ips * 125.0 / tflops, 4),
+                         "qc_passed": s.get("accepted")})
+    for r in rows:
+        r["ratio"] = round(r["images_per_s"] / rows[0]["images_per_s"], 3)
+        r["bf16_tflops"] = round(tflops, 1)
+    return rows
 
 
 def main() -> int:
@@ -182,6 +229,7 @@ def main() -> int:
                          "at 224), sd (SD 2.1-sized text encoder and VAE decoder)")
     ap.add_argument("--sd", action="store_true", help="add the SD 2.1-sized rows (minutes on CPU)")
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--max-batch", type=int, default=None, help="time only batch sizes up to this")
     ap.add_argument("--cache", default="build/bench-engines")
     ap.add_argument("--json", default=None, help="also write the rows as JSON here")
     ap.add_argument("--whole", metavar="GENERATOR_DIR", default=None,
@@ -216,12 +264,12 @@ def main() -> int:
     sets = {s.strip() for s in args.sets.split(",")} | ({"sd"} if args.sd else set())
     if "demo" in sets:
         bench_set("demo", demo, Sources(generator=DEMO / "generator", qc_dir=DEMO / "qc"), None, cache,
-                  backends, args.repeats, args.device, rows, log)
+                  backends, args.repeats, args.device, rows, log, args.max_batch)
     if "densenet" in sets:
         clf = make_classifier(cache / "densenet121-224")
         bench_set("densenet", prof("densenet", {"classifier": {"batch_sizes": [1, 16]}}),
                   Sources(classifier=clf), ["classifier"], cache, backends, args.repeats, args.device,
-                  rows, log)
+                  rows, log, args.max_batch)
     if "sd" in sets:
         sd = make_sd_sized(cache / "sd21-sized")
         p = prof("sd", {"text_encoder": {"batch_sizes": [1, 8]},
@@ -239,9 +287,11 @@ def main() -> int:
                                "vae_decoder": {"batch_sizes": [1, args.whole_images]}})
             build_engines(p, cache / "whole", Sources(generator=gen), backends=backends,
                           device=args.device, e2e_steps=0, echo=log)
-            w = whole_generation_cuda(gen, cache / "whole", 75, args.whole_images)
-            print(f"whole generation from engines: {w['images_per_s']:.3f} images/s; card bf16 "
-                  f"{w['bf16_tflops']:.0f} TFLOP/s; {w['fraction_of_bf16'] * 100:.1f}% of it")
+            for w in whole_generation_cuda(gen, cache / "whole", 75, args.whole_images):
+                rows.append(w)
+                print(f"whole generation, {w['backend']}: {w['images_per_s']:.3f} images/s "
+                      f"({w['ratio']:.2f}x eager); card bf16 {w['bf16_tflops']:.0f} TFLOP/s; "
+                      f"{w['of_bf16_matmul'] * 100:.1f}% of it (goal: engines >= 60%)")
     print()
     for (comp, batch), target in TARGETS.items():
         hits = [r for r in rows if r["set"] in ("demo", "densenet") and r["component"] == comp
@@ -251,8 +301,13 @@ def main() -> int:
             verdict = "met" if best["ratio"] >= target else "NOT met"
             print(f"target {comp}{'' if batch is None else f' batch {batch}'} >= {target}x eager: best "
                   f"{best['ratio']:.2f}x ({best['backend']}, batch {best['batch']}): {verdict}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+    if args.json:  # the shape tools/gpu_check.py renders: title, rows, notes
+        Path(args.json).write_text(json.dumps(
+            {"title": f"engines against eager ({args.device}, {prec})", "rows": rows,
+             "notes": ["ratio = eager ms / engine ms per component (> 1: the engine is faster); "
+                       "whole-generation rows: images/s against eager in the same run",
+                       f"torch {torch.__version__}, threads {torch.get_num_threads()}"]},
+            indent=2))
     return 0
 
 

@@ -18,7 +18,8 @@ and the next one runs:
   tests    `pytest -m "gpu and not compile" tests` (in a dry run they are collected and skip).
   bench_*  every tools/bench_*.py that declares a GPU_CHECK dict (read with ast, not
            imported): its "gpu" or "dry" arguments, "{json}" replaced by a file the
-           benchmark writes its table to ({"title", "rows", "notes"}).
+           benchmark writes its table to ({"title", "rows", "notes"}). On the GPU a spec
+           with "by_default": False runs only when --only names it (a second call).
   tests_compile  `pytest -m "gpu and compile" tests`: the tests that compile engines
            (minutes), last so that they cannot cost the figures.
 
@@ -172,6 +173,8 @@ def _check_spec(name: str, spec) -> None:
     for key in ("gpu", "dry"):
         if not (isinstance(spec.get(key), list) and all(isinstance(a, str) for a in spec[key])):
             raise ValueError(f"{name}: GPU_CHECK[{key!r}] must be a list of argument strings")
+    if not isinstance(spec.get("by_default", True), bool):
+        raise ValueError(f"{name}: GPU_CHECK['by_default'] must be True or False")
     for key in ("timeout_s", "dry_timeout_s", "order"):
         if key in spec and not isinstance(spec[key], (int, float)):
             raise ValueError(f"{name}: GPU_CHECK[{key!r}] must be a number")
@@ -311,9 +314,13 @@ def plan(args, work: Path, site: Path) -> list[Step]:
     # tests that compile engines take minutes: they run after the benchmarks, in their own
     # step, so that running out of time there costs neither the other tests nor the figures
     steps.append(pytest_step("tests", "gpu and not compile", JUNITS[0], limits["tests"]))
+    only = set(args.only.split(",")) if args.only else set()
     for name, spec in bench_specs():
         argv = [a.replace("{json}", str(work / f"{name}.json")) for a in spec["gpu" if gpu else "dry"]]
         limit = spec.get("timeout_s", 120) if gpu else spec.get("dry_timeout_s", spec.get("timeout_s", 120))
+        if gpu and not spec.get("by_default", True) and name not in only:
+            steps.append(Step(name, [], float(limit), note=f"runs when named: --only {name}"))
+            continue
         steps.append(Step(name, [py, str(TOOLS / f"{name}.py"), *argv], float(limit)))
     steps.append(pytest_step("tests_compile", "gpu and compile", JUNITS[1], limits["tests_compile"]))
     return steps

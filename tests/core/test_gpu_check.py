@@ -49,7 +49,8 @@ def test_dry_run_writes_both_summaries(tmp_path):
     assert s["mode"] == "dry-run" and s["ok"] and s["wall_s"] <= s["budget_s"]
     steps = {st["name"]: st for st in s["steps"]}
     assert list(steps)[:4] == ["wheels", "card", "build", "tests"]
-    assert {"bench_generate", "bench_classify"} <= set(steps)
+    assert {"bench_generate", "bench_classify", "bench_engines"} <= set(steps)
+    assert s["benchmarks"]["bench_engines"]["rows"][0]["backend"] == "onnxruntime"
     assert list(steps)[-1] == "tests_compile"  # engine compiles run after the figures
     assert steps["wheels"]["status"] == "skipped" and "--skip-wheelhouse" in steps["wheels"]["note"]
     for name, st in steps.items():
@@ -286,3 +287,29 @@ def test_tree_size_counts_what_travels(tmp_path):
     (repo / "shared").mkdir()
     (repo / "shared" / "ref.md").write_bytes(b"x" * 300)  # shared/ inside the checkout: travels
     assert wh.tree_bytes(repo) == 1000 + len("/.whl/\n/build/\n") + 300
+
+
+def test_a_benchmark_off_by_default_runs_on_the_gpu_only_when_named(tmp_path):
+    """bench_engines compiles SD 2.1-size engines for minutes: on the GPU it is a second call
+    (--only bench_engines); the dry run always runs its CPU half."""
+    import argparse
+
+    specs = dict(gc.bench_specs())
+    assert specs["bench_engines"]["by_default"] is False
+    assert "--whole" in specs["bench_engines"]["gpu"] and "{json}" in specs["bench_engines"]["dry"]
+
+    def steps(**kw):
+        args = argparse.Namespace(**{"dry_run": False, "skip_wheelhouse": False, "only": None,
+                                     "wheels": str(tmp_path), "out": str(tmp_path), **kw})
+        return {s.name: s for s in gc.plan(args, tmp_path, tmp_path / "site")}
+
+    plain = steps()["bench_engines"]
+    assert plain.cmd == [] and "--only bench_engines" in plain.note
+    assert gc.schedule(plain, left=500, only=None) == "skip"
+    named = steps(only="bench_engines")["bench_engines"]
+    assert named.cmd and "--whole" in named.cmd
+    assert gc.schedule(named, left=500, only={"bench_engines"}) == "run"
+    assert steps(dry_run=True)["bench_engines"].cmd  # the dry run: every time
+    (tmp_path / "bench_x.py").write_text("GPU_CHECK = {'gpu': [], 'dry': [], 'by_default': 0}\n")
+    with pytest.raises(ValueError, match="by_default"):
+        gc.bench_specs(tmp_path)
