@@ -19,18 +19,11 @@ from rv2.evaluate.kernels import delong_placements
 from rv2.evaluate.validate import as_binary_labels, as_scores, check_lengths
 
 
-@dataclasses.dataclass(frozen=True)
-class DeLongResult:
-    """Paired DeLong comparison of model a against model b."""
+class _NormalDifference:
+    """A paired AUROC difference `diff` with variance `var`, judged on the normal scale."""
 
-    auc_a: float
-    auc_b: float
-    diff: float      # auc_a - auc_b
-    var: float       # variance of diff
-    z: float
-    p: float         # two-sided
-    n_pos: int
-    n_neg: int
+    diff: float
+    var: float
 
     def ci(self, level: float = 0.95) -> tuple[float, float]:
         """Normal-approximation CI of auc_a - auc_b."""
@@ -41,6 +34,31 @@ class DeLongResult:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def z_and_p(diff: float, var: float) -> tuple[float, float, float]:
+    """(var, z, two-sided p); a zero or undefined variance gives z = 0 for no difference
+    and an infinite z otherwise."""
+    if var <= 0 or not math.isfinite(var):
+        var = max(var, 0.0)
+        z = 0.0 if diff == 0 else math.copysign(math.inf, diff)
+    else:
+        z = diff / math.sqrt(var)
+    return var, float(z), math.erfc(abs(z) / math.sqrt(2.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class DeLongResult(_NormalDifference):
+    """Paired DeLong comparison of model a against model b."""
+
+    auc_a: float
+    auc_b: float
+    diff: float      # auc_a - auc_b
+    var: float       # variance of diff
+    z: float
+    p: float         # two-sided
+    n_pos: int
+    n_neg: int
 
 
 def delong_test(y_true, scores_a, scores_b, *, native: bool | None = None) -> DeLongResult:
@@ -66,13 +84,8 @@ def delong_test(y_true, scores_a, scores_b, *, native: bool | None = None) -> De
     s = np.cov(v10, ddof=1) / m + np.cov(v01, ddof=1) / n
     var = float(s[0, 0] + s[1, 1] - 2 * s[0, 1])
     diff = float(auc[0] - auc[1])
-    if var <= 0 or not math.isfinite(var):
-        var = max(var, 0.0)
-        z = 0.0 if diff == 0 else math.copysign(math.inf, diff)
-    else:
-        z = diff / math.sqrt(var)
-    p = math.erfc(abs(z) / math.sqrt(2.0))
-    return DeLongResult(float(auc[0]), float(auc[1]), diff, var, float(z), float(p), m, n)
+    var, z, p = z_and_p(diff, var)
+    return DeLongResult(float(auc[0]), float(auc[1]), diff, var, z, p, m, n)
 
 
 MACRO_METHOD = ("multi-label DeLong: influence-function (Hoeffding) variance of the mean "
@@ -81,7 +94,7 @@ MACRO_METHOD = ("multi-label DeLong: influence-function (Hoeffding) variance of 
 
 
 @dataclasses.dataclass(frozen=True)
-class MacroDeLongResult:
+class MacroDeLongResult(_NormalDifference):
     """Paired comparison of macro AUROC (mean over labels) of model a against model b."""
 
     auc_a: float     # macro AUROC of a over the labels in the macro
@@ -93,15 +106,6 @@ class MacroDeLongResult:
     labels: list     # label indices that entered the comparison
     n_labels: int    # the macro's denominator (more than len(labels) with undefined="zero")
     method: str
-
-    def ci(self, level: float = 0.95) -> tuple[float, float]:
-        from scipy.stats import norm
-
-        half = float(norm.ppf(0.5 + level / 2)) * math.sqrt(max(self.var, 0.0))
-        return self.diff - half, self.diff + half
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def delong_macro_test(y_true, scores_a, scores_b, *, clusters=None, undefined: str = "skip",
@@ -152,12 +156,7 @@ def delong_macro_test(y_true, scores_a, scores_b, *, clusters=None, undefined: s
     var = float(np.sum(infl ** 2))
     auc = auc / k
     diff = float(auc[0] - auc[1])
-    if var <= 0 or not math.isfinite(var):
-        var = max(var, 0.0)
-        z = 0.0 if diff == 0 else math.copysign(math.inf, diff)
-    else:
-        z = diff / math.sqrt(var)
+    var, z, p = z_and_p(diff, var)
     method = MACRO_METHOD.format(clustered=", influences summed per patient"
                                  if clusters is not None else "")
-    return MacroDeLongResult(float(auc[0]), float(auc[1]), diff, var, float(z),
-                             math.erfc(abs(z) / math.sqrt(2.0)), used, k, method)
+    return MacroDeLongResult(float(auc[0]), float(auc[1]), diff, var, z, p, used, k, method)
