@@ -381,12 +381,7 @@ def load_race_net(path: str | os.PathLike) -> nn.Module:
                              f"got {type(state).__name__}")
     state = _strip(state, "module.")
     log_softmax = "fc.0.weight" in state
-    net = _resnet34(3, log_softmax=log_softmax)
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as exc:
-        raise QCWeightsError(f"{path}: not a 3-class ResNet-34 race model: {exc}") from exc
-    return net.eval()
+    return _loaded(_resnet34(3, log_softmax=log_softmax), state, path, "3-class ResNet-34 race model")
 
 
 def load_sex_net(path: str | os.PathLike) -> nn.Module:
@@ -397,11 +392,14 @@ def load_sex_net(path: str | os.PathLike) -> nn.Module:
         raise QCWeightsError(f"{path}: expected a Lightning checkpoint dict, got {type(ckpt).__name__}")
     state = ckpt.get("state_dict", ckpt)
     state = _strip(state, "model.")
-    net = _resnet34(2)
+    return _loaded(_resnet34(2), state, path, "2-class ResNet-34 sex model")
+
+
+def _loaded(net: nn.Module, state: dict, path: Path, what: str) -> nn.Module:
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:
-        raise QCWeightsError(f"{path}: not a 2-class ResNet-34 sex model: {exc}") from exc
+        raise QCWeightsError(f"{path}: not a {what}: {exc}") from exc
     return net.eval()
 
 
