@@ -120,3 +120,21 @@ def test_preprocessing_from_model_config():
     pre = Preprocessing.from_model_config({"image_size": 8, "normalization": {"mean": 0.5, "std": 0.25}})
     x = pre.batch([np.full((8, 8), 0.75, np.float32)])
     assert x.shape == (1, 3, 8, 8) and np.allclose(x, 1.0)
+
+
+def test_loader_workers_rule():
+    """auto (None): up to 8 workers on CUDA with Pillow, leaving the main process a core;
+    0 on the CPU and for DALI on CUDA; a given number is kept; a negative one is refused."""
+    import torch
+    from rv2.data.dali import loader_workers
+    from rv2.errors import UserError
+
+    cuda = torch.device("cuda", 0)
+    assert loader_workers(None, cuda, "pil", cpus=16) == 8
+    assert loader_workers(None, cuda, "pil", cpus=4) == 3
+    assert loader_workers(None, "cuda:1", "pil", cpus=1) == 1
+    assert loader_workers(None, cuda, "dali", cpus=16) == 0
+    assert loader_workers(None, torch.device("cpu"), "pil", cpus=16) == 0
+    assert loader_workers(3, torch.device("cpu")) == 3 and loader_workers(0, cuda) == 0
+    with pytest.raises(UserError, match="--num-workers"):
+        loader_workers(-1, cuda)

@@ -126,7 +126,9 @@ def _numbers(text: str, option: str) -> list[float]:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Predictions (Parquet).")
 @click.option("--root", type=click.Path(file_okay=False), help="Image root (default: the root in the manifest's sidecar, else its folder).")
 @click.option("--batch-size", default=64, show_default=True, type=int)
-@click.option("--num-workers", default=0, show_default=True, type=int)
+@click.option("--num-workers", default=None, type=int,
+              help="Image loader processes (default: up to 8 on CUDA with Pillow decoding, "
+                   "else 0).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--decoder", type=click.Choice(["pil", "dali"]), default="pil", show_default=True,
               help="Image decoding: Pillow/pydicom, or batched DALI (rv2[dali]).")

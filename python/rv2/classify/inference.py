@@ -17,7 +17,7 @@ from rv2.classify import model_dir as md
 from rv2.classify.data import manifest_root
 from rv2.classify.predictor import Predictor
 from rv2.config import write_artifact_meta
-from rv2.data.dali import dali_device
+from rv2.data.dali import dali_device, loader_workers
 from rv2.data.manifest import read_manifest
 from rv2.data.torch_dataset import ManifestDataset
 from rv2.errors import UserError
@@ -30,7 +30,7 @@ SKIPPED_COLUMNS = ["image_id", "path", "reason"]
 
 def predict(model_dir: str | os.PathLike, manifest: str | os.PathLike | pd.DataFrame,
             root: str | os.PathLike | None = None, *, batch_size: int = 64, device: str = "auto",
-            num_workers: int = 0, amp: bool = True, progress: bool = True,
+            num_workers: int | None = None, amp: bool = True, progress: bool = True,
             decoder: str = "pil", predictor: Predictor | None = None) -> pd.DataFrame:
     """A DataFrame with `image_id` and one probability column per label (model order).
 
@@ -53,6 +53,7 @@ def predict(model_dir: str | os.PathLike, manifest: str | os.PathLike | pd.DataF
     else:
         df, name = read_manifest(manifest), str(manifest)
         root = manifest_root(manifest, root)
+    num_workers = loader_workers(num_workers, dev, decoder)
     pre = predictor.preprocessing
     ds = ManifestDataset(df, root, image_size=pre.image_size, labels=labels, mean=pre.mean,
                          std=pre.std, require_labels=False, name=name, decoder=decoder,
