@@ -200,17 +200,17 @@ void check_1d(const py::buffer_info& b, int64_t n, const char* name) {
 // (rows, n) -> (blocks, n, kBlock) as float (exact for counts < 2^24), zero
 // padding: the kBlock weights of one case in one block are one cache line, and
 // one block of all cases (n * 64 bytes) stays in cache while it is walked.
-template <typename T>
-std::vector<float> block_transpose(const T* w, int64_t rows, int64_t n, int64_t& blocks) {
+template <typename Out = float, typename T>
+std::vector<Out> block_transpose(const T* w, int64_t rows, int64_t n, int64_t& blocks) {
   blocks = (rows + kBlock - 1) / kBlock;
-  std::vector<float> out(static_cast<size_t>(blocks * n * kBlock), 0.0f);
+  std::vector<Out> out(static_cast<size_t>(blocks * n * kBlock), Out(0));
   parallel_for(blocks, 1, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
-      float* dst = out.data() + k * n * kBlock;
+      Out* dst = out.data() + k * n * kBlock;
       for (int64_t r = k * kBlock; r < std::min(rows, (k + 1) * kBlock); ++r) {
         const T* src = w + r * n;
         const int64_t b = r - k * kBlock;
-        for (int64_t i = 0; i < n; ++i) dst[i * kBlock + b] = static_cast<float>(src[i]);
+        for (int64_t i = 0; i < n; ++i) dst[i * kBlock + b] = static_cast<Out>(src[i]);
       }
     }
   });
@@ -255,6 +255,136 @@ void walk_boot(const SortedCases& sc, const float* wblk, const int32_t* grp, int
     }
     acc.close_tie_group();
   }
+}
+
+// The common case, one group holding every case (plain CIs), written with the
+// compiler's vector types: 16 float lanes are two 8-wide vectors, 16 double lanes
+// four 4-wide ones (AVX2 in the avx2 clone, SSE pairs otherwise). A tie group's
+// weights are summed in float (exact: integer sums below 2^24, which the caller
+// checks) and split into positives and negatives by a 0/1 factor, not a branch.
+// The double sums are those of walk_boot in the same order: the same results, bit
+// for bit.
+typedef float v8f __attribute__((vector_size(32), aligned(4)));
+typedef double v4d __attribute__((vector_size(32)));
+typedef uint8_t v8u8 __attribute__((vector_size(8), aligned(1)));
+
+// 8 weights of a row as floats: float rows as they are, byte rows (bootstrap counts
+// below 256, a quarter of the cache footprint) converted exactly.
+// (out by reference: a vector return value's ABI differs between the clones)
+inline void load8(const float* p, v8f& out) { out = *reinterpret_cast<const v8f*>(p); }
+inline void load8(const uint8_t* p, v8f& out) {
+  out = __builtin_convertvector(*reinterpret_cast<const v8u8*>(p), v8f);
+}
+
+// halves of an 8-float vector as doubles (macros: a function taking a vector type
+// would have an ABI that differs between the clones)
+#define RV2_LO4(v) v4d{(v)[0], (v)[1], (v)[2], (v)[3]}
+#define RV2_HI4(v) v4d{(v)[4], (v)[5], (v)[6], (v)[7]}
+
+#define RV2_INLINE inline __attribute__((always_inline))
+
+// The metrics of one group over 16 resamples, in vector lanes (see BlockAccumulator
+// for the arithmetic). add() sums a case's weights into the open tie group, in float;
+// close() folds the tie group into the double sums.
+struct LaneAccumulator {
+  v4d tp[4] = {}, fp[4] = {}, d2[4] = {}, aps[4] = {};
+  v8f gp0 = {}, gp1 = {}, gn0 = {}, gn1 = {};
+  bool any_pos = false;
+
+  RV2_INLINE void add(const v8f& r0, const v8f& r1, bool pos) {
+    const float f = pos ? 1.0f : 0.0f;  // a factor, not a branch: labels come in random order
+    any_pos = any_pos || pos;
+    const v8f p0 = r0 * f, p1 = r1 * f;
+    gp0 += p0;
+    gp1 += p1;
+    gn0 += r0 - p0;
+    gn1 += r1 - p1;
+  }
+  RV2_INLINE void close() {
+    const v4d q[4] = {RV2_LO4(gn0), RV2_HI4(gn0), RV2_LO4(gn1), RV2_HI4(gn1)};
+    if (!any_pos) {
+      for (int k = 0; k < 4; ++k) fp[k] += q[k];
+    } else {
+      const v4d one = {1.0, 1.0, 1.0, 1.0}, two = {2.0, 2.0, 2.0, 2.0};
+      const v4d p[4] = {RV2_LO4(gp0), RV2_HI4(gp0), RV2_LO4(gp1), RV2_HI4(gp1)};
+      for (int k = 0; k < 4; ++k) {
+        d2[k] += two * p[k] * fp[k] + p[k] * q[k];
+        tp[k] += p[k];
+        fp[k] += q[k];
+        const v4d den = tp[k] + fp[k];
+        aps[k] += p[k] * (tp[k] / (den > one ? den : one));
+      }
+    }
+    gp0 = gp1 = gn0 = gn1 = v8f{};
+    any_pos = false;
+  }
+  // lanes 0..lanes-1 to auc_out[b * stride], ap_out[b * stride]
+  void finish(double* auc_out, double* ap_out, int64_t lanes, int64_t stride) const {
+    for (int64_t b = 0; b < lanes; ++b) {
+      const double P = tp[b / 4][b % 4], N = fp[b / 4][b % 4];
+      if (P > 0 && N > 0) {
+        const double total2 = 2.0 * P * N;
+        auc_out[b * stride] = (total2 - d2[b / 4][b % 4]) / total2;
+        ap_out[b * stride] = aps[b / 4][b % 4] / P;
+      } else {
+        auc_out[b * stride] = kNaN;
+        ap_out[b * stride] = kNaN;
+      }
+    }
+  }
+};
+
+template <typename W>
+RV2_MULTIVERSION
+void walk_boot_one_group(const SortedCases& sc, const W* wblk, int64_t m, double* auc_out,
+                         double* ap_out, int64_t lanes, int64_t stride) {
+  static_assert(kBlock == 16, "two 8-float vectors per case");
+  LaneAccumulator acc;
+  int64_t j = 0;
+  for (int64_t end : sc.tie_end) {
+    for (; j < end; ++j) {
+      if (j + kPrefetch < m) prefetch(wblk + static_cast<int64_t>(sc.unit[j + kPrefetch]) * kBlock);
+      const W* row = wblk + static_cast<int64_t>(sc.unit[j]) * kBlock;
+      v8f r0, r1;
+      load8(row, r0);
+      load8(row + 8, r1);
+      acc.add(r0, r1, sc.pos[j] != 0);
+    }
+    acc.close();
+  }
+  acc.finish(auc_out, ap_out, lanes, stride);
+}
+
+// The permutation walk over the pooled sorted cases for 16 permutations: a case of
+// model A goes to A's metrics unless swapped, one of B's goes to A when swapped,
+// and B gets the rest; the swap indicators are bytes (0/1).
+RV2_MULTIVERSION
+void walk_perm(const SortedCases& sc, const uint8_t* sblk, int64_t n, int64_t m, double* auc_out,
+               double* ap_out, int64_t lanes) {
+  LaneAccumulator a, b;
+  const v8f ones = {1, 1, 1, 1, 1, 1, 1, 1};
+  int64_t j = 0;
+  for (int64_t end : sc.tie_end) {
+    for (; j < end; ++j) {
+      const int64_t e = sc.idx[j];
+      if (j + kPrefetch < m) {
+        const int64_t e2 = sc.idx[j + kPrefetch];
+        prefetch(sblk + (e2 >= n ? e2 - n : e2) * kBlock);
+      }
+      const bool from_b = e >= n;
+      v8f s0, s1;
+      load8(sblk + (from_b ? e - n : e) * kBlock, s0);
+      load8(sblk + (from_b ? e - n : e) * kBlock + 8, s1);
+      const v8f a0 = from_b ? s0 : ones - s0, a1 = from_b ? s1 : ones - s1;
+      const bool pos = sc.pos[j] != 0;
+      a.add(a0, a1, pos);
+      b.add(ones - a0, ones - a1, pos);
+    }
+    a.close();
+    b.close();
+  }
+  a.finish(auc_out, ap_out, lanes, 2);
+  b.finish(auc_out + 1, ap_out + 1, lanes, 2);
 }
 
 // auc, ap of shape (S, B, G): for each score row s, weight row b and group g,
@@ -319,16 +449,38 @@ py::tuple boot_auc_ap(F64Array scores, F64Array labels, I32Array weights, I32Arr
         set_units(sorted[r], cl);
       }
     });
+    // the fast path: one group of every case, and float sums that stay exact; its
+    // weights as bytes where the counts allow (bootstrap counts nearly always do)
+    bool one_group = n_groups == 1 && K == 1;
+    for (int64_t i = 0; one_group && i < n; ++i) one_group = grp[i] == 0;
+    int64_t max_w = 0;
+    for (int64_t i = 0; one_group && i < B * U; ++i) max_w = std::max<int64_t>(max_w, w[i]);
+    one_group = one_group && max_w * n < (int64_t(1) << 24);
+    const bool bytes = one_group && max_w < 256;
     int64_t blocks = 0;
-    std::vector<float> wt = block_transpose(w, B, U, blocks);
+    std::vector<float> wt;
+    std::vector<uint8_t> wt8;
+    if (bytes)
+      wt8 = block_transpose<uint8_t>(w, B, U, blocks);
+    else
+      wt = block_transpose(w, B, U, blocks);
     // task = block * S + row: neighbouring tasks share a block of weights
     parallel_for(S * blocks, 1, [&](int64_t t0, int64_t t1) {
       BlockAccumulator acc(n_groups);
       for (int64_t task = t0; task < t1; ++task) {
         const int64_t r = task % S, blk = task / S, b0 = blk * kBlock;
         const SortedCases& sc = sorted[r];
-        const float* wblk = wt.data() + blk * U * kBlock;
         const int64_t m = static_cast<int64_t>(sc.idx.size());
+        const int64_t o = r * B + b0, lanes = std::min(kBlock, B - b0);
+        if (bytes) {
+          walk_boot_one_group(sc, wt8.data() + blk * U * kBlock, m, auc_p + o, ap_p + o, lanes, 1);
+          continue;
+        }
+        const float* wblk = wt.data() + blk * U * kBlock;
+        if (one_group) {
+          walk_boot_one_group(sc, wblk, m, auc_p + o, ap_p + o, lanes, 1);
+          continue;
+        }
         walk_boot(sc, wblk, grp, K, n, m, acc);
         for (int64_t b = 0; b < kBlock && b0 + b < B; ++b) {
           const int64_t o = (r * B + b0 + b) * n_groups;
@@ -374,38 +526,13 @@ py::tuple perm_auc_ap(F64Array scores_a, F64Array scores_b, F64Array labels, U8A
     for (int64_t i = 0; i < R * n; ++i)
       if (sw[i] > 1) throw std::invalid_argument("swaps must be 0 or 1");
     int64_t blocks = 0;
-    std::vector<float> st = block_transpose(sw, R, n, blocks);
+    std::vector<uint8_t> st = block_transpose<uint8_t>(sw, R, n, blocks);
     const int64_t m = static_cast<int64_t>(sc.idx.size());
     parallel_for(blocks, 1, [&](int64_t t0, int64_t t1) {
-      BlockAccumulator acc(2);
-      float to_a[kBlock], to_b[kBlock];
       for (int64_t blk = t0; blk < t1; ++blk) {
         const int64_t b0 = blk * kBlock;
-        const float* sblk = st.data() + blk * n * kBlock;
-        acc.reset();
-        int64_t j = 0;
-        for (int64_t end : sc.tie_end) {
-          for (; j < end; ++j) {
-            const int64_t e = sc.idx[j];
-            const bool from_b = e >= n;
-            if (j + kPrefetch < m) {
-              const int64_t e2 = sc.idx[j + kPrefetch];
-              prefetch(sblk + (e2 >= n ? e2 - n : e2) * kBlock);
-            }
-            const float* row = sblk + (from_b ? e - n : e) * kBlock;
-            // A's own score goes to A unless swapped; B's goes to A when swapped
-            for (int64_t b = 0; b < kBlock; ++b) {
-              to_a[b] = from_b ? row[b] : 1.0f - row[b];
-              to_b[b] = 1.0f - to_a[b];
-            }
-            acc.add(0, to_a, sc.pos[j]);
-            acc.add(1, to_b, sc.pos[j]);
-          }
-          acc.close_tie_group();
-        }
-        for (int64_t b = 0; b < kBlock && b0 + b < R; ++b) {
-          acc.finish(b, auc_p + (b0 + b) * 2, ap_p + (b0 + b) * 2);
-        }
+        walk_perm(sc, st.data() + blk * n * kBlock, n, m, auc_p + b0 * 2, ap_p + b0 * 2,
+                  std::min(kBlock, R - b0));
       }
     });
   }

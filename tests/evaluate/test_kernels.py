@@ -188,3 +188,35 @@ def test_bootstrap_counts_native_equals_numpy():
                                   weights_from_indices(idx, 500, native=False))
     with pytest.raises(ValueError, match=r"\[0, n\)"):
         weights_from_indices(np.full((1, 5), 5), 5, native=True)
+
+
+@needs_native
+@pytest.mark.parametrize("decimals", [1, 3, 8])
+def test_one_group_fast_path_equals_the_general_walk_bit_for_bit(decimals):
+    """One group of every case takes the vectorised walk (float tie sums, weights as bytes
+    below 256, else as floats); the same groups written twice take the general one. Their
+    results agree exactly, by case and by patient, and with weights too large for exact
+    float sums (the fallback)."""
+    C = _native.native_module()
+    y, s = _data(5000, decimals, decimals)
+    S = np.ascontiguousarray(np.stack([s, s[::-1]]))
+    Y = np.ascontiguousarray(np.stack([y, y]))
+    w = weights_from_indices(next(resample_indices(y.size, 37, seed=decimals)), y.size)
+    one, twice = np.zeros((1, y.size), np.int32), np.zeros((2, y.size), np.int32)
+    fast = C.boot_auc_ap(S, Y, w, one, 1, None, None)
+    slow = C.boot_auc_ap(S, Y, w, twice, 1, None, None)
+    for a, b in zip(fast, slow):
+        np.testing.assert_array_equal(a, b)
+    assert np.isfinite(fast[0]).all()
+    patients = (np.arange(y.size) // 3).astype(np.int32)
+    wp = weights_from_indices(next(resample_indices(patients.max() + 1, 21, seed=1)), patients.max() + 1)
+    for a, b in zip(C.boot_auc_ap(S, Y, wp, one, 1, None, patients),
+                    C.boot_auc_ap(S, Y, wp, twice, 1, None, patients)):
+        np.testing.assert_array_equal(a, b)
+    # counts of 256 and more: float weights, not bytes; then max weight x n >= 2^24: float
+    # tie sums could round, so the general walk
+    for big in (w * 100, w * 5000):
+        assert big.max() >= 256
+        for a, b in zip(C.boot_auc_ap(S, Y, big, one, 1, None, None),
+                        C.boot_auc_ap(S, Y, big, twice, 1, None, None)):
+            np.testing.assert_array_equal(a, b)
