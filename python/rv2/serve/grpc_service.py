@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import json_format, message
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from rv2.errors import UserError
@@ -142,6 +142,8 @@ class GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
         await context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
 
     async def _auth(self, context):
+        if not self.service.token_required:
+            return
         md = dict(context.invocation_metadata() or ())
         if not self.service.authorized(md.get("authorization")):
             await self._abort(context, RequestError(
@@ -208,6 +210,8 @@ class GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, split, context):
         request, raw = split  # split_infer_request
         await self._auth(context)
+        if request is None:
+            await self._abort(context, raw)
         try:
             return await self._infer(request, context, raw)
         except RequestError as exc:
@@ -226,6 +230,15 @@ class GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
                 yield service_pb2.ModelStreamInferResponse(error_message=str(exc))
 
 
+def _split_or_error(data: bytes):
+    """The registered deserializer: malformed bytes become a 400 in the handler (grpc would
+    answer UNKNOWN and log a traceback for an exception raised here)."""
+    try:
+        return split_infer_request(data)
+    except (DecodeError, message.DecodeError) as exc:
+        return None, RequestError(f"malformed ModelInferRequest: {exc}")
+
+
 class _Handlers:
     """Catches the method handlers the generated registration builds."""
 
@@ -242,7 +255,7 @@ def add_to_server(servicer: GrpcService, server) -> None:
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, caught)
     handlers = dict(caught.handlers)
     handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(
-        servicer.ModelInfer, request_deserializer=split_infer_request,
+        servicer.ModelInfer, request_deserializer=_split_or_error,
         response_serializer=service_pb2.ModelInferResponse.SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)

@@ -180,6 +180,10 @@ class InferenceService:
         self.decode_pool.shutdown(wait=True)
 
     # ------------------------------------------------------------------ admission
+    @property
+    def token_required(self) -> bool:
+        return self._token is not None
+
     def authorized(self, header: str | None) -> bool:
         if self._token is None:
             return True
