@@ -5,11 +5,16 @@
 
 One run, one machine, the same model and input everywhere:
   trivial     a backend that returns zeros at once: the front end's own cost
-  densenet    DenseNet-121 (random weights) exported to ONNX, on ONNX Runtime CPU
+  densenet    DenseNet-121 (random weights) as the ONNX Runtime engine of
+              `rv2 build-engines --target cpu`, served as `rv2 serve --engines` does
 
-The servers run in a child process (three at once: trivial, densenet with dynamic
-batching up to 8, densenet without batching), so client and server do not share
-a GIL. "bare" is `Predictor.predict_tensor` on the same batch-1 tensor in this
+The servers run in a child process, so client and server do not share a GIL:
+  trivial, densenet         dynamic batching up to 8, one instance
+  densenet-nobatch          batches of 1, one instance
+  densenet-tuned            --tune-batch-size (the batch size with the best rows/s)
+  densenet-2inst            --tune-batch-size, 2 instances of threads/2 each
+"backend rows/s by batch size" times the engine alone at each batch size: its
+best-to-batch-1 ratio bounds what any batching can gain on this machine. "bare" is `Predictor.predict_tensor` on the same batch-1 tensor in this
 process (what the server's batcher calls); overhead = client p50 - bare p50.
 Batching ratio = inferences / executions from the server's Prometheus metrics; the
 in-server column is the server's own time per request outside the backend call
@@ -56,31 +61,51 @@ class Trivial:
         return np.zeros((len(x), 14), np.float32)
 
 
-def predictors(folder: Path, onnx: Path, threads: int):
+def build_engine(folder: Path, out: Path) -> Path:
+    """The classifier's ONNX Runtime engine for the CPU target (batch 1..16)."""
+    from rv2.engines.build import Sources, build_engines
+    from rv2.engines.profile import load_profile
+
+    build_engines(load_profile("cpu"), out, Sources(classifier=folder), backends=["onnxruntime"],
+                  echo=lambda s: None)
+    return out
+
+
+def densenet(folder: Path, engines: Path, threads: int):
+    """The engine's Predictor, its ONNX Runtime session on `threads` intra-op threads."""
+    import torch
+    from rv2.engines import load
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the session takes torch's thread count
+    try:
+        return load(engines, "cpu").predictor(folder)
+    finally:
+        torch.set_num_threads(before)
+
+
+def child(folder: Path, engines: Path, threads: int) -> None:
+    """Serve the rows' servers; print their ports."""
     from rv2.classify.predictor import Predictor
-    from rv2.serve.onnx_backend import OnnxBackend
-
-    return {"trivial": Predictor.load(folder, backend=Trivial()),
-            "densenet": Predictor.load(folder, backend=OnnxBackend(onnx, threads=threads))}
-
-
-def child(folder: Path, onnx: Path, threads: int) -> None:
-    """Serve trivial, densenet (batching) and densenet (no batching); print the ports."""
     from rv2.serve.cli import set_threads
     from rv2.serve.server import ServerThread
     from rv2.serve.service import ServeSettings
 
     set_threads(threads)
-    preds = predictors(folder, onnx, threads)
+    dn = densenet(folder, engines, threads)
     kw = {"http_port": 0, "grpc_port": 0, "decode_threads": 1}
     servers = {
-        "trivial": ServerThread(preds["trivial"], ServeSettings(max_batch_size=8, **kw)),
-        "densenet": ServerThread(preds["densenet"], ServeSettings(max_batch_size=8, **kw)),
-        "densenet-nobatch": ServerThread(preds["densenet"], ServeSettings(max_batch_size=1, **kw)),
+        "trivial": ServerThread(Predictor.load(folder, backend=Trivial()), ServeSettings(max_batch_size=8, **kw)),
+        "densenet": ServerThread(dn, ServeSettings(max_batch_size=8, **kw)),
+        "densenet-nobatch": ServerThread(dn, ServeSettings(max_batch_size=1, **kw)),
+        "densenet-tuned": ServerThread(dn, ServeSettings(max_batch_size=8, tune_batch_size=True, **kw)),
+        "densenet-2inst": ServerThread(densenet(folder, engines, max(1, threads // 2)),
+                                       ServeSettings(max_batch_size=8, tune_batch_size=True, instances=2, **kw)),
     }
     for s in servers.values():
         s.start()
-    print(json.dumps({k: [s.http_port, s.grpc_port] for k, s in servers.items()}), flush=True)
+    info = {k: [s.http_port, s.grpc_port, list(s.service.preferred_batch_size)] for k, s in servers.items()}
+    print(json.dumps(info), flush=True)
     sys.stdin.read()  # until the parent closes it
     for s in servers.values():
         s.stop()
@@ -167,27 +192,29 @@ def main() -> None:
         child(Path(args.child[0]), Path(args.child[1]), args.threads)
         return
 
-    from rv2.classify import model_dir as md
+    from rv2.classify.predictor import Predictor
     from rv2.serve.cli import set_threads
     from rv2.serve.loadgen import run_load
-    from rv2.serve.onnx_backend import export_classifier_onnx
+    from rv2.serve.service import time_batch_sizes
 
     set_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="rv2-bench-serve-"))
     folder = make_model_dir(tmp / "clf", args.image_size)
-    model, _, _ = md.load_model(folder, "cpu")
-    onnx = export_classifier_onnx(model, tmp / "clf.onnx", args.image_size)
-    del model
+    engines = build_engine(folder, tmp / "engines")
+    onnx = engines / "classifier" / "onnxruntime" / "model.onnx"
     proc = subprocess.Popen([sys.executable, __file__, "--threads", str(args.threads), "--child",
-                             str(folder), str(onnx)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                             str(folder), str(engines)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     peer = peer_ports = None
     try:
-        ports = json.loads(proc.stdout.readline())
+        info = json.loads(proc.stdout.readline())
+        ports = {k: v[:2] for k, v in info.items()}
         if args.pytriton_python:
             peer, peer_ports = start_peer(args.pytriton_python, onnx, args.threads, tmp)
         x = np.random.default_rng(0).normal(size=(1, 3, args.image_size, args.image_size)).astype(np.float32)
-        preds = predictors(folder, onnx, args.threads)
+        preds = {"trivial": Predictor.load(folder, backend=Trivial()),
+                 "densenet": densenet(folder, engines, args.threads)}
         bare = {k: bare_p50(p, x, min(args.seconds, 3.0)) for k, p in preds.items()}
+        per_row = time_batch_sizes(preds["densenet"].predict_tensor, x, 8, repeats=3)
 
         def make_inputs(mod):
             i = mod.InferInput("image", list(x.shape), "FP32")
@@ -197,7 +224,8 @@ def main() -> None:
         rows = []
         cells = [("trivial", "http", 1), ("trivial", "grpc", 1), ("trivial", "http", 8), ("trivial", "grpc", 8),
                  ("densenet", "http", 1), ("densenet", "grpc", 1), ("densenet", "http", 8),
-                 ("densenet", "grpc", 8), ("densenet-nobatch", "grpc", 8)]
+                 ("densenet", "grpc", 8), ("densenet-nobatch", "grpc", 8), ("densenet-tuned", "grpc", 8),
+                 ("densenet-2inst", "grpc", 8)]
         # server -> (http port, grpc port, metrics port, model name)
         where = {k: (h, g, h, "classifier") for k, (h, g) in ports.items()}
         if peer is not None:
@@ -229,6 +257,15 @@ def main() -> None:
                 p.stdin.close()
                 p.wait(120)
 
+    import os
+
+    print("\nbackend rows/s by batch size (the densenet engine alone, best of 3):")
+    print("| batch | ms per row | rows/s | vs batch 1 |\n|---:|---:|---:|---:|")
+    for b, t in per_row.items():
+        print(f"| {b} | {t * 1e3:.1f} | {1 / t:.1f} | {per_row[1] / t:.2f}x |")
+    print(f"\ntuned preferred batch sizes: "
+          f"{ {k: v[2] for k, v in info.items() if k.startswith('densenet-') and v[2]} }; "
+          f"load average after the run: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     print(f"\nrv2 serve, {args.image_size}x{args.image_size} FP32 input (batch 1 per request), "
           f"{args.threads} compute threads, {args.seconds:.0f} s per row\n")
     print("| server | protocol | concurrency | requests | errors | p50 ms | p99 ms | req/s | "
@@ -240,9 +277,11 @@ def main() -> None:
               f"{r['insrv']:.2f} |")
     get = {(r["server"], r["proto"], r["conc"]): r for r in rows}
     if ("densenet", "grpc", 8) in get:
-        tb, nb = get[("densenet", "grpc", 8)], get[("densenet-nobatch", "grpc", 8)]
-        print(f"\nthroughput at concurrency 8, dynamic batching vs none (gRPC, DenseNet ORT): "
-              f"{tb['rps'] / max(nb['rps'], 1e-9):.2f}x")
+        nb = get[("densenet-nobatch", "grpc", 8)]
+        print()
+        for k in ("densenet", "densenet-tuned", "densenet-2inst"):
+            print(f"throughput at concurrency 8, {k} vs densenet-nobatch (gRPC, DenseNet ORT): "
+                  f"{get[(k, 'grpc', 8)]['rps'] / max(nb['rps'], 1e-9):.2f}x")
     for proto in ("http", "grpc") if ("trivial", "http", 1) in get else ():
         t = get[("trivial", proto, 1)]
         peer_t = get.get(("triton-trivial", proto, 1))

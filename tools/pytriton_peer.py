@@ -6,7 +6,8 @@ never shares rv2's environment).
     side-venv/bin/python tools/pytriton_peer.py MODEL.onnx THREADS HTTP GRPC METRICS
 
 Serves `trivial` (zeros) and `classifier` (the ONNX graph on ONNX Runtime CPU,
-dynamic batching up to 8, sigmoid outputs) with input `image` FP32 [3, S, S] and
+dynamic batching up to 8, sigmoid outputs; a one-channel graph gets the first
+channel) with input `image` FP32 [3, S, S] and
 output `probabilities`; serves until stdin closes (the bench polls readiness). This file
 imports nothing from rv2.
 """
@@ -32,11 +33,15 @@ def main() -> None:
     sess = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
     size = int(inp.shape[2])
+    # rv2's engines take one channel of pixels (normalisation folded in); the peer takes
+    # the same 3-channel request as rv2 serve and feeds the first channel (the bench
+    # compares times, not values)
+    channels = int(inp.shape[1])
     labels = int(sess.get_outputs()[0].shape[1])
 
     @batch
     def classify(image):
-        (z,) = sess.run(None, {inp.name: np.ascontiguousarray(image, dtype=np.float32)})
+        (z,) = sess.run(None, {inp.name: np.ascontiguousarray(image[:, :channels], dtype=np.float32)})
         return {"probabilities": (1.0 / (1.0 + np.exp(-z))).astype(np.float32)}
 
     @batch

@@ -148,23 +148,25 @@ def test_json_base64_image_bytes(server, real_cxr, predicted_real):
     np.testing.assert_allclose(probs["data"], predicted_real.loc[name].to_numpy(), atol=1e-6)
 
 
-def test_onnx_runtime_backend_serves_the_same_model(clf_dir, predictor, tmp_path):
-    """A compiled backend behind the same server: ONNX Runtime from a torch.onnx export."""
+def test_onnx_runtime_engine_serves_the_same_model(clf_dir, predictor, tmp_path):
+    """A compiled backend behind the same server: the ONNX Runtime engine `rv2 build-engines`
+    builds, loaded as `rv2 serve --engines` loads it."""
     pytest.importorskip("onnxruntime")
-    from rv2.classify import model_dir as md
-    from rv2.classify.predictor import Predictor
-    from rv2.serve.onnx_backend import OnnxBackend, export_classifier_onnx
+    from rv2.engines.build import Sources, build_engines
+    from rv2.engines.profile import load_profile
+    from rv2.serve.cli import load_predictor
     from rv2.serve.server import ServerThread
 
     from .conftest import settings
 
-    model, _, _ = md.load_model(clf_dir, "cpu")
-    path = export_classifier_onnx(model, tmp_path / "clf.onnx", SIZE)
-    ort_pred = Predictor.load(clf_dir, backend=OnnxBackend(path, threads=1))
+    build_engines(load_profile("demo"), tmp_path / "eng", Sources(classifier=clf_dir),
+                  backends=["onnxruntime"], echo=lambda s: None)
+    ort_pred = load_predictor(str(clf_dir), str(tmp_path / "eng"), "cpu")
     x = np.random.default_rng(6).normal(size=(4, 3, SIZE, SIZE)).astype(np.float32)
+    x[:, 1:] = x[:, :1]  # the engine reads one channel (grayscale radiographs)
     with ServerThread(ort_pred, settings(max_batch_size=4)) as s:
         h, g = clients(s)
-        assert h.get_model_metadata("classifier")["platform"] == "rv2_onnxruntime"
+        assert h.get_model_metadata("classifier")["platform"] == "rv2_engine:onnxruntime"
         for mod, c in ((th, h), (tg, g)):
             probs = c.infer("classifier", [tensor_input(mod, x)]).as_numpy("probabilities")
             np.testing.assert_allclose(probs, predictor.predict_tensor(x), atol=1e-5)

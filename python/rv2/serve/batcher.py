@@ -1,11 +1,17 @@
 """The dynamic batcher: requests gathered into one backend call, as Triton's.
 
-One compute thread per model. It takes the oldest request and, while the queue
-holds fewer rows than the target (the largest `preferred_batch_size`, else
+`instances` compute threads (Triton's instance count) share one queue; one of
+them at a time gathers. It takes the oldest request and, while the queue holds
+fewer rows than the target (the largest `preferred_batch_size`, else
 `max_batch_size`), waits at most `max_queue_delay_microseconds` counted from that
-request's arrival; then it runs every queued request that fits in
-`max_batch_size` as one batch. With a delay of 0 it never waits, and requests
-that arrive while a batch computes still form the next batch together.
+request's arrival. Then it forms the batch: with preferred sizes, the largest
+one the queued rows reach (as Triton does), else every queued request that fits
+in `max_batch_size`. With a delay of 0 it never waits, and requests that arrive
+while a batch computes still form the next batch together.
+
+`submit` is called on the event loop and returns an asyncio future. Results go
+back in one `call_soon_threadsafe` per batch, not one per request: the loop
+wakes once for the whole batch.
 
 The queue is bounded (`max_queue_size` requests): `submit` refuses beyond it
 (503 + Retry-After upstream), so memory never grows with the load. A request
@@ -13,12 +19,12 @@ whose deadline passes while queued is answered with 503 and never computed.
 """
 from __future__ import annotations
 
+import asyncio
 import collections
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,13 +34,10 @@ from rv2.serve.protocol import RequestError
 @dataclass
 class _Item:
     x: np.ndarray
-    future: Future
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
     arrived: float
     deadline: float | None
-    queue_s: float = 0.0
-    compute_s: float = 0.0
-    batch: int = 0
-    meta: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -47,14 +50,24 @@ class BatchResult:
     batch_size: int
 
 
+def _deliver(answers: list) -> None:
+    """On the loop: settle the futures still waiting (a cancelled one is dropped)."""
+    for fut, value, is_error in answers:
+        if not fut.done():
+            if is_error:
+                fut.set_exception(value)
+            else:
+                fut.set_result(value)
+
+
 class Batcher:
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], *, max_batch_size: int,
                  max_queue_delay_microseconds: int = 0, preferred_batch_size: Sequence[int] = (),
-                 max_queue_size: int = 64, on_batch: Callable[[int, int, float], None] | None = None,
-                 name: str = "model"):
-        if max_batch_size < 1 or max_queue_size < 1 or max_queue_delay_microseconds < 0:
-            raise RequestError("max_batch_size and max_queue_size must be >= 1 and the queue "
-                               "delay >= 0", 500)
+                 max_queue_size: int = 64, instances: int = 1,
+                 on_batch: Callable[[int, int, float], None] | None = None, name: str = "model"):
+        if max_batch_size < 1 or max_queue_size < 1 or max_queue_delay_microseconds < 0 or instances < 1:
+            raise RequestError("max_batch_size, max_queue_size and instances must be >= 1 and the "
+                               "queue delay >= 0", 500)
         bad = [p for p in preferred_batch_size if not 1 <= p <= max_batch_size]
         if bad:
             raise RequestError(f"preferred_batch_size {bad} outside 1..max_batch_size "
@@ -62,27 +75,33 @@ class Batcher:
         self.run = run
         self.max_batch_size = int(max_batch_size)
         self.delay_s = max_queue_delay_microseconds / 1e6
-        self.target = max(preferred_batch_size) if preferred_batch_size else self.max_batch_size
+        self.preferred = sorted({int(p) for p in preferred_batch_size})
+        self.target = self.preferred[-1] if self.preferred else self.max_batch_size
         self.max_queue_size = int(max_queue_size)
         self.on_batch = on_batch  # (requests, rows, compute seconds) after each execution
         self._q: collections.deque[_Item] = collections.deque()
         self._rows = 0
         self._cond = threading.Condition()
+        self._gathering = False  # one instance at a time forms a batch
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name=f"rv2-batcher-{name}", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._loop, name=f"rv2-batcher-{name}-{i}", daemon=True)
+                         for i in range(int(instances))]
+        for t in self._threads:
+            t.start()
 
     # ------------------------------------------------------------------ callers
-    def submit(self, x: np.ndarray, deadline: float | None = None) -> Future:
-        """A future of `BatchResult`; refuses (503) when the queue is full or closing."""
-        fut: Future = Future()
+    def submit(self, x: np.ndarray, deadline: float | None = None) -> asyncio.Future:
+        """On the event loop: a future of `BatchResult`; refuses (503) when the queue is
+        full or closing."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         with self._cond:
             if self._closed:
                 raise RequestError("server is shutting down", 503, retry_after=1, reason="REJECTED")
             if len(self._q) >= self.max_queue_size:
                 raise RequestError(f"queue full ({self.max_queue_size} requests waiting); "
                                    "retry later", 503, retry_after=1, reason="REJECTED")
-            self._q.append(_Item(x, fut, time.monotonic(), deadline))
+            self._q.append(_Item(x, fut, loop, time.monotonic(), deadline))
             self._rows += len(x)
             self._cond.notify()
         return fut
@@ -92,36 +111,52 @@ class Batcher:
             return len(self._q)
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop taking requests, finish the queued ones, end the thread."""
+        """Stop taking requests, finish the queued ones, end the threads."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+        for t in self._threads:
+            t.join(timeout)
 
-    # ------------------------------------------------------------------ thread
+    # ------------------------------------------------------------------ threads
+    def _size(self) -> int:
+        """Rows the next batch takes (at most): the largest preferred size the queue
+        reaches, else the maximum."""
+        for p in reversed(self.preferred):
+            if p <= self._rows:
+                return p
+        return self.max_batch_size
+
     def _take(self) -> list[_Item] | None:
         with self._cond:
-            while not self._q and not self._closed:
+            while not self._q or self._gathering:
+                if self._closed and not self._q:
+                    return None
                 self._cond.wait()
-            if not self._q:
-                return None
-            if self.delay_s > 0:
-                until = self._q[0].arrived + self.delay_s
-                while self._rows < self.target and not self._closed:
-                    left = until - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.wait(left)
-            batch, rows = [], 0
-            while self._q and rows + len(self._q[0].x) <= self.max_batch_size:
-                item = self._q.popleft()
-                batch.append(item)
-                rows += len(item.x)
-            if not batch:  # larger than max_batch_size (checked upstream): run it alone
-                item = self._q.popleft()
-                batch, rows = [item], len(item.x)
-            self._rows -= rows
-            return batch
+            self._gathering = True
+            try:
+                if self.delay_s > 0:
+                    until = self._q[0].arrived + self.delay_s
+                    while self._rows < self.target and not self._closed:
+                        left = until - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._cond.wait(left)
+                size = self._size()
+                batch, rows = [], 0
+                while self._q and rows + len(self._q[0].x) <= size:
+                    item = self._q.popleft()
+                    batch.append(item)
+                    rows += len(item.x)
+                if not batch:  # larger than the batch size (checked upstream): run it alone
+                    item = self._q.popleft()
+                    batch, rows = [item], len(item.x)
+                self._rows -= rows
+                return batch
+            finally:
+                self._gathering = False
+                if self._q or self._closed:
+                    self._cond.notify_all()
 
     def _loop(self) -> None:
         while True:
@@ -130,28 +165,42 @@ class Batcher:
                 return
             self._execute(batch)
 
+    def _answer(self, answers: dict) -> None:
+        for loop, items in answers.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:
+                pass  # that loop has closed: nobody is waiting
+
     def _execute(self, batch: list[_Item]) -> None:
         start = time.monotonic()
-        live = []
+        live, answers = [], {}
         for item in batch:
-            if not item.future.set_running_or_notify_cancel():
-                continue  # the caller gave up (client gone)
+            if item.future.cancelled():
+                continue  # the caller gave up (client gone); a later cancel is dropped on delivery
             if item.deadline is not None and start > item.deadline:
                 waited = (start - item.arrived) * 1e3
-                item.future.set_exception(RequestError(
+                answers.setdefault(item.loop, []).append((item.future, RequestError(
                     f"request timed out after {waited:.0f} ms in the queue", 503, retry_after=1,
-                    reason="REJECTED"))
+                    reason="REJECTED"), True))
                 continue
             live.append(item)
         if not live:
+            self._answer(answers)
             return
-        x = live[0].x if len(live) == 1 else np.concatenate([it.x for it in live])
+        if len(live) == 1:
+            x = live[0].x
+            if not (x.flags.writeable and x.flags.aligned and x.flags.c_contiguous) or x.dtype != np.float32:
+                x = np.array(x, dtype=np.float32, order="C")  # a view of a request body
+        else:
+            x = np.concatenate([it.x for it in live]).astype(np.float32, copy=False)
         try:
             probs = self.run(x)
         except Exception as exc:  # noqa: BLE001 - every waiting request gets the error
             err = RequestError(f"inference failed: {type(exc).__name__}: {exc}", 500, reason="BACKEND")
             for it in live:
-                it.future.set_exception(err)
+                answers.setdefault(it.loop, []).append((it.future, err, True))
+            self._answer(answers)
             return
         compute = time.monotonic() - start
         if self.on_batch is not None:
@@ -159,8 +208,10 @@ class Batcher:
         pos = 0
         for it in live:
             n = len(it.x)
-            it.future.set_result(BatchResult(probs[pos:pos + n], start - it.arrived, compute, len(x)))
+            answers.setdefault(it.loop, []).append(
+                (it.future, BatchResult(probs[pos:pos + n], start - it.arrived, compute, len(x)), False))
             pos += n
+        self._answer(answers)
 
 
 __all__ = ["BatchResult", "Batcher"]

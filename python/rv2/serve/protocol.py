@@ -45,6 +45,11 @@ DTYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np
           "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
           "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
 KNOWN_DTYPES = set(DTYPES) | {"BYTES", "BF16"}
+# KServe v2 datatypes -> the typed field of gRPC's InferTensorContents that carries them
+# (the others travel only as raw bytes).
+TYPED_CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents",
+                  "INT64": "int64_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+                  "BOOL": "bool_contents", "BYTES": "bytes_contents"}
 
 # HTTP status -> gRPC status name (the grpc module maps names to codes).
 GRPC_CODE = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND", 408: "DEADLINE_EXCEEDED",
@@ -267,8 +272,9 @@ class ServedModel:
             raise RequestError(f"input '{t.name}': contains NaN or infinity")
         if x.shape[1] == 1 and c != 1:
             x = np.repeat(x, c, axis=1)
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        return x if x.flags.writeable else x.copy()  # torch refuses read-only buffers
+        # may be a read-only view of the request body: the batcher copies it into the
+        # batch it runs (once), so it is not copied here
+        return x
 
     def _blobs(self, t: InputTensor) -> list[bytes]:
         if t.datatype != "BYTES":
@@ -351,9 +357,12 @@ def parse_label_entry(entry: bytes | str) -> tuple[float, int, str]:
 
 __all__ = [
     "BYTES_INPUT",
+    "DTYPES",
+    "KNOWN_DTYPES",
     "LABELS",
     "PROBS",
     "TENSOR_INPUT",
+    "TYPED_CONTENTS",
     "VERSION",
     "InferRequest",
     "InputTensor",

@@ -47,6 +47,8 @@ class ServeSettings:
     max_batch_size: int | None = None  # default: the backend's maximum, else 32
     preferred_batch_size: tuple[int, ...] = ()
     max_queue_delay_microseconds: int = 0
+    tune_batch_size: bool = False    # at start, prefer the batch size with the best rows/s
+    instances: int = 1               # compute threads taking batches (Triton's instance count)
     max_queue_size: int = 64         # requests waiting for the backend
     request_timeout_s: float = 30.0  # deadline in the queue; a request's `timeout` may shorten it
     max_body_bytes: int = 64 << 20
@@ -73,6 +75,35 @@ class ServeSettings:
         return d
 
 
+def time_batch_sizes(run, x: np.ndarray, max_batch_size: int, repeats: int = 2) -> dict[int, float]:
+    """Seconds per row of `run` at batch 1, 2, 4, ... up to `max_batch_size` (the best
+    of `repeats` runs after a warm one)."""
+    sizes, b = [], 1
+    while b < max_batch_size:
+        sizes.append(b)
+        b *= 2
+    sizes.append(max_batch_size)
+    out = {}
+    for b in sizes:
+        xb = np.repeat(x[:1], b, axis=0)
+        run(xb)
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            run(xb)
+            best = min(best, time.perf_counter() - t)
+        out[b] = best / b
+    return out
+
+
+def best_batch_size(per_row: dict[int, float], margin: float = 0.1) -> int:
+    """The smallest batch size within `margin` of the best time per row: a larger
+    batch has to pay for the latency it adds. On a CPU whose caches a batch of one
+    fills, that is 1 and batching is off; on a GPU, the largest."""
+    best = min(per_row.values())
+    return min(b for b, t in per_row.items() if t <= best * (1 + margin))
+
+
 def default_threads() -> int:
     """CPUs this process may run on (the affinity mask, not the machine's count)."""
     try:
@@ -88,6 +119,8 @@ class InferenceService:
         if cap and mbs > cap:
             raise UserError(f"--max-batch-size {mbs} exceeds the {predictor.backend.name} "
                             f"backend's maximum batch {cap}")
+        if settings.instances < 1:
+            raise UserError(f"--instances must be at least 1, got {settings.instances}")
         self.settings = settings
         self.predictor = predictor
         self.model = ServedModel(predictor, settings.model_name, mbs)
@@ -95,9 +128,11 @@ class InferenceService:
         self.batcher: Batcher | None = None
         self.decode_pool = ThreadPoolExecutor(max(1, settings.decode_threads), "rv2-decode")
         # requests admitted and not finished: queued, decoding, or with a body being read
-        self.limit = settings.max_queue_size + mbs
+        self.limit = settings.max_queue_size + mbs * settings.instances
         self.active = 0
         self.ready = False
+        self.preferred_batch_size: tuple[int, ...] = settings.preferred_batch_size
+        self.batch_timings: dict[int, float] = {}  # seconds per row by batch size, when tuned
         self.draining = False
         self._token = settings.token.encode() if settings.token else None
         if settings.decoder not in ("pil", "dali"):
@@ -124,9 +159,14 @@ class InferenceService:
         x = np.zeros((1, pre.channels, pre.image_size, pre.image_size), np.float32)
         self.predictor.predict_tensor(x)
         s = self.settings
+        preferred = s.preferred_batch_size
+        if s.tune_batch_size:
+            self.batch_timings = time_batch_sizes(self.predictor.predict_tensor, x, self.model.max_batch_size)
+            preferred = (best_batch_size(self.batch_timings),)
+        self.preferred_batch_size = tuple(preferred)
         self.batcher = Batcher(self.predictor.predict_tensor, max_batch_size=self.model.max_batch_size,
                                max_queue_delay_microseconds=s.max_queue_delay_microseconds,
-                               preferred_batch_size=s.preferred_batch_size,
+                               preferred_batch_size=preferred, instances=s.instances,
                                max_queue_size=s.max_queue_size, on_batch=self.metrics.batch_done,
                                name=s.model_name)
         self.ready = True
@@ -140,6 +180,10 @@ class InferenceService:
         self.decode_pool.shutdown(wait=True)
 
     # ------------------------------------------------------------------ admission
+    @property
+    def token_required(self) -> bool:
+        return self._token is not None
+
     def authorized(self, header: str | None) -> bool:
         if self._token is None:
             return True
@@ -174,8 +218,7 @@ class InferenceService:
             if kind == "bytes":
                 loop = asyncio.get_running_loop()
                 payload = await loop.run_in_executor(self.decode_pool, self._prepare, payload)
-            fut = self.batcher.submit(payload, deadline)
-            res = await asyncio.wrap_future(fut)
+            res = await self.batcher.submit(payload, deadline)
             outs = self.model.outputs(req, res.probs)
         except RequestError as exc:
             self.metrics.request_done(time.monotonic() - t0, ok=False, reason=exc.reason)
@@ -208,7 +251,12 @@ class InferenceService:
                 "extensions": ["classification", "binary_tensor_data", "model_configuration"]}
 
     def model_config(self) -> dict:
-        return self.model.config(self.settings.batching())
+        batching = self.settings.batching()
+        if self.preferred_batch_size:  # tuned at start: the sizes in use
+            batching["preferred_batch_size"] = list(self.preferred_batch_size)
+        cfg = self.model.config(batching)
+        cfg["instance_group"] = [{"count": self.settings.instances}]
+        return cfg
 
 
-__all__ = ["InferenceService", "ServeSettings", "default_threads"]
+__all__ = ["InferenceService", "ServeSettings", "best_batch_size", "default_threads", "time_batch_sizes"]
