@@ -48,6 +48,7 @@ MARGINS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 CHECK_SETS = ((0.2,), (0.3,), (0.5,), (0.3, 0.5), (0.2, 0.4, 0.6))
 SAMPLERS = (("pndm", 75), ("pndm", 20), ("ddim", 50), ("dpmpp2m", 30), ("dpmpp2m", 20),
             ("unipc", 20), ("euler", 30))
+CHOSEN = ((0.2,), 0.3)  # the policy of the per-race table and of `verify`
 GUIDANCE = 3.0         # the demo generator's (rv2 demo, weights/README.md)
 TOLERANCE = 16.0       # the authors' age tolerance, as rv2 generate's default
 MAX_ATTEMPTS = 4
@@ -212,12 +213,43 @@ def replay(probe_df, fractions, margin: float, age_margin: float) -> dict:
     return out
 
 
+def check_cost(batch: int = 32, repeat: int = 3) -> dict:
+    """Seconds of one denoiser call (guided: 2 x batch rows) against one check (decode of
+    the predicted image + QC) for `batch` images, best of `repeat`, same process."""
+    import torch
+
+    from rv2.demo.eval_data import phantom_cases
+    from rv2.generate.sampler import latent_shape, to_gray
+
+    st = load_stages("pndm")
+    shape = latent_shape(st.denoiser, st.decoder)
+    cond = st.text_encoder.encode([p for _, p in phantom_cases(batch)])
+    ctx = torch.cat([st.text_encoder.encode([""]).expand(batch, -1, -1), cond])
+    x = torch.randn(2 * batch, *shape, generator=torch.Generator().manual_seed(0))
+    t = torch.full((2 * batch,), 500)
+
+    def best(fn):
+        out = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+        return min(out)
+
+    with torch.inference_mode():
+        unet = best(lambda: st.denoiser.predict_noise(x, t, ctx))
+        check = best(lambda: st.qc.predict(to_gray(st.decoder.decode(x[:batch]))))
+    return {"batch": batch, "unet_call_s": round(unet, 4), "check_s": round(check, 4),
+            "check_in_unet_calls": round(check / unet, 3), "threads": torch.get_num_threads()}
+
+
 def early(out: Path) -> dict:
     import pandas as pd
 
     df = pd.read_parquet(out / "probe.parquet")
     base = replay(df, (), 0, 0)
     b_per = base["unet_calls"] / base["accepted"]
+    cost = check_cost()
     rows = []
     for fr in CHECK_SETS:
         for m in MARGINS:
@@ -229,6 +261,9 @@ def early(out: Path) -> dict:
                          "false_early_pct": 100 * r["false_early"] / r["attempts"],
                          "unet_per_accepted": per, "saving_pct": 100 * (1 - per / b_per),
                          "checks_per_accepted": r["checks"] / r["accepted"] if r["accepted"] else None})
+            # a check (decode + QC) in UNet calls of this machine: the saving net of checks
+            rows[-1]["net_saving_pct"] = 100 * (1 - (per + rows[-1]["checks_per_accepted"]
+                                                     * cost["check_in_unet_calls"]) / b_per)
     att = df[df.attempt == 0]
     fail_share = 1 - att["pass"].mean()
     res = {"baseline": {k: v for k, v in base.items() if k not in ("accepted_prompts", "stops")}
@@ -236,20 +271,40 @@ def early(out: Path) -> dict:
               "attempt_fail_rate": 1 - base["accepted"] / base["attempts"]},
            "policies": rows,
            "fail_reasons_attempt0": att["fail"].value_counts().to_dict()}
+    # per requested race at the chosen policy: the saving grows with the cell's failure rate
+    res["by_race"] = {}
+    for race, sub in df.groupby("race"):
+        b = replay(sub, (), 0, 0)
+        p = replay(sub, CHOSEN[0], CHOSEN[1], CHOSEN[1] * TOLERANCE)
+        bp, pp = b["unet_calls"] / b["accepted"], p["unet_calls"] / p["accepted"]
+        res["by_race"][race] = {"prompts": int(sub.prompt_id.nunique()),
+                                "attempt_fail_rate": 1 - b["accepted"] / b["attempts"],
+                                "unet_per_accepted": bp, "with_early": pp,
+                                "saving_pct": 100 * (1 - pp / bp), "false_early": p["false_early"],
+                                "attempts_with_early": p["attempts"]}
+    res["check_cost"] = cost
     # the ceiling: stop every failing attempt after zero calls
     res["ceiling_saving_pct"] = 100 * base["failed"] * int(df["n_calls"].iloc[0]) / base["unet_calls"]
     (out / "early.json").write_text(json.dumps(res, indent=2, default=float))
     print(f"baseline: {base['attempts']} attempts, {base['accepted']} accepted, "
           f"{b_per:.2f} UNet calls per accepted image; attempt fail rate "
           f"{res['baseline']['attempt_fail_rate']:.3f}; ceiling saving {res['ceiling_saving_pct']:.1f}%")
+    print(f"\nper requested race at check {CHOSEN[0]}, margin {CHOSEN[1]}:")
+    print("| race | prompts | attempt fail rate | UNet calls / accepted | with early rejection | saving "
+          "| false early |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for race, x in res["by_race"].items():
+        print(f"| {race} | {x['prompts']} | {x['attempt_fail_rate']:.3f} | {x['unet_per_accepted']:.2f} "
+              f"| {x['with_early']:.2f} | {x['saving_pct']:.1f}% | {x['false_early']} |")
+    print(f"\ncheck cost: {json.dumps(res['check_cost'])}\n")
     print("| check at | margin (sex/race; age years) | attempts | early-stopped | false early (% of attempts) "
-          "| UNet calls / accepted | saving | checks / accepted |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| UNet calls / accepted | saving | checks / accepted | saving net of checks |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {', '.join(f'{f:.0%}' for f in r['at'])} | {r['margin']:.1f}; {r['age_margin']:.1f} "
               f"| {r['attempts']} | {r['early_stopped']} | {r['false_early']} "
               f"({r['false_early_pct']:.1f}%) | {r['unet_per_accepted']:.2f} | {r['saving_pct']:.1f}% "
-              f"| {r['checks_per_accepted']:.2f} |")
+              f"| {r['checks_per_accepted']:.2f} | {r['net_saving_pct']:.1f}% |")
     return res
 
 
@@ -392,8 +447,8 @@ def main(argv=None) -> int:
                     help="probe: held-out prompts (default 96); verify: the first N (default 24)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--at", default="0.3,0.5", help="verify: check points")
-    ap.add_argument("--margin", type=float, default=0.5, help="verify: margin")
+    ap.add_argument("--at", default="0.2", help="verify: check points")
+    ap.add_argument("--margin", type=float, default=0.3, help="verify: margin")
     a = ap.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch

@@ -70,7 +70,7 @@ def load_engines(ctx, folder, device=None):
                    "the steps (e.g. 0.3,0.5) and stop attempts past --early-margin (default: off).")
 @click.option("--early-margin", type=float, default=None,
               help="Early rejection margin: stop when the wrong sex or race leads the requested "
-                   "one by more than this probability (default 0.5).")
+                   "one by more than this probability (default 0.3).")
 @click.option("--guidance", type=float, default=None, help="Classifier-free guidance (default 4.0).")
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N (default auto).")
 @click.option("--dtype", default=None, type=click.Choice(["auto", "fp32", "fp16", "bf16"]),

@@ -42,8 +42,9 @@ class EarlyRejectConfig:
     """Early QC rejection (`rv2.generate.early_reject`); off unless `at` names check points."""
 
     at: list[float] = dataclasses.field(default_factory=list)  # fractions of the UNet calls
-    margin: float = 0.5             # sex/race: stop when the wrong class leads by more (probability)
-    age_margin: float = 8.0         # age: stop when beyond the tolerance by more (years)
+    # Defaults: the knee of the demo-world sweep (docs/regeneration-study.md).
+    margin: float = 0.3             # sex/race: stop when the wrong class leads by more (probability)
+    age_margin: float = 4.8         # age: stop when beyond the tolerance by more (years)
 
 
 @dataclasses.dataclass

@@ -55,7 +55,7 @@ def predict_x0(alphas_cumprod, x_in, eps, timesteps):
     `alphas_cumprod` gives abar_t)."""
     import torch
 
-    idx = torch.as_tensor([int(round(float(t))) for t in timesteps.reshape(-1).tolist()])
+    idx = torch.as_tensor([round(float(t)) for t in timesteps.reshape(-1).tolist()])
     abar = alphas_cumprod[idx].to(device=x_in.device, dtype=torch.float32)
     abar = abar.view(-1, *([1] * (x_in.dim() - 1)))
     x0 = (x_in.float() - (1 - abar).sqrt() * eps.float()) / abar.sqrt()
