@@ -46,8 +46,10 @@ sys.path.insert(0, str(ROOT / "python"))
 GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 MARGINS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 CHECK_SETS = ((0.2,), (0.3,), (0.5,), (0.3, 0.5), (0.2, 0.4, 0.6))
-SAMPLERS = (("pndm", 75), ("pndm", 20), ("ddim", 50), ("dpmpp2m", 30), ("dpmpp2m", 20),
-            ("unipc", 20), ("euler", 30))
+# (sampler, steps, attempt whose seeds are drawn): attempt 1 of PNDM-75 is the floor, the
+# distance between two PNDM-75 sets of other seeds
+SAMPLERS = (("pndm", 75, 0), ("pndm", 75, 1), ("pndm", 20, 0), ("ddim", 50, 0), ("dpmpp2m", 30, 0),
+            ("dpmpp2m", 20, 0), ("unipc", 20, 0), ("euler", 30, 0))
 CHOSEN = ((0.2,), 0.3)  # the policy of the per-race table and of `verify`
 GUIDANCE = 3.0         # the demo generator's (rv2 demo, weights/README.md)
 TOLERANCE = 16.0       # the authors' age tolerance, as rv2 generate's default
@@ -361,6 +363,15 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float, float]:
     return p, max(0.0, c - h), min(1.0, c + h)
 
 
+def mcnemar(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value of b against c discordant pairs."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
 def samplers(out: Path, batch: int) -> dict:
     import pandas as pd
     import torch
@@ -389,28 +400,38 @@ def samplers(out: Path, batch: int) -> dict:
 
     ref_stack = np.stack([ref_img[p] for p in pids])
     ref_feat = net.features(as_float(ref_stack))
-    results = []
-    for name, steps in SAMPLERS:
+    results, ref_pass = [], None
+    for name, steps, attempt in SAMPLERS:
         st = load_stages(name)
         shape = latent_shape(st.denoiser, st.decoder)
         uncond = st.text_encoder.encode([""])
         imgs, t0 = [], time.perf_counter()
-        if (name, steps) == ("pndm", 75):
+        cache = out / "samplers" / f"{name}-{steps}-a{attempt}.npy"
+        if (name, steps, attempt) == ("pndm", 75, 0):
             u8 = ref_stack
+        elif cache.is_file():
+            u8 = np.load(cache)
         else:
             for i in range(0, len(pids), batch):
                 b = bases[i:i + batch]
                 cond = st.text_encoder.encode([x["prompt"] for x in b])
-                lat, _ = latents_for([x["prompt_id"] for x in b], [0] * len(b), shape)
+                lat, _ = latents_for([x["prompt_id"] for x in b], [attempt] * len(b), shape)
                 lat = denoise(st.denoiser, st.scheduler, cond, uncond, lat, steps, GUIDANCE)
                 imgs.append(to_gray(st.decoder.decode(lat))[:, 0].numpy())
             u8 = np.round(np.concatenate(imgs) * 255).astype(np.uint8)
+            cache.parent.mkdir(exist_ok=True)
+            np.save(cache, u8)
         secs = time.perf_counter() - t0
         pred = st.qc.predict(as_float(u8))
         v = pd.DataFrame(judge(pred["p_female"], pred["race_probs"], pred["age"],
                                [x["sex"] for x in bases], [x["race"] for x in bases],
                                [x["age"] for x in bases], TOLERANCE))
         checked = v.qc_race_checked.astype(bool)
+        if ref_pass is None:
+            ref_pass = v.qc_pass.to_numpy(bool)
+        # paired with PNDM-75 on the same seeds: verdicts that differ, exact McNemar p
+        gained = int((v.qc_pass.to_numpy(bool) & ~ref_pass).sum())
+        lost = int((~v.qc_pass.to_numpy(bool) & ref_pass).sum())
         rates = {"sex": wilson(int(v.qc_sex_ok.sum()), len(v)),
                  "race": wilson(int(v.qc_race_ok[checked].astype(bool).sum()), int(checked.sum())),
                  "age": wilson(int(v.qc_age_ok.sum()), len(v)),
@@ -419,22 +440,28 @@ def samplers(out: Path, batch: int) -> dict:
         ci = bootstrap_mean_ci(mss)
         fid = fid_from_features(net.features(as_float(u8)), ref_feat)
         n_calls = n_calls_of(st.scheduler, steps)
-        results.append({"sampler": name, "steps": steps, "unet_calls": n_calls, "pass": rates,
-                        "msssim_to_pndm75": [ci.estimate, ci.low, ci.high], "fid_to_pndm75": fid,
+        results.append({"sampler": name, "steps": steps, "seeds": f"attempt {attempt}",
+                        "unet_calls": n_calls, "pass": rates,
+                        "msssim_to_pndm75": [ci.mean, ci.low, ci.high], "fid_to_pndm75": fid,
+                        "verdicts_vs_pndm75": {"gained": gained, "lost": lost,
+                                               "mcnemar_p": mcnemar(gained, lost)},
                         "unet_per_accepted": n_calls / rates["all"][0] if rates["all"][0] else None,
                         "seconds": round(secs, 1)})
         print(json.dumps(results[-1]), flush=True)
     (out / "samplers.json").write_text(json.dumps(results, indent=2))
-    print("| sampler | steps | UNet calls | sex pass | race pass | age pass | all pass | "
-          "MS-SSIM to PNDM-75 | FID to PNDM-75 | UNet calls / accepted |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| sampler | steps | seeds | UNet calls | sex pass | race pass | age pass | all pass | "
+          "pass gained / lost vs PNDM-75 (McNemar p) | MS-SSIM to PNDM-75 | FID to PNDM-75 "
+          "| UNet calls / accepted |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 
     def r(t):
         return f"{t[0]:.3f} [{t[1]:.3f}, {t[2]:.3f}]"
 
     for x in results:
-        print(f"| {x['sampler']} | {x['steps']} | {x['unet_calls']} | {r(x['pass']['sex'])} | "
+        print(f"| {x['sampler']} | {x['steps']} | {x['seeds']} | {x['unet_calls']} | {r(x['pass']['sex'])} | "
               f"{r(x['pass']['race'])} | {r(x['pass']['age'])} | {r(x['pass']['all'])} | "
+              f"{x['verdicts_vs_pndm75']['gained']} / {x['verdicts_vs_pndm75']['lost']} "
+              f"({x['verdicts_vs_pndm75']['mcnemar_p']:.2f}) | "
               f"{r(x['msssim_to_pndm75'])} | {x['fid_to_pndm75']:.3f} | {x['unet_per_accepted']:.1f} |")
     return {"samplers": results}
 

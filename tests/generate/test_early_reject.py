@@ -23,8 +23,11 @@ from rv2.generate.executor import InProcessExecutor
 from rv2.generate.pipeline import generate_dataset
 from rv2.models.sd import pndm_scheduler
 from rv2.runtime.continuous_executor import ContinuousExecutor
+from rv2.runtime.pipeline_scheduler import native_scheduler
 
 STEPS = 6          # PNDM: 7 denoiser calls
+BACKENDS = ["python", pytest.param("native", marks=pytest.mark.skipif(
+    native_scheduler() is None, reason="rv2._C has no pipeline scheduler"))]
 
 
 @pytest.fixture(scope="module")
@@ -158,13 +161,14 @@ def test_margin_nothing_exceeds_gives_the_run_without_early_rejection(comp, tmp_
         assert a[k]["qc_age_pred"] == pytest.approx(b[k]["qc_age_pred"], abs=1e-3)
 
 
-def test_continuous_executor_stops_the_same_attempts(comp, tmp_path):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_continuous_executor_stops_the_same_attempts(backend, comp, tmp_path):
     df = prompts_table(7, seed=3)
     cfg = _cfg()
     generate_dataset(df, None, tmp_path / "in", cfg, qc_models=mean_qc(), components=comp,
                      executor=InProcessExecutor(4), progress=False)
     s = generate_dataset(df, None, tmp_path / "cb", cfg, qc_models=mean_qc(), components=comp,
-                         executor=ContinuousExecutor(capacity=3, batch_size=2, backend="python"),
+                         executor=ContinuousExecutor(capacity=3, batch_size=2, backend=backend),
                          progress=False)
     a, b = _journal(tmp_path / "in"), _journal(tmp_path / "cb")
     assert a.keys() == b.keys()
