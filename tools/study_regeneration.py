@@ -49,7 +49,10 @@ CHECK_SETS = ((0.2,), (0.3,), (0.5,), (0.3, 0.5), (0.2, 0.4, 0.6))
 # (sampler, steps, attempt whose seeds are drawn): attempt 1 of PNDM-75 is the floor, the
 # distance between two PNDM-75 sets of other seeds
 SAMPLERS = (("pndm", 75, 0), ("pndm", 75, 1), ("pndm", 20, 0), ("ddim", 50, 0), ("dpmpp2m", 30, 0),
-            ("dpmpp2m", 20, 0), ("unipc", 20, 0), ("euler", 30, 0))
+            ("dpmpp2m", 20, 0), ("unipc", 20, 0), ("euler", 30, 0),
+            # where the demo generator starts to differ
+            ("pndm", 10, 0), ("ddim", 10, 0), ("dpmpp2m", 10, 0), ("unipc", 10, 0), ("euler", 10, 0),
+            ("dpmpp2m", 5, 0), ("unipc", 5, 0))
 CHOSEN = ((0.2,), 0.3)  # the policy of the per-race table and of `verify`
 GUIDANCE = 3.0         # the demo generator's (rv2 demo, weights/README.md)
 TOLERANCE = 16.0       # the authors' age tolerance, as rv2 generate's default
