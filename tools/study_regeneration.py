@@ -59,10 +59,13 @@ TOLERANCE = 16.0       # the authors' age tolerance, as rv2 generate's default
 MAX_ATTEMPTS = 4
 
 
+WEIGHTS_DIR = None     # --weights: a folder laid out as rv2/demo/weights (generator/, qc/, eval/)
+
+
 def weights():
     from rv2.demo.pipeline import bundled_weights
 
-    return bundled_weights()
+    return bundled_weights(WEIGHTS_DIR)
 
 
 def prompts_table(out: Path, n: int):
@@ -477,6 +480,8 @@ def main(argv=None) -> int:
                     help="probe: held-out prompts (default 96); verify: the first N (default 24)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--weights", type=Path, default=None,
+                    help="folder with generator/, qc/ and eval/ (default: the bundled demo weights)")
     ap.add_argument("--at", default="0.2", help="verify: check points")
     ap.add_argument("--margin", type=float, default=0.3, help="verify: margin")
     a = ap.parse_args(argv)
@@ -484,6 +489,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(a.threads)
+    global WEIGHTS_DIR
+    WEIGHTS_DIR = a.weights
     a.out.mkdir(parents=True, exist_ok=True)
     if a.what == "probe":
         probe(a.out, a.prompts or 96, a.batch)
