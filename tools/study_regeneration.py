@@ -2,9 +2,9 @@
 """Measure early QC rejection and fewer-step samplers on the demo world
 (docs/regeneration-study.md, issue 18 parts 1 and 2).
 
-    python tools/study_regeneration.py probe    --out OUT [--prompts 96]
+    python tools/study_regeneration.py probe    --out OUT [--prompts 160]
     python tools/study_regeneration.py early    --out OUT
-    python tools/study_regeneration.py verify   --out OUT [--prompts 24]
+    python tools/study_regeneration.py verify   --out OUT [--prompts 48]
     python tools/study_regeneration.py samplers --out OUT
 
 probe: the bundled demo generator (PNDM-75, guidance 3) and QC bundle on held-out
@@ -78,7 +78,6 @@ def prompts_table(out: Path, n: int):
 
 def load_stages(sampler: str = "pndm"):
     import torch
-
     from rv2.generate.eager import eager_stages
     from rv2.generate.slot_samplers import make_scheduler
     from rv2.models.qc_networks import load_qc_models
@@ -104,7 +103,6 @@ def n_calls_of(scheduler, steps: int) -> int:
 def probe(out: Path, n_prompts: int, batch: int, steps: int = 75) -> None:
     import pandas as pd
     import torch
-
     from rv2.generate.config import EarlyRejectConfig
     from rv2.generate.early_reject import EarlyRejector, check_calls, denoise_checked
     from rv2.generate.qc_rules import judge
@@ -225,7 +223,6 @@ def check_cost(batch: int = 32, repeat: int = 3) -> dict:
     """Seconds of one denoiser call (guided: 2 x batch rows) against one check (decode of
     the predicted image + QC) for `batch` images, best of `repeat`, same process."""
     import torch
-
     from rv2.demo.eval_data import phantom_cases
     from rv2.generate.sampler import latent_shape, to_gray
 
@@ -320,7 +317,6 @@ def early(out: Path) -> dict:
 
 def verify(out: Path, n_prompts: int, fractions, margin: float, batch: int) -> dict:
     import pandas as pd
-
     from rv2.generate.config import GenerateConfig
     from rv2.generate.executor import InProcessExecutor
     from rv2.generate.pipeline import generate_dataset
@@ -381,7 +377,6 @@ def mcnemar(b: int, c: int) -> float:
 def samplers(out: Path, batch: int) -> dict:
     import pandas as pd
     import torch
-
     from rv2.evaluate.feature_nets import load_bundle_net
     from rv2.evaluate.generator_metrics import (
         MSSSIM_WEIGHTS,
@@ -477,7 +472,7 @@ def main(argv=None) -> int:
     ap.add_argument("what", choices=("probe", "early", "verify", "samplers"))
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--prompts", type=int, default=None,
-                    help="probe: held-out prompts (default 96); verify: the first N (default 24)")
+                    help="probe: held-out prompts (default 160); verify: the first N (default 48)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--weights", type=Path, default=None,
@@ -493,11 +488,11 @@ def main(argv=None) -> int:
     WEIGHTS_DIR = a.weights
     a.out.mkdir(parents=True, exist_ok=True)
     if a.what == "probe":
-        probe(a.out, a.prompts or 96, a.batch)
+        probe(a.out, a.prompts or 160, a.batch)
     elif a.what == "early":
         early(a.out)
     elif a.what == "verify":
-        verify(a.out, a.prompts or 24, [float(x) for x in a.at.split(",")], a.margin, a.batch)
+        verify(a.out, a.prompts or 48, [float(x) for x in a.at.split(",")], a.margin, a.batch)
     else:
         samplers(a.out, a.batch)
     return 0

@@ -215,5 +215,14 @@ def _stopped(r: dict) -> bool:
     return c is not None and not (isinstance(c, float) and math.isnan(c))
 
 
-__all__ = ["check_calls", "predict_x0", "disagreement", "past_margin", "Check", "EarlyRejector",
-           "denoise_checked", "attempt_accounting", "ATTRS"]
+__all__ = [
+    "ATTRS",
+    "Check",
+    "EarlyRejector",
+    "attempt_accounting",
+    "check_calls",
+    "denoise_checked",
+    "disagreement",
+    "past_margin",
+    "predict_x0",
+]

@@ -124,11 +124,12 @@ class GenerationBodies:
                 new, e = guided_update_tensors(eps_u, eps_c, self.runner.plan.guidance, *terms)
                 s.advance(slots, e, rows)
                 new = new.to(rows.dtype)
+                guided = e
             else:
-                eps = eps_u + self.runner.plan.guidance * (eps_c - eps_u)
+                eps = guided = eps_u + self.runner.plan.guidance * (eps_c - eps_u)
         else:
-            eps = den.predict_noise(inp, t, self.ctx[slots])
-        stopped = self._early_checks(slots, ks, inp, e if terms is not None else eps, t)
+            eps = guided = den.predict_noise(inp, t, self.ctx[slots])
+        stopped = self._early_checks(slots, ks, inp, guided, t)
         if terms is None:
             new = s.step(slots, eps, rows)
         self.x[slots] = new
