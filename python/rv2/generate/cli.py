@@ -143,8 +143,8 @@ def generate(ctx, prompts_path, model_dir, out_dir, qc_weights_dir, qc_calibrati
         stages = engines.stages(qc=cfg.qc.enabled and not qc_weights_dir)
     summary = generate_dataset(prompts_path, model_dir, out_dir, cfg, executor=ex, stages=stages,
                                progress=not no_progress)
-    keys = ("accepted", "failed", "failed_by_attribute", "attempts_histogram", "executor",
-            "this_run", "workers")
+    keys = ("accepted", "failed", "failed_by_attribute", "attempts_histogram", "attempts",
+            "executor", "this_run", "workers")
     click.echo(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
     tol = summary["age_tolerance"]
     click.echo(f"age tolerance: {tol['years']:.3f} years ({tol['source']}: {tol['rule']})")

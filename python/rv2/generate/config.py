@@ -4,13 +4,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, Optional
 
+from rv2.config import Config
+from rv2.errors import UserError
+
 # Sampling algorithms `rv2 generate --sampler` offers (`rv2.generate.slot_samplers.make_scheduler`).
 SAMPLERS = ("pndm", "ddim", "euler", "dpmpp2m", "unipc")
 # Those with a per-slot version (`rv2.generate.slot_samplers`): continuous batching, early rejection.
 SLOT_SAMPLERS = ("pndm", "ddim", "euler", "dpmpp2m")
-
-from rv2.config import Config
-from rv2.errors import UserError
 
 
 @dataclasses.dataclass
