@@ -55,3 +55,34 @@ def test_cli_run_with_bundle_and_config(tmp_path):
     assert len(log) == 4 and (log["qc_p_female"] > 0.99).all() and (log["qc_age_pred"] - 60).abs().max() < 1e-3
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["failed"] + summary["accepted"] == 4
+
+
+def test_sampler_choice_unknown_names_and_resume_guard(tmp_path):
+    from rv2.models.sd import save_pipeline
+
+    model = save_pipeline(tiny(0), tmp_path / "m")
+    bundle = constant_bundle(tmp_path / "qc", age=60.0)
+    prompts_table(3).to_parquet(tmp_path / "p.parquet")
+    base = ["generate", "--prompts", str(tmp_path / "p.parquet"), "--model", str(model),
+            "--qc-weights-dir", str(bundle), "--steps", "2", "--max-attempts", "1",
+            "--device", "cpu", "--no-progress"]
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "x"), "--sampler", "plms"])
+    assert r.exit_code == 2 and "'plms' is not one of" in r.output and "dpmpp2m" in r.output
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "x"), "--set", 'sampler.name="plms"'])
+    assert r.exit_code != 0 and "unknown sampler 'plms'; use one of pndm, ddim" in r.output
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "x"), "--early-reject", "a,b"])
+    assert r.exit_code != 0 and "--early-reject 'a,b': give fractions" in r.output
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "d"), "--sampler", "dpmpp2m",
+                                         "--executor", "python"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "d" / "rv2_meta.json").read_text())["config"]["sampler"]["name"] == "dpmpp2m"
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert summary["attempts"]["denoiser_calls"] == 3 * 2   # DPM-Solver: one call per step
+    # a store made with one sampler is not resumed with another
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "d"), "--sampler", "pndm"])
+    assert r.exit_code != 0 and "sampler: store has 'dpmpp2m'" in r.output
+    # unipc has no per-slot version: the default executor becomes inprocess
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "u"), "--sampler", "unipc"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "u" / "summary.json").read_text())
+    assert summary["executor"] == "inprocess" and summary["attempts"]["attempts"] == 3

@@ -6,6 +6,7 @@ import json
 import click
 
 from rv2.errors import UserError
+from rv2.generate.config import SAMPLERS, SLOT_SAMPLERS
 
 
 def ray_options(f):
@@ -60,7 +61,16 @@ def load_engines(ctx, folder, device=None):
 @click.option("--no-qc", is_flag=True, help="Accept every image without QC.")
 @click.option("--batch-size", type=int, default=None, help="Images per batch (default 8).")
 @click.option("--max-attempts", type=int, default=None, help="Attempts per prompt (default 4 = 1 + 3 retries).")
+@click.option("--sampler", default=None, type=click.Choice(SAMPLERS),
+              help="Sampling algorithm (default pndm, the paper's). unipc runs on the inprocess "
+                   "executor only (no per-slot version). docs/regeneration-study.md compares them.")
 @click.option("--steps", type=int, default=None, help="Inference steps (default 75).")
+@click.option("--early-reject", default=None, metavar="F1,F2,...",
+              help="Early QC rejection: judge the predicted final image at these fractions of "
+                   "the steps (e.g. 0.3,0.5) and stop attempts past --early-margin (default: off).")
+@click.option("--early-margin", type=float, default=None,
+              help="Early rejection margin: stop when the wrong sex or race leads the requested "
+                   "one by more than this probability (default 0.3).")
 @click.option("--guidance", type=float, default=None, help="Classifier-free guidance (default 4.0).")
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N (default auto).")
 @click.option("--dtype", default=None, type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
@@ -86,8 +96,8 @@ def load_engines(ctx, folder, device=None):
 @ray_options
 @click.pass_context
 def generate(ctx, prompts_path, model_dir, out_dir, qc_weights_dir, qc_calibration, no_qc, batch_size,
-             max_attempts, steps, guidance, device, dtype, limit, config_path, overrides, executor,
-             slots, allow_long_prompts, no_progress, engines_dir, address, workers, gpus_per_worker,
+             max_attempts, sampler, steps, early_reject, early_margin, guidance, device, dtype, limit,
+             config_path, overrides, executor, slots, allow_long_prompts, no_progress, engines_dir, address, workers, gpus_per_worker,
              cpus_per_worker):
     """Generate a QC'd synthetic dataset store from an expanded prompts table.
 
@@ -98,7 +108,9 @@ def generate(ctx, prompts_path, model_dir, out_dir, qc_weights_dir, qc_calibrati
     from rv2.generate.pipeline import generate_dataset
 
     flags = {"batch_size": batch_size, "max_attempts": max_attempts, "limit": limit,
-             "sampler.steps": steps, "sampler.guidance": guidance, "sampler.device": device,
+             "sampler.name": sampler, "sampler.steps": steps, "sampler.guidance": guidance,
+             "sampler.device": device, "early_reject.at": _fractions(early_reject),
+             "early_reject.margin": early_margin,
              "sampler.dtype": dtype, "qc.weights_dir": qc_weights_dir,
              "qc.calibration": qc_calibration,
              "qc.enabled": False if no_qc else None,
@@ -106,6 +118,8 @@ def generate(ctx, prompts_path, model_dir, out_dir, qc_weights_dir, qc_calibrati
              "allow_long_prompts": True if allow_long_prompts else None}
     sets = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     cfg = GenerateConfig.load(config_path, list(overrides) + sets).validate()
+    if cfg.executor == "auto" and executor is None and cfg.sampler.name not in SLOT_SAMPLERS:
+        cfg.executor = "inprocess"   # the continuous executors need a per-slot sampler
     ray = {"address": address, "workers": workers, "gpus_per_worker": gpus_per_worker,
            "cpus_per_worker": cpus_per_worker}
     if executor == "ray":
@@ -129,12 +143,23 @@ def generate(ctx, prompts_path, model_dir, out_dir, qc_weights_dir, qc_calibrati
         stages = engines.stages(qc=cfg.qc.enabled and not qc_weights_dir)
     summary = generate_dataset(prompts_path, model_dir, out_dir, cfg, executor=ex, stages=stages,
                                progress=not no_progress)
-    keys = ("accepted", "failed", "failed_by_attribute", "attempts_histogram", "executor",
-            "this_run", "workers")
+    keys = ("accepted", "failed", "failed_by_attribute", "attempts_histogram", "attempts",
+            "executor", "this_run", "workers")
     click.echo(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
     tol = summary["age_tolerance"]
     click.echo(f"age tolerance: {tol['years']:.3f} years ({tol['source']}: {tol['rule']})")
     click.echo(f"store: {out_dir}  (manifest: {summary['manifest']})")
+
+
+def _fractions(text: str | None) -> list[float] | None:
+    """--early-reject "0.3,0.5" -> [0.3, 0.5]; a clear error for anything else."""
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--early-reject {text!r}: give fractions of the steps separated by "
+                        "commas, e.g. 0.3,0.5") from None
 
 
 @click.group("qc")

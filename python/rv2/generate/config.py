@@ -7,10 +7,16 @@ from typing import Literal, Optional
 from rv2.config import Config
 from rv2.errors import UserError
 
+# Sampling algorithms `rv2 generate --sampler` offers (`rv2.generate.slot_samplers.make_scheduler`).
+SAMPLERS = ("pndm", "ddim", "euler", "dpmpp2m", "unipc")
+# Those with a per-slot version (`rv2.generate.slot_samplers`): continuous batching, early rejection.
+SLOT_SAMPLERS = ("pndm", "ddim", "euler", "dpmpp2m")
+
 
 @dataclasses.dataclass
 class SamplerConfig:
-    steps: int = 75                 # PNDM inference steps (76 UNet calls)
+    name: str = "pndm"              # one of SAMPLERS; pndm (the paper's) stays the default
+    steps: int = 75                 # inference steps (PNDM: 76 UNet calls)
     guidance: float = 4.0           # classifier-free guidance (paper: 4.0; authors' demo: 3)
     height: Optional[int] = None    # None: the model's native size (512 for SD 2.1)
     width: Optional[int] = None
@@ -32,6 +38,16 @@ class QCConfig:
 
 
 @dataclasses.dataclass
+class EarlyRejectConfig:
+    """Early QC rejection (`rv2.generate.early_reject`); off unless `at` names check points."""
+
+    at: list[float] = dataclasses.field(default_factory=list)  # fractions of the UNet calls
+    # Defaults: the knee of the demo-world sweep (docs/regeneration-study.md).
+    margin: float = 0.3             # sex/race: stop when the wrong class leads by more (probability)
+    age_margin: float = 4.8         # age: stop when beyond the tolerance by more (years)
+
+
+@dataclasses.dataclass
 class StoreConfig:
     image_format: Literal["png", "jpeg"] = "png"
     jpeg_quality: int = 95
@@ -48,6 +64,7 @@ class GenerateConfig(Config):
     sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
     qc: QCConfig = dataclasses.field(default_factory=QCConfig)
     store: StoreConfig = dataclasses.field(default_factory=StoreConfig)
+    early_reject: EarlyRejectConfig = dataclasses.field(default_factory=EarlyRejectConfig)
     batch_size: int = 8
     max_attempts: int = 4           # 1 + 3 retries
     # inprocess: one batch at a time; native: the pipeline scheduler of rv2._C (overlapped
@@ -64,6 +81,18 @@ class GenerateConfig(Config):
             raise UserError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if self.sampler.steps < 1:
             raise UserError(f"sampler.steps must be >= 1, got {self.sampler.steps}")
+        if self.sampler.name not in SAMPLERS:
+            raise UserError(f"unknown sampler {self.sampler.name!r}; use one of {', '.join(SAMPLERS)}")
+        er = self.early_reject
+        if any(not 0 < f < 1 for f in er.at):
+            raise UserError(f"early_reject.at: check points are fractions of the steps in (0, 1), "
+                            f"got {er.at}")
+        if er.at and self.sampler.name not in SLOT_SAMPLERS:
+            raise UserError(f"early rejection needs a sampler with per-slot state "
+                            f"({', '.join(SLOT_SAMPLERS)}); {self.sampler.name} has none")
+        if not 0 <= er.margin < 1 or er.age_margin < 0:
+            raise UserError(f"early_reject: margin must be in [0, 1) and age_margin >= 0 years, got "
+                            f"{er.margin} and {er.age_margin}")
         if self.executor not in ("auto", "native", "python", "inprocess"):
             raise UserError(f"executor must be auto, native, python or inprocess, got {self.executor!r}")
         if self.slots is not None and self.slots < 1:

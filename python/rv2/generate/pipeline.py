@@ -28,6 +28,7 @@ from rv2.files import (
     plain,
 )
 from rv2.generate.config import GenerateConfig
+from rv2.generate.early_reject import attempt_accounting
 from rv2.generate.executor import Executor, InProcessExecutor
 from rv2.generate.qc_calibration import read_calibration, resolve_age_tolerance
 from rv2.generate.recipe import StageInfo, StageRecipe, build_stages
@@ -153,6 +154,7 @@ def summarize(store, max_attempts: int, wall_s: float, n_attempts_run: int,
         "failed_by_attribute": dict(failed_by),
         "attempts_histogram": dict(sorted(hist.items())),
         "attempts_total": n,
+        "attempts": attempt_accounting(recs),
         "attempt_pass_rate": {
             "overall": (sum(1 for r in recs if r.get("qc_pass")) / n) if n else None,
             "sex": (1 - att_fail["sex"] / n) if n else None,
@@ -229,6 +231,7 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
     shape = info.latent_shape
     run_info = {"model_id": model_id, "model_hash": model_hash,
                 "qc_hash": info.qc_model_hash,
+                "sampler": cfg.sampler.name,
                 "steps": cfg.sampler.steps, "guidance": cfg.sampler.guidance,
                 "height": cfg.sampler.height, "width": cfg.sampler.width,
                 "latent_shape": list(shape), "base_seed": cfg.sampler.base_seed,
@@ -263,7 +266,8 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
                 if not store.is_done(pid, cfg.max_attempts)]
         plan = SamplingPlan(steps=cfg.sampler.steps, guidance=cfg.sampler.guidance,
                             base_seed=cfg.sampler.base_seed, latent_shape=shape,
-                            age_tolerance=tolerance["years"], channels=cfg.store.channels)
+                            age_tolerance=tolerance["years"], channels=cfg.store.channels,
+                            early=cfg.early_reject if cfg.early_reject.at else None)
         runner = StageRunner(stages, store, plan, bases)
         bar = tqdm(total=len(work), desc="prompts", unit="prompt", disable=not progress,
                    dynamic_ncols=True)

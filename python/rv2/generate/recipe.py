@@ -15,6 +15,7 @@ from typing import Any
 
 from rv2.generate.config import GenerateConfig
 from rv2.generate.sampler import latent_shape
+from rv2.generate.slot_samplers import make_scheduler
 from rv2.generate.stages import StageSet
 from rv2.models.sd import load_components
 
@@ -91,13 +92,14 @@ def build_stages(cfg: GenerateConfig, model_dir: Path | None, qc_models: Any, co
         qc = load_qc_models(cfg.qc.weights_dir, device, cfg.qc.convention, cfg.qc.batch_size)
     if qc is not None and hasattr(qc, "to"):
         qc.to(device)
-    if stages is not None:
-        stages.qc = qc
-        return stages
-    dtype = resolve_dtype(cfg.sampler.dtype, device)
-    if components is None:
-        components = load_components(model_dir, torch_dtype=dtype)
-    return eager_stages(components, device, dtype, qc=qc)
+    if stages is None:
+        dtype = resolve_dtype(cfg.sampler.dtype, device)
+        if components is None:
+            components = load_components(model_dir, torch_dtype=dtype)
+        stages = eager_stages(components, device, dtype, qc=qc)
+    stages.qc = qc
+    stages.scheduler = make_scheduler(cfg.sampler.name, stages.scheduler)  # --sampler
+    return stages
 
 
 __all__ = ["StageInfo", "StageRecipe", "build_stages"]

@@ -359,12 +359,13 @@ def slot_sampler_for(scheduler, steps: int, capacity: int) -> SlotSampler:
 
 
 def make_scheduler(name: str, base):
-    """A diffusers scheduler of kind `name` (pndm | ddim | euler | dpmpp2m) with `base`'s noise
-    schedule (betas, timestep spacing)."""
+    """A diffusers scheduler of kind `name` (pndm | ddim | euler | dpmpp2m | unipc) with `base`'s
+    noise schedule (betas, timestep spacing). unipc has no per-slot version: the in-process
+    executor runs it."""
     import diffusers
 
     kinds = {"pndm": "PNDMScheduler", "ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler",
-             "dpmpp2m": "DPMSolverMultistepScheduler"}
+             "dpmpp2m": "DPMSolverMultistepScheduler", "unipc": "UniPCMultistepScheduler"}
     if name not in kinds:
         raise UserError(f"unknown sampler {name!r}; use one of {sorted(kinds)}")
     cls = getattr(diffusers, kinds[name])

@@ -120,6 +120,7 @@ class SamplingPlan:
     latent_shape: tuple[int, int, int]
     age_tolerance: float = 16.0
     channels: str = "gray"          # gray | rgb, as the store keeps images
+    early: Any = None               # EarlyRejectConfig with check points, or None (off)
 
 
 @dataclass
@@ -137,6 +138,30 @@ class StageRunner:
     on_step: Callable[[int], None] | None = None
     timings: dict = field(default_factory=lambda: collections.defaultdict(float))
     _uncond: Any = None
+    _n_calls: int | None = None
+    _early: Any = None
+
+    @property
+    def n_calls(self) -> int:
+        """Denoiser calls of a full trajectory (PNDM: steps + 1)."""
+        if self._n_calls is None:
+            import copy
+
+            sched = copy.deepcopy(self.stages.scheduler)
+            sched.set_timesteps(self.plan.steps, device="cpu")
+            self._n_calls = len(sched.timesteps)
+        return self._n_calls
+
+    @property
+    def early(self):
+        """The early rejector (`rv2.generate.early_reject`) when the plan has check points."""
+        if self._early is None and self.plan.early is not None and self.plan.early.at:
+            from rv2.generate.early_reject import EarlyRejector
+
+            self._early = EarlyRejector(self.plan.early, self.n_calls, self.stages.decoder,
+                                        self.stages.qc, self.stages.scheduler.alphas_cumprod,
+                                        self.plan.age_tolerance, self.plan.channels)
+        return self._early
 
     def _timed(self, name: str, t0: float) -> None:
         dev = getattr(self.stages.denoiser, "device", None)
@@ -191,6 +216,7 @@ class StageRunner:
                              [b["age"] for b in bases], self.plan.age_tolerance)
         finite = torch.isfinite(images).flatten(1).all(dim=1).tolist()
         for v, ok in zip(verdicts, finite):
+            v["qc_denoiser_calls"] = self.n_calls
             if not ok:
                 v["qc_pass"] = False
                 v["qc_fail_reasons"] = ";".join(x for x in (v["qc_fail_reasons"], "nonfinite") if x)
@@ -227,12 +253,40 @@ class StageRunner:
         self.timings[stage] += seconds
 
     def process(self, items: Sequence[WorkItem]) -> list[dict]:
-        """One batch through every stage; returns the written records."""
+        """One batch through every stage; returns the written records. With early
+        rejection, rows stopped at a check skip decode and QC: their verdict is the check's."""
         cond, uncond = self.encode_text(items)
-        latents, seeds = self.denoise(items, cond, uncond)
-        images = self.decode(latents)
-        verdicts = self.judge(items, images)
-        return self.write(items, seeds, images, verdicts)
+        if self.early is None:
+            latents, seeds = self.denoise(items, cond, uncond)
+            images = self.decode(latents)
+            verdicts = self.judge(items, images)
+            return self.write(items, seeds, images, verdicts)
+        import torch
+
+        latents, seeds, stopped = self.denoise_checked(items, cond, uncond)
+        n = len(items)
+        run = [i for i in range(n) if i not in stopped]
+        images = [stopped[i].image if i in stopped else None for i in range(n)]
+        verdicts = [stopped[i].verdict if i in stopped else None for i in range(n)]
+        if run:
+            done = self.decode(latents[run])
+            for j, (i, v) in enumerate(zip(run, self.judge([items[i] for i in run], done))):
+                images[i], verdicts[i] = done[j:j + 1], v
+        return self.write(items, seeds, torch.cat(images), verdicts)
+
+    def denoise_checked(self, items: Sequence[WorkItem], cond, uncond):
+        """`denoise` with early checks: (latents, seeds, {row: Check} of stopped rows)."""
+        from rv2.generate.early_reject import denoise_checked
+
+        t0 = time.perf_counter()
+        d = self.stages.denoiser
+        lat, seeds = latents_for([p for p, _ in items], [a for _, a in items],
+                                 self.plan.latent_shape, self.plan.base_seed, d.device, d.dtype)
+        lat, stopped = denoise_checked(d, self.stages.scheduler, cond, uncond, lat, self.plan.steps,
+                                       self.plan.guidance, self.early,
+                                       [self.base_records[p] for p, _ in items], self.on_step)
+        self._timed("denoise", t0)
+        return lat, seeds, stopped
 
 
 __all__ = ["images_to_uint8", "TextEncoder", "Denoiser", "Decoder", "QCPredictor", "Writer", "StageSet",

@@ -70,8 +70,11 @@ JOURNAL_LOCK = ".journal.lock"
 # What the store keeps in memory of a rejected attempt (accepted ones are kept whole).
 LOG_KEYS = ("prompt_id", "attempt", "seed", "image_id", "path", "sex", "race", "age")
 # Settings that must not change between a run and its resumption.
-RUN_KEYS = ("model_hash", "qc_hash", "steps", "guidance", "height", "width", "base_seed",
-            "dtype", "qc_enabled", "qc_convention", "age_tolerance", "image_format", "channels")
+RUN_KEYS = ("model_hash", "qc_hash", "sampler", "steps", "guidance", "height", "width",
+            "base_seed", "dtype", "qc_enabled", "qc_convention", "age_tolerance", "image_format",
+            "channels")
+# What a store made before a setting existed was made with.
+RUN_DEFAULTS = {"sampler": "pndm"}
 
 
 class StoreError(UserError):
@@ -160,7 +163,8 @@ class ShardedStore(_HeldFiles):
         if path.is_file():
             old = json.loads(path.read_text())
             diff = [f"{k}: store has {old.get(k)!r}, this run {self.run_info.get(k)!r}"
-                    for k in RUN_KEYS if k in self.run_info and old.get(k) != self.run_info.get(k)]
+                    for k in RUN_KEYS if k in self.run_info
+                    and old.get(k, RUN_DEFAULTS.get(k)) != self.run_info.get(k)]
             if diff:
                 raise StoreError(f"store {self.root} was made with other settings; resuming would "
                                  "mix images from different generators. Use another --out, or the "

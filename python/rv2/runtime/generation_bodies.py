@@ -109,6 +109,7 @@ class GenerationBodies:
             it.cond = it.latents = None
             self.slot_token[slot] = tok
         slots = sorted(self.slot_token)
+        ks = [s.k[slot] for slot in slots]      # each slot's call, before this step
         rows = self.x[slots]
         inp = s.scale_input(slots, rows)
         t = s.timesteps_for(slots, self.device)
@@ -123,30 +124,55 @@ class GenerationBodies:
                 new, e = guided_update_tensors(eps_u, eps_c, self.runner.plan.guidance, *terms)
                 s.advance(slots, e, rows)
                 new = new.to(rows.dtype)
+                guided = e
             else:
-                eps = eps_u + self.runner.plan.guidance * (eps_c - eps_u)
+                eps = guided = eps_u + self.runner.plan.guidance * (eps_c - eps_u)
         else:
-            eps = den.predict_noise(inp, t, self.ctx[slots])
+            eps = guided = den.predict_noise(inp, t, self.ctx[slots])
+        stopped = self._early_checks(slots, ks, inp, guided, t)
         if terms is None:
             new = s.step(slots, eps, rows)
         self.x[slots] = new
         finished = []
         for j, slot in enumerate(slots):
-            if s.done(slot):
+            if slot in stopped:     # early rejection: the slot is free from the next step
+                tok = self.slot_token.pop(slot)
+                it, c = self.items[tok], stopped[slot]
+                it.image, it.verdict = c.image, c.verdict
+                finished.append((slot, tok))
+            elif s.done(slot):
                 tok = self.slot_token.pop(slot)
                 self.items[tok].latents = new[j:j + 1].clone()
                 finished.append((slot, tok))
         self.runner.add_time("denoise", time.perf_counter() - t0)
         return finished
 
+    def _early_checks(self, slots, ks, inp, eps, t) -> dict:
+        """Early QC checks of the slots due one after this call: {slot: Check} of those
+        to stop (`rv2.generate.early_reject`)."""
+        early = self.runner.early
+        if early is None:
+            return {}
+        due = [j for j, k in enumerate(ks) if early.due(k)]
+        if not due:
+            return {}
+        bases = [self.runner.base_records[self.items[self.slot_token[slots[j]]].prompt_id]
+                 for j in due]
+        checks = early.check(bases, [ks[j] for j in due], inp[due], eps[due], t[due])
+        return {slots[due[c.row]]: c for c in checks if c.stop}
+
     def decode(self, tokens: Sequence[int]) -> None:
-        its = [self.items[t] for t in tokens]
+        its = [self.items[t] for t in tokens if self.items[t].image is None]  # not stopped early
+        if not its:
+            return
         images = self.runner.decode(torch.cat([it.latents for it in its]))
         for i, it in enumerate(its):
             it.latents, it.image = None, images[i:i + 1]
 
     def judge(self, tokens: Sequence[int]) -> None:
-        its = [self.items[t] for t in tokens]
+        its = [self.items[t] for t in tokens if self.items[t].verdict is None]
+        if not its:
+            return
         verdicts = self.runner.judge([(it.prompt_id, it.attempt) for it in its],
                                      torch.cat([it.image for it in its]))
         for it, v in zip(its, verdicts):
