@@ -365,3 +365,23 @@ def test_cli_quota_errors_are_one_line(tmp_path):
     assert r.exit_code == 2 and "line 2: column target: 'x'" in r.output
     r = CliRunner().invoke(main, base + ["--budget-attempts", "10"])
     assert r.exit_code == 2 and "give --quota" in r.output
+
+
+def test_quota_with_early_rejection_accounting_adds_up(tmp_path, comp):
+    from rv2.generate.config import EarlyRejectConfig
+
+    df = prompts_table(48, seed=5)
+    (tmp_path / "q.csv").write_text(QUOTA)
+    cfg = _cfg(targets=str(tmp_path / "q.csv"), budget_attempts=40, max_age_shift=30)
+    cfg.sampler.steps = 4
+    cfg.early_reject = EarlyRejectConfig(at=[0.5], margin=0.0, age_margin=0.0)
+    out = tmp_path / "s"
+    s = _run(df, out, cfg, comp, HashQC())
+    q = s["quota"]
+    _check_accounting(s, out)
+    acc = q["accounting"]
+    assert acc["early_stopped"] > 0 and acc["failed"] >= 0
+    assert acc == {k: s["attempts"][k] for k in ("attempts", "accepted", "failed", "early_stopped")}
+    # the cells of this quota are disjoint and hold every attempt: their counts add up too
+    assert sum(x["early_stopped_attempts"] for x in q["cells"]) == acc["early_stopped"]
+    assert sum(x["attempts"] for x in q["cells"]) == acc["attempts"]
