@@ -89,6 +89,14 @@ def load_engines(ctx, folder, device=None):
 @click.option("--allow-long-prompts", is_flag=True,
               help="Generate from prompts over 77 CLIP tokens (the text encoder cuts them; "
                    "warned) instead of refusing them.")
+@click.option("--quota", default=None, metavar="FILE|per-cell=N",
+              help="Targets of accepted images per sex x race x age-bin cell: a CSV "
+                   "(sex,race,age_bin[,finding],target) or per-cell=N for every cell of the "
+                   "prompts table; generation runs in rounds until the targets or the budget "
+                   "(docs/regeneration-study.md).")
+@click.option("--budget-attempts", type=int, default=None,
+              help="With --quota: attempts the store may hold in all (default: --max-attempts x "
+                   "the total target).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--engines", "engines_dir", type=click.Path(file_okay=False), default=None,
               help="Run the compiled engines of this folder (`rv2 build-engines --generator`); "
@@ -97,8 +105,8 @@ def load_engines(ctx, folder, device=None):
 @click.pass_context
 def generate(ctx, prompts_path, model_dir, out_dir, qc_weights_dir, qc_calibration, no_qc, batch_size,
              max_attempts, sampler, steps, early_reject, early_margin, guidance, device, dtype, limit,
-             config_path, overrides, executor, slots, allow_long_prompts, no_progress, engines_dir, address, workers, gpus_per_worker,
-             cpus_per_worker):
+             config_path, overrides, executor, slots, allow_long_prompts, quota, budget_attempts,
+             no_progress, engines_dir, address, workers, gpus_per_worker, cpus_per_worker):
     """Generate a QC'd synthetic dataset store from an expanded prompts table.
 
     Failed images are regenerated with the prompt's next seed up to --max-attempts.
@@ -115,11 +123,14 @@ def generate(ctx, prompts_path, model_dir, out_dir, qc_weights_dir, qc_calibrati
              "qc.calibration": qc_calibration,
              "qc.enabled": False if no_qc else None,
              "executor": executor if executor != "ray" else None, "slots": slots,
-             "allow_long_prompts": True if allow_long_prompts else None}
+             "allow_long_prompts": True if allow_long_prompts else None,
+             "quota.targets": quota, "quota.budget_attempts": budget_attempts}
     sets = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     cfg = GenerateConfig.load(config_path, list(overrides) + sets).validate()
     if cfg.executor == "auto" and executor is None and cfg.sampler.name not in SLOT_SAMPLERS:
         cfg.executor = "inprocess"   # the continuous executors need a per-slot sampler
+    if cfg.quota.budget_attempts is not None and not cfg.quota.targets:
+        raise UserError("--budget-attempts bounds a quota run: give --quota FILE|per-cell=N too")
     ray = {"address": address, "workers": workers, "gpus_per_worker": gpus_per_worker,
            "cpus_per_worker": cpus_per_worker}
     if executor == "ray":
@@ -146,6 +157,10 @@ def generate(ctx, prompts_path, model_dir, out_dir, qc_weights_dir, qc_calibrati
     keys = ("accepted", "failed", "failed_by_attribute", "attempts_histogram", "attempts",
             "executor", "this_run", "workers")
     click.echo(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
+    if "quota" in summary:
+        from rv2.generate.quota import format_report
+
+        click.echo(format_report(summary["quota"]))
     tol = summary["age_tolerance"]
     click.echo(f"age tolerance: {tol['years']:.3f} years ({tol['source']}: {tol['rule']})")
     click.echo(f"store: {out_dir}  (manifest: {summary['manifest']})")

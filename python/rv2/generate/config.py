@@ -58,6 +58,17 @@ class StoreConfig:
 
 
 @dataclasses.dataclass
+class QuotaConfig:
+    """Quota-driven regeneration (`rv2.generate.quota`); off while `targets` is None."""
+
+    targets: Optional[str] = None   # "per-cell=N" or a CSV file: sex,race,age_bin[,finding],target
+    # Attempts the store may hold, all runs together (None: max_attempts x the total target).
+    budget_attempts: Optional[int] = None
+    max_age_shift: int = 10         # years a re-aged prompt may move from its row's age
+    seed: int = 0                   # orders each cell's candidate prompts, draws re-aged ages
+
+
+@dataclasses.dataclass
 class GenerateConfig(Config):
     VERSION = 1
 
@@ -65,6 +76,7 @@ class GenerateConfig(Config):
     qc: QCConfig = dataclasses.field(default_factory=QCConfig)
     store: StoreConfig = dataclasses.field(default_factory=StoreConfig)
     early_reject: EarlyRejectConfig = dataclasses.field(default_factory=EarlyRejectConfig)
+    quota: QuotaConfig = dataclasses.field(default_factory=QuotaConfig)
     batch_size: int = 8
     max_attempts: int = 4           # 1 + 3 retries
     # inprocess: one batch at a time; native: the pipeline scheduler of rv2._C (overlapped
@@ -100,6 +112,10 @@ class GenerateConfig(Config):
         if not self.qc.age_tolerance > 0:
             raise UserError(f"qc.age_tolerance must be a positive number of years, got "
                             f"{self.qc.age_tolerance}")
+        if self.quota.budget_attempts is not None and self.quota.budget_attempts < 1:
+            raise UserError(f"quota.budget_attempts must be >= 1, got {self.quota.budget_attempts}")
+        if self.quota.max_age_shift < 0:
+            raise UserError(f"quota.max_age_shift must be >= 0 years, got {self.quota.max_age_shift}")
         if self.store.shard_size < 1:
             raise UserError(f"store.shard_size must be >= 1, got {self.store.shard_size}")
         return self

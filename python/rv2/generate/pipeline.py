@@ -31,6 +31,7 @@ from rv2.generate.config import GenerateConfig
 from rv2.generate.early_reject import attempt_accounting
 from rv2.generate.executor import Executor, InProcessExecutor
 from rv2.generate.qc_calibration import read_calibration, resolve_age_tolerance
+from rv2.generate.quota import QuotaLoop, load_quota
 from rv2.generate.recipe import StageInfo, StageRecipe, build_stages
 from rv2.generate.stages import SamplingPlan, StageRunner, StageSet
 from rv2.generate.store import ShardedStore, StoreError
@@ -187,6 +188,8 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
     qc_models: a QC predictor (`rv2.models.qc_networks.QCModels`); "auto" loads them
       from `cfg.qc.weights_dir` (or takes `stages.qc`); None disables QC.
     executor: who schedules the work items (default: `InProcessExecutor(cfg.batch_size)`).
+    With `cfg.quota.targets`, prompts are drawn in rounds until per-cell targets or the
+    attempt budget (`rv2.generate.quota`); the summary gets a "quota" report.
     """
     from tqdm.auto import tqdm
 
@@ -196,6 +199,7 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
         read_calibration(cfg.qc.calibration)  # fail fast, before loading models
     if cfg.limit is not None:
         df = df.iloc[: cfg.limit]
+    quota = load_quota(cfg.quota, df[["sex", "race", "age_bin"]].to_dict("records"))  # fail fast
     check_writable(out_dir, "--out")  # before loading any model
     model_dir = Path(model_dir) if model_dir is not None else None
     executor = executor or InProcessExecutor(cfg.batch_size)
@@ -262,19 +266,29 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
             raise StoreError(f"store {out_dir} holds images for {len(changed)} prompt id(s) whose "
                              f"text differs in this prompts table (e.g. {changed[:3]}); prompt ids "
                              "must keep their text. Use another --out.")
+        loop = None
+        if quota is not None:  # rounds by the quota's rules (rv2.generate.quota)
+            loop = QuotaLoop(quota, cfg.quota, rows, store, bases, lambda r: base_record(
+                r, __version__, model_id, model_hash, qc_id), cfg.max_attempts,
+                cfg.allow_long_prompts)
         work = [(pid, store.next_attempt(pid)) for pid in bases
-                if not store.is_done(pid, cfg.max_attempts)]
+                if loop is None and not store.is_done(pid, cfg.max_attempts)]
         plan = SamplingPlan(steps=cfg.sampler.steps, guidance=cfg.sampler.guidance,
                             base_seed=cfg.sampler.base_seed, latent_shape=shape,
                             age_tolerance=tolerance["years"], channels=cfg.store.channels,
                             early=cfg.early_reject if cfg.early_reject.at else None)
         runner = StageRunner(stages, store, plan, bases)
-        bar = tqdm(total=len(work), desc="prompts", unit="prompt", disable=not progress,
+        bar = tqdm(total=len(work) if loop is None else quota.total, desc="prompts" if loop is None
+                   else "quota", unit="prompt" if loop is None else "img", disable=not progress,
                    dynamic_ncols=True)
-        progress_cb = _Progress(bar, store, cfg.store.manifest_every, executor)
+        progress_cb = _Progress(bar if loop is None else tqdm(disable=True), store,
+                                cfg.store.manifest_every, executor)
         with StopRequests() as stop:
             try:
-                executor.run(runner, work, cfg.max_attempts, stop_after_batch(progress_cb, stop))
+                if loop is None:
+                    executor.run(runner, work, cfg.max_attempts, stop_after_batch(progress_cb, stop))
+                else:
+                    loop.run(executor, runner, stop_after_batch(progress_cb, stop), bar)
             except StopAfterBatch:
                 pass
             except KeyboardInterrupt as exc:  # a second signal: the batch in flight is dropped
@@ -289,6 +303,8 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
         manifest, qc_log = store.write_tables()
         summary = summarize(store, cfg.max_attempts, wall, progress_cb.attempts,
                             progress_cb.accepted, dict(runner.timings))
+        if loop is not None:
+            summary["quota"] = loop.report()
         if getattr(executor, "last_stats", None):
             summary["this_run"]["scheduler"] = _scheduler_summary(executor.last_stats)
         summary.update({"store": str(out_dir), "manifest": str(manifest), "qc_log": str(qc_log),
@@ -302,6 +318,8 @@ def generate_dataset(prompts, model_dir, out_dir, cfg: GenerateConfig | None = N
         inputs = [prompts] if isinstance(prompts, (str, os.PathLike)) else []
         if cfg.qc.calibration:
             inputs.append(cfg.qc.calibration)
+        if quota is not None and Path(quota.source).is_file():
+            inputs.append(quota.source)
         write_artifact_meta(out_dir, cfg, inputs=inputs, extra={"run": run_info, "summary": summary})
         write_artifact_meta(manifest, cfg, inputs=inputs, extra={"run": run_info})
         return summary
