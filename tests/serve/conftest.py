@@ -99,10 +99,11 @@ class GatedBackend:
         self.max_batch_size = max_batch_size
         self.gate = threading.Event()
         self.gate.set()  # open for the warm-up; tests close it
+        self.gate_timeout = 30.0  # a closed gate opens by itself after this
         self.calls = 0
 
     def logits(self, x):
-        self.gate.wait(30)
+        self.gate.wait(self.gate_timeout)
         self.calls += 1
         return self.inner.logits(x)
 
