@@ -233,17 +233,11 @@ def check_cost(batch: int = 32, repeat: int = 3) -> dict:
     x = torch.randn(2 * batch, *shape, generator=torch.Generator().manual_seed(0))
     t = torch.full((2 * batch,), 500)
 
-    def best(fn):
-        out = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t0)
-        return min(out)
+    from bench_eval_generator import best_time  # tools/ is this script's folder
 
     with torch.inference_mode():
-        unet = best(lambda: st.denoiser.predict_noise(x, t, ctx))
-        check = best(lambda: st.qc.predict(to_gray(st.decoder.decode(x[:batch]))))
+        unet = best_time(lambda: st.denoiser.predict_noise(x, t, ctx), repeat)
+        check = best_time(lambda: st.qc.predict(to_gray(st.decoder.decode(x[:batch]))), repeat)
     return {"batch": batch, "unet_call_s": round(unet, 4), "check_s": round(check, 4),
             "check_in_unet_calls": round(check / unet, 3), "threads": torch.get_num_threads()}
 

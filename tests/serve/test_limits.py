@@ -337,7 +337,7 @@ def test_metrics_named_like_triton(server):
         c = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
         c.request("GET", "/metrics")
         m = parse_text(c.getresponse().read().decode())
-        return m[f'nv_inference_request_failure{{model="classifier",version="1",reason="OTHER"}}']
+        return m['nv_inference_request_failure{model="classifier",version="1",reason="OTHER"}']
 
     before = failures()
     post(server.http_port, "/v2/models/classifier/infer", b"{garbage")
