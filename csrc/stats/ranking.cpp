@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <limits>
 #include <numeric>
@@ -43,17 +44,21 @@ inline bool is_known(double y) { return y == 1.0 || y == 0.0; }
 
 // Positions of known cases sorted by score, descending (stable), and the end
 // of each tie group in that order.
+constexpr size_t kPrefetchPad = 16;  // = kPrefetch, the cases fetched ahead
+
 struct SortedCases {
   std::vector<int64_t> idx;      // case index at each sorted position
   std::vector<uint8_t> pos;      // 1 if that case is positive
   std::vector<int64_t> tie_end;  // exclusive end of each tie group
-  std::vector<int32_t> unit;     // weight column of each sorted case (its resampling unit)
+  std::vector<int32_t> unit;     // weight column of each sorted case (its resampling unit),
+                                 // then kPrefetch zeros (fetching ahead needs no check)
+  std::vector<uint8_t> pos_mask; // 0xFF if that case is positive, else 0
 };
 
 // Weight column of each sorted case: the case itself (image bootstrap) or its
 // cluster (patient bootstrap: every image of a drawn patient gets its count).
 void set_units(SortedCases& s, const int32_t* cluster) {
-  s.unit.resize(s.idx.size());
+  s.unit.assign(s.idx.size() + kPrefetchPad, 0);
   for (size_t k = 0; k < s.idx.size(); ++k)
     s.unit[k] = cluster ? cluster[s.idx[k]] : static_cast<int32_t>(s.idx[k]);
 }
@@ -62,9 +67,49 @@ void set_units(SortedCases& s, const int32_t* cluster) {
 void finish_sorted(SortedCases& s, const double* score, const double* label) {
   const size_t m = s.idx.size();
   s.pos.resize(m);
-  for (size_t k = 0; k < m; ++k) s.pos[k] = is_pos(label[s.idx[k]]) ? 1 : 0;
+  s.pos_mask.resize(m);
+  for (size_t k = 0; k < m; ++k) {
+    s.pos[k] = is_pos(label[s.idx[k]]) ? 1 : 0;
+    s.pos_mask[k] = s.pos[k] ? 0xFF : 0;
+  }
   for (size_t k = 1; k <= m; ++k)
     if (k == m || score[s.idx[k]] != score[s.idx[k - 1]]) s.tie_end.push_back(static_cast<int64_t>(k));
+}
+
+// idx (ascending case indices) reordered by score, descending, ties in index
+// order: an LSD radix sort on keys that order like the scores (8-bit digits, a
+// pass skipped where every key shares its digit, as the exponent bytes of scores
+// in [0, 1] mostly do). Comparison sorts spend most of their time on mispredicted
+// branches here. -0.0 counts as 0.0, as it compares equal.
+void sort_descending_stable(const double* score, std::vector<int64_t>& idx) {
+  const size_t m = idx.size();
+  std::vector<uint64_t> key(m), key2(m);
+  std::vector<int64_t> idx2(m);
+  for (size_t k = 0; k < m; ++k) {
+    const double v = score[idx[k]] == 0.0 ? 0.0 : score[idx[k]];
+    uint64_t b;
+    std::memcpy(&b, &v, sizeof b);
+    b = (b >> 63) ? ~b : (b | (uint64_t(1) << 63));  // ascending as unsigned
+    key[k] = ~b;                                      // descending
+  }
+  for (int shift = 0; shift < 64; shift += 8) {
+    size_t count[256] = {};
+    for (size_t k = 0; k < m; ++k) ++count[(key[k] >> shift) & 0xFF];
+    if (m == 0 || count[(key[0] >> shift) & 0xFF] == m) continue;
+    size_t at = 0;
+    for (size_t& c : count) {
+      const size_t here = c;
+      c = at;
+      at += here;
+    }
+    for (size_t k = 0; k < m; ++k) {
+      const size_t to = count[(key[k] >> shift) & 0xFF]++;
+      key2[to] = key[k];
+      idx2[to] = idx[k];
+    }
+    key.swap(key2);
+    idx.swap(idx2);
+  }
 }
 
 SortedCases sort_cases(const double* score, const double* label, int64_t n, const char* what) {
@@ -77,8 +122,7 @@ SortedCases sort_cases(const double* score, const double* label, int64_t n, cons
                                   " is not finite (NaN or infinity)");
     s.idx.push_back(i);
   }
-  std::stable_sort(s.idx.begin(), s.idx.end(),
-                   [&](int64_t a, int64_t b) { return score[a] > score[b]; });
+  sort_descending_stable(score, s.idx);
   finish_sorted(s, score, label);
   return s;
 }
@@ -218,7 +262,7 @@ std::vector<Out> block_transpose(const T* w, int64_t rows, int64_t n, int64_t& b
 }
 
 // Cases are visited in score order, i.e. at random in memory: fetch ahead.
-constexpr int64_t kPrefetch = 16;
+constexpr int64_t kPrefetch = static_cast<int64_t>(kPrefetchPad);
 inline void prefetch(const void* p) {
 #if defined(__GNUC__) || defined(__clang__)
   __builtin_prefetch(p);
@@ -266,14 +310,15 @@ void walk_boot(const SortedCases& sc, const float* wblk, const int32_t* grp, int
 // for bit.
 typedef float v8f __attribute__((vector_size(32), aligned(4)));
 typedef double v4d __attribute__((vector_size(32)));
-typedef uint8_t v8u8 __attribute__((vector_size(8), aligned(1)));
 
-// 8 weights of a row as floats: float rows as they are, byte rows (bootstrap counts
-// below 256, a quarter of the cache footprint) converted exactly.
+// 8 weights of a row as floats.
 // (out by reference: a vector return value's ABI differs between the clones)
 inline void load8(const float* p, v8f& out) { out = *reinterpret_cast<const v8f*>(p); }
-inline void load8(const uint8_t* p, v8f& out) {
-  out = __builtin_convertvector(*reinterpret_cast<const v8u8*>(p), v8f);
+typedef uint8_t v8u8 __attribute__((vector_size(8), aligned(1)));
+typedef int32_t v8i32 __attribute__((vector_size(32)));
+inline void load8(const uint8_t* p, v8f& out) {  // 0/1 swap bytes
+  out = __builtin_convertvector(__builtin_convertvector(*reinterpret_cast<const v8u8*>(p), v8i32),
+                                v8f);
 }
 
 // halves of an 8-float vector as doubles (macros: a function taking a vector type
@@ -283,40 +328,25 @@ inline void load8(const uint8_t* p, v8f& out) {
 
 #define RV2_INLINE inline __attribute__((always_inline))
 
-// The metrics of one group over 16 resamples, in vector lanes (see BlockAccumulator
-// for the arithmetic). add() sums a case's weights into the open tie group, in float;
-// close() folds the tie group into the double sums.
-struct LaneAccumulator {
+// The double sums of one group over 16 resamples, in vector lanes (see
+// BlockAccumulator for the arithmetic): fold() adds a closed tie group with
+// positive weights p and negative weights q, four lanes per v4d.
+struct LaneSums {
   v4d tp[4] = {}, fp[4] = {}, d2[4] = {}, aps[4] = {};
-  v8f gp0 = {}, gp1 = {}, gn0 = {}, gn1 = {};
-  bool any_pos = false;
 
-  RV2_INLINE void add(const v8f& r0, const v8f& r1, bool pos) {
-    const float f = pos ? 1.0f : 0.0f;  // a factor, not a branch: labels come in random order
-    any_pos = any_pos || pos;
-    const v8f p0 = r0 * f, p1 = r1 * f;
-    gp0 += p0;
-    gp1 += p1;
-    gn0 += r0 - p0;
-    gn1 += r1 - p1;
-  }
-  RV2_INLINE void close() {
-    const v4d q[4] = {RV2_LO4(gn0), RV2_HI4(gn0), RV2_LO4(gn1), RV2_HI4(gn1)};
+  RV2_INLINE void fold(const v4d* p, const v4d* q, bool any_pos) {
     if (!any_pos) {
       for (int k = 0; k < 4; ++k) fp[k] += q[k];
-    } else {
-      const v4d one = {1.0, 1.0, 1.0, 1.0}, two = {2.0, 2.0, 2.0, 2.0};
-      const v4d p[4] = {RV2_LO4(gp0), RV2_HI4(gp0), RV2_LO4(gp1), RV2_HI4(gp1)};
-      for (int k = 0; k < 4; ++k) {
-        d2[k] += two * p[k] * fp[k] + p[k] * q[k];
-        tp[k] += p[k];
-        fp[k] += q[k];
-        const v4d den = tp[k] + fp[k];
-        aps[k] += p[k] * (tp[k] / (den > one ? den : one));
-      }
+      return;
     }
-    gp0 = gp1 = gn0 = gn1 = v8f{};
-    any_pos = false;
+    const v4d one = {1.0, 1.0, 1.0, 1.0}, two = {2.0, 2.0, 2.0, 2.0};
+    for (int k = 0; k < 4; ++k) {
+      d2[k] += two * p[k] * fp[k] + p[k] * q[k];
+      tp[k] += p[k];
+      fp[k] += q[k];
+      const v4d den = tp[k] + fp[k];
+      aps[k] += p[k] * (tp[k] / (den > one ? den : one));
+    }
   }
   // lanes 0..lanes-1 to auc_out[b * stride], ap_out[b * stride]
   void finish(double* auc_out, double* ap_out, int64_t lanes, int64_t stride) const {
@@ -334,9 +364,106 @@ struct LaneAccumulator {
   }
 };
 
-template <typename W>
+// Float weights: add() sums a case's weights into the open tie group in float
+// (exact: integer sums below 2^24, which the caller checks), split into positives
+// and negatives by a 0/1 factor, not a branch; close() folds the group.
+struct LaneAccumulator : LaneSums {
+  v8f gp0 = {}, gp1 = {}, gn0 = {}, gn1 = {};
+  bool any_pos = false;
+
+  RV2_INLINE void add(const v8f& r0, const v8f& r1, bool pos) {
+    const float f = pos ? 1.0f : 0.0f;  // a factor, not a branch: labels come in random order
+    any_pos = any_pos || pos;
+    const v8f p0 = r0 * f, p1 = r1 * f;
+    gp0 += p0;
+    gp1 += p1;
+    gn0 += r0 - p0;
+    gn1 += r1 - p1;
+  }
+  RV2_INLINE void close() {
+    const v4d q[4] = {RV2_LO4(gn0), RV2_HI4(gn0), RV2_LO4(gn1), RV2_HI4(gn1)};
+    const v4d p[4] = {RV2_LO4(gp0), RV2_HI4(gp0), RV2_LO4(gp1), RV2_HI4(gp1)};
+    fold(p, q, any_pos);
+    gp0 = gp1 = gn0 = gn1 = v8f{};
+    any_pos = false;
+  }
+};
+
+typedef uint8_t v16u8 __attribute__((vector_size(16), aligned(1)));
+typedef uint16_t v16u16 __attribute__((vector_size(32)));
+typedef uint16_t v8u16 __attribute__((vector_size(16)));
+typedef int32_t v4i32 __attribute__((vector_size(16)));
+
+// 16 uint8 lanes as four v4d (byte -> 16 -> 32 bit -> double: each step is one
+// widening instruction; a direct conversion compiles to scalar code)
+#define RV2_U8_TO_V4D(v, out)                                          \
+  do {                                                                 \
+    const v16u16 w16_ = __builtin_convertvector((v), v16u16);          \
+    v8u16 h_[2];                                                       \
+    std::memcpy(h_, &w16_, sizeof h_);                                 \
+    for (int k_ = 0; k_ < 2; ++k_) {                                   \
+      const v8i32 w_ = __builtin_convertvector(h_[k_], v8i32);         \
+      v4i32 q_[2];                                                     \
+      std::memcpy(q_, &w_, sizeof q_);                                 \
+      (out)[2 * k_] = __builtin_convertvector(q_[0], v4d);             \
+      (out)[2 * k_ + 1] = __builtin_convertvector(q_[1], v4d);         \
+    }                                                                  \
+  } while (0)
+
+// Byte weights (bootstrap counts below 256): a tie group's counts are summed in
+// 8-bit integer lanes, two byte adds per case (all weights, and the positives'
+// through a byte mask), with no conversion in the loop. `limit` = 255 / (the
+// block's largest count) cases fit the lanes without overflow; a longer tie group
+// moves its lanes into doubles every `limit` cases. The sums are exact, so the
+// results equal the float walk's bit for bit.
+struct CountLaneAccumulator : LaneSums {
+  v16u8 gt = {}, gp = {};      // all weights, positive weights of the open tie group
+  v4d sp[4] = {}, sq[4] = {};  // the moved part of a long tie group
+  int run = 0, limit;
+  bool any_pos = false, moved = false;
+
+  explicit CountLaneAccumulator(int max_count) : limit(255 / std::max(max_count, 1)) {}
+
+  RV2_INLINE void add(const uint8_t* row, uint8_t pos_mask) {
+    const v16u8 r = *reinterpret_cast<const v16u8*>(row);
+    gt += r;
+    gp += r & (v16u8{} + pos_mask);
+    any_pos = any_pos || pos_mask;
+    if (++run == limit) move();
+  }
+  void move() {
+    v4d p[4], q[4];
+    RV2_U8_TO_V4D(gp, p);
+    RV2_U8_TO_V4D(gt - gp, q);
+    for (int k = 0; k < 4; ++k) {
+      sp[k] += p[k];
+      sq[k] += q[k];
+    }
+    gt = gp = v16u8{};
+    run = 0;
+    moved = true;
+  }
+  RV2_INLINE void close() {
+    v4d p[4], q[4];
+    RV2_U8_TO_V4D(gp, p);
+    RV2_U8_TO_V4D(gt - gp, q);
+    if (moved) {
+      for (int k = 0; k < 4; ++k) {
+        p[k] += sp[k];
+        q[k] += sq[k];
+        sp[k] = sq[k] = v4d{};
+      }
+      moved = false;
+    }
+    fold(p, q, any_pos);
+    gt = gp = v16u8{};
+    run = 0;
+    any_pos = false;
+  }
+};
+
 RV2_MULTIVERSION
-void walk_boot_one_group(const SortedCases& sc, const W* wblk, int64_t m, double* auc_out,
+void walk_boot_one_group(const SortedCases& sc, const float* wblk, int64_t m, double* auc_out,
                          double* ap_out, int64_t lanes, int64_t stride) {
   static_assert(kBlock == 16, "two 8-float vectors per case");
   LaneAccumulator acc;
@@ -344,11 +471,32 @@ void walk_boot_one_group(const SortedCases& sc, const W* wblk, int64_t m, double
   for (int64_t end : sc.tie_end) {
     for (; j < end; ++j) {
       if (j + kPrefetch < m) prefetch(wblk + static_cast<int64_t>(sc.unit[j + kPrefetch]) * kBlock);
-      const W* row = wblk + static_cast<int64_t>(sc.unit[j]) * kBlock;
+      const float* row = wblk + static_cast<int64_t>(sc.unit[j]) * kBlock;
       v8f r0, r1;
       load8(row, r0);
       load8(row + 8, r1);
       acc.add(r0, r1, sc.pos[j] != 0);
+    }
+    acc.close();
+  }
+  acc.finish(auc_out, ap_out, lanes, stride);
+}
+
+// The same walk over byte counts whose largest is max_count (see
+// CountLaneAccumulator). sc.unit is padded by kPrefetch, so the fetch ahead needs
+// no bounds check.
+RV2_MULTIVERSION
+void walk_boot_counts(const SortedCases& sc, const uint8_t* wblk, int max_count,
+                      double* auc_out, double* ap_out, int64_t lanes, int64_t stride) {
+  static_assert(kBlock == 16, "one 16-byte row per case");
+  CountLaneAccumulator acc(max_count);
+  const int32_t* unit = sc.unit.data();
+  const uint8_t* pos_mask = sc.pos_mask.data();
+  int64_t j = 0;
+  for (int64_t end : sc.tie_end) {
+    for (; j < end; ++j) {
+      prefetch(wblk + static_cast<int64_t>(unit[j + kPrefetch]) * kBlock);
+      acc.add(wblk + static_cast<int64_t>(unit[j]) * kBlock, pos_mask[j]);
     }
     acc.close();
   }
@@ -385,6 +533,305 @@ void walk_perm(const SortedCases& sc, const uint8_t* sblk, int64_t n, int64_t m,
   }
   a.finish(auc_out, ap_out, lanes, 2);
   b.finish(auc_out + 1, ap_out + 1, lanes, 2);
+}
+
+// ---- Seeded resampling streams --------------------------------------------------
+// Counter-based: word k of a stream is mix64(key + (k + 1) * golden), SplitMix64's
+// output function, so any resample's draws can be made on any thread, in any order,
+// and numpy computes the same words (rv2/evaluate/streams.py, the twin).
+constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
+constexpr uint64_t kBootTag = 0x626f6f7473747270ull;  // "bootstrp"
+constexpr uint64_t kPermTag = 0x7065726d73776170ull;  // "permswap"
+
+inline uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+inline uint64_t stream_key(uint64_t seed, uint64_t tag) { return mix64(seed ^ tag); }
+inline uint64_t stream_word(uint64_t key, uint64_t k) { return mix64(key + (k + 1) * kGolden); }
+// floor(x n / 2^64): a draw in [0, n), off uniform by at most n / 2^64
+inline uint32_t draw_below(uint64_t x, uint64_t n) {
+  return static_cast<uint32_t>((static_cast<unsigned __int128>(x) * n) >> 64);
+}
+
+// Counts of the U draws of resamples first .. first + lanes - 1 as (U, kBlock) lanes
+// (resample r draws unit draw_below(word(r U + i), U), i < U). Returns true when a
+// count exceeded `cap` (by default T's maximum: a uint8 lane may have wrapped). Each resample is
+// counted in its own row of `scratch` (lanes x U: the increments of one resample stay
+// within U entries, in cache) and the rows are then interleaved into `out`.
+template <typename T>
+bool draw_block_counts(uint64_t key, int64_t first, int64_t lanes, int64_t U, T* out,
+                       std::vector<T>& scratch, T cap = std::numeric_limits<T>::max()) {
+  scratch.assign(static_cast<size_t>(kBlock * U), T(0));
+  bool full = false;
+  for (int64_t b = 0; b < lanes; ++b) {
+    T* row = scratch.data() + b * U;
+    uint64_t k = static_cast<uint64_t>(first + b) * static_cast<uint64_t>(U);
+    for (int64_t i = 0; i < U; ++i, ++k) {
+      T& c = row[draw_below(stream_word(key, k), U)];
+      full = full || c >= cap;
+      ++c;
+    }
+  }
+  for (int64_t i = 0; i < U; ++i)
+    for (int64_t b = 0; b < kBlock; ++b) out[i * kBlock + b] = scratch[b * U + i];
+  return full;
+}
+
+// Swap bits of permutations first .. first + 15: bit b of bits[i] swaps case i in
+// permutation first + b. Word q of the block holds cases 4q .. 4q + 3, 16 bits each;
+// block words are numbered from (first / 16) * ceil(n / 4).
+void draw_swap_bits(uint64_t key, int64_t block, int64_t n, uint16_t* bits) {
+  const int64_t Q = (n + 3) / 4;
+  const uint64_t k0 = static_cast<uint64_t>(block) * static_cast<uint64_t>(Q);
+  for (int64_t q = 0; q < Q; ++q) {
+    const uint64_t w = stream_word(key, k0 + static_cast<uint64_t>(q));
+    for (int64_t t = 0; t < 4 && 4 * q + t < n; ++t) bits[4 * q + t] = static_cast<uint16_t>(w >> (16 * t));
+  }
+}
+
+// walk_perm with the swaps of 16 permutations as the 16 bits of one uint16 per case:
+// a tenth of the byte rows' cache footprint, and nothing to transpose.
+RV2_MULTIVERSION
+void walk_perm_bits(const SortedCases& sc, const uint16_t* bits, int64_t n, double* auc_out, double* ap_out, int64_t lanes) {
+  typedef int32_t v8i __attribute__((vector_size(32)));
+  const v8i lo = {1, 2, 4, 8, 16, 32, 64, 128};
+  const v8i hi = {256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
+  const v8f ones = {1, 1, 1, 1, 1, 1, 1, 1};
+  LaneAccumulator a, b;
+  int64_t j = 0;
+  for (int64_t end : sc.tie_end) {
+    for (; j < end; ++j) {
+      const int64_t e = sc.idx[j];
+      const int32_t s = bits[e >= n ? e - n : e];
+      const v8i sv = {s, s, s, s, s, s, s, s};
+      const v8f s0 = __builtin_convertvector(((sv & lo) != 0) & 1, v8f);
+      const v8f s1 = __builtin_convertvector(((sv & hi) != 0) & 1, v8f);
+      const bool from_b = e >= n;
+      const v8f a0 = from_b ? s0 : ones - s0, a1 = from_b ? s1 : ones - s1;
+      const bool pos = sc.pos[j] != 0;
+      a.add(a0, a1, pos);
+      b.add(ones - a0, ones - a1, pos);
+    }
+    a.close();
+    b.close();
+  }
+  a.finish(auc_out, ap_out, lanes, 2);
+  b.finish(auc_out + 1, ap_out + 1, lanes, 2);
+}
+
+// boot_auc_ap for one group of every case, with the weights drawn here: resamples
+// first .. first + count - 1 of the seeded stream, 16 at a time. Each thread draws a
+// block's counts (bytes, U x 16: in cache) and walks every score row over them, so
+// no weight matrix is ever written to memory. Equal, bit for bit, to boot_auc_ap on
+// boot_counts(seed, first, count, U).
+py::tuple boot_auc_ap_seeded(F64Array scores, F64Array labels, std::optional<I64Array> order,
+                             uint64_t seed,
+                             int64_t first, int64_t count, std::optional<I32Array> cluster,
+                             int64_t n_units, int64_t byte_cap) {
+  auto sb = scores.request(), lb = labels.request();
+  if (sb.ndim != 2) throw std::invalid_argument("scores must be (S, n)");
+  const int64_t S = sb.shape[0], n = sb.shape[1];
+  if (lb.ndim != 2 || lb.shape[0] != S || lb.shape[1] != n)
+    throw std::invalid_argument("labels must have the shape of scores (S, n)");
+  const int64_t* ord = nullptr;
+  py::buffer_info ob;
+  if (order) {
+    ob = order->request();
+    if (ob.ndim != 2 || ob.shape[0] != S || ob.shape[1] != n)
+      throw std::invalid_argument("order must be (S, n) int64 like scores");
+    ord = static_cast<const int64_t*>(ob.ptr);
+  }
+  if (first < 0 || count < 0) throw std::invalid_argument("first and count must be >= 0");
+  const int32_t* cl = nullptr;
+  py::buffer_info cb;
+  int64_t U = n;
+  if (cluster) {
+    cb = cluster->request();
+    check_1d(cb, n, "cluster");
+    cl = static_cast<const int32_t*>(cb.ptr);
+    U = n_units;
+    for (int64_t i = 0; i < n; ++i)
+      if (cl[i] < 0 || cl[i] >= U)
+        throw std::invalid_argument("cluster holds a unit outside [0, n_units)");
+  }
+  if (U < 1 || U >= (int64_t(1) << 31)) throw std::invalid_argument("need 1 <= units < 2^31");
+  if (byte_cap < 1 || byte_cap > 255) throw std::invalid_argument("byte_cap must be in [1, 255]");
+  const double* s = static_cast<const double*>(sb.ptr);
+  const double* y = static_cast<const double*>(lb.ptr);
+  py::array_t<double> auc({S, count}), ap({S, count});
+  double* auc_p = static_cast<double*>(auc.request().ptr);
+  double* ap_p = static_cast<double*>(ap.request().ptr);
+  {
+    py::gil_scoped_release release;
+    std::vector<SortedCases> sorted(static_cast<size_t>(S));
+    parallel_for(S, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        sorted[r] = ord ? cases_from_order(s + r * n, y + r * n, ord + r * n, n, "boot_auc_ap_seeded")
+                        : sort_cases(s + r * n, y + r * n, n, "boot_auc_ap_seeded");
+        set_units(sorted[r], cl);
+      }
+    });
+    const uint64_t key = stream_key(seed, kBootTag);
+    const int64_t blocks = (count + kBlock - 1) / kBlock;
+    // task = block * S + row; a thread's tasks are contiguous, so it draws each of its
+    // blocks once (a block split between two threads is drawn by both)
+    parallel_for(blocks * S, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<uint8_t> cnt(static_cast<size_t>(U * kBlock)), scratch;
+      std::vector<float> wide;     // the block's counts as float, when a row needs them
+      std::vector<int32_t> zeros;  // one group of every case, for walk_boot
+      BlockAccumulator acc(1);
+      int64_t have = -1;
+      int max_count = 0;
+      bool full = false, wide_ready = false;
+      for (int64_t task = t0; task < t1; ++task) {
+        const int64_t blk = task / S, r = task % S, b0 = blk * kBlock;
+        const int64_t lanes = std::min(kBlock, count - b0);
+        if (blk != have) {
+          full = draw_block_counts(key, first + b0, lanes, U, cnt.data(), scratch,
+                                   static_cast<uint8_t>(byte_cap));
+          max_count = *std::max_element(cnt.begin(), cnt.end());
+          have = blk;
+          wide_ready = false;
+        }
+        const SortedCases& sc = sorted[r];
+        const int64_t m = static_cast<int64_t>(sc.idx.size());
+        double* auc_o = auc_p + r * count + b0;
+        double* ap_o = ap_p + r * count + b0;
+        if (!full) {
+          walk_boot_counts(sc, cnt.data(), max_count, auc_o, ap_o, lanes, 1);
+          continue;
+        }
+        if (!wide_ready) {  // rare: a count reached the cap, so the bytes may have wrapped
+          std::vector<uint32_t> c32(static_cast<size_t>(U * kBlock)), scratch32;
+          draw_block_counts(key, first + b0, lanes, U, c32.data(), scratch32);
+          wide.assign(c32.begin(), c32.end());
+          wide_ready = true;
+        }
+        if (zeros.empty()) zeros.assign(static_cast<size_t>(n), 0);
+        walk_boot(sc, wide.data(), zeros.data(), 1, n, m, acc);
+        for (int64_t b = 0; b < lanes; ++b) acc.finish(b, auc_o + b, ap_o + b);
+      }
+    });
+  }
+  return py::make_tuple(auc, ap);
+}
+
+// (S, n) int64: per row the known cases by descending score (stable), then -1; the
+// order boot_auc_ap and boot_auc_ap_seeded take, sorted once on every thread.
+py::array_t<int64_t> rank_order(F64Array scores, F64Array labels) {
+  auto sb = scores.request(), lb = labels.request();
+  if (sb.ndim != 2 || lb.ndim != 2 || lb.shape[0] != sb.shape[0] || lb.shape[1] != sb.shape[1])
+    throw std::invalid_argument("scores and labels must both be (S, n)");
+  const int64_t S = sb.shape[0], n = sb.shape[1];
+  const double* s = static_cast<const double*>(sb.ptr);
+  const double* y = static_cast<const double*>(lb.ptr);
+  py::array_t<int64_t> out({S, n});
+  int64_t* o = static_cast<int64_t*>(out.request().ptr);
+  {
+    py::gil_scoped_release release;
+    parallel_for(S, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const SortedCases sc = sort_cases(s + r * n, y + r * n, n, "rank_order");
+        std::copy(sc.idx.begin(), sc.idx.end(), o + r * n);
+        std::fill(o + r * n + sc.idx.size(), o + (r + 1) * n, int64_t(-1));
+      }
+    });
+  }
+  return out;
+}
+
+// (count, U) int32 counts of resamples first .. first + count - 1 of the seeded stream.
+py::array_t<int32_t> boot_counts(uint64_t seed, int64_t first, int64_t count, int64_t U) {
+  if (first < 0 || count < 0) throw std::invalid_argument("first and count must be >= 0");
+  if (U < 1 || U >= (int64_t(1) << 31)) throw std::invalid_argument("need 1 <= units < 2^31");
+  py::array_t<int32_t> out({count, U});
+  int32_t* o = static_cast<int32_t*>(out.request().ptr);
+  {
+    py::gil_scoped_release release;
+    const uint64_t key = stream_key(seed, kBootTag);
+    parallel_for(count, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        int32_t* dst = o + r * U;
+        std::fill(dst, dst + U, 0);
+        uint64_t k = static_cast<uint64_t>(first + r) * static_cast<uint64_t>(U);
+        for (int64_t i = 0; i < U; ++i, ++k) ++dst[draw_below(stream_word(key, k), U)];
+      }
+    });
+  }
+  return out;
+}
+
+// (count, n) uint8 swap indicators of permutations first .. first + count - 1 of the
+// seeded stream (first a multiple of 16), as perm_auc_ap_seeded draws them.
+py::array_t<uint8_t> perm_swaps(uint64_t seed, int64_t first, int64_t count, int64_t n) {
+  if (first < 0 || count < 0 || first % kBlock)
+    throw std::invalid_argument("first must be a multiple of 16 and count >= 0");
+  py::array_t<uint8_t> out({count, n});
+  uint8_t* o = static_cast<uint8_t*>(out.request().ptr);
+  const uint64_t key = stream_key(seed, kPermTag);
+  std::vector<uint16_t> bits(static_cast<size_t>(n));
+  for (int64_t b0 = 0; b0 < count; b0 += kBlock) {
+    draw_swap_bits(key, (first + b0) / kBlock, n, bits.data());
+    for (int64_t b = b0; b < std::min(count, b0 + kBlock); ++b)
+      for (int64_t i = 0; i < n; ++i) o[b * n + i] = (bits[i] >> (b - b0)) & 1;
+  }
+  return out;
+}
+
+// The paired permutation test for L labels at once, with the swaps drawn here:
+// scores_a, scores_b, labels (L, n); permutations first .. first + count - 1 (first a
+// multiple of 16). Returns auc, ap of shape (L, count, 2), equal bit for bit to
+// perm_auc_ap on perm_swaps(seed, first, count, n), label by label. The pooled
+// scores of each label are sorted once for all permutations.
+py::tuple perm_auc_ap_seeded(F64Array scores_a, F64Array scores_b, F64Array labels,
+                             uint64_t seed, int64_t first, int64_t count) {
+  auto ab = scores_a.request(), bb = scores_b.request(), lb = labels.request();
+  if (ab.ndim != 2) throw std::invalid_argument("scores_a must be (L, n)");
+  const int64_t L = ab.shape[0], n = ab.shape[1];
+  if (bb.ndim != 2 || bb.shape[0] != L || bb.shape[1] != n || lb.ndim != 2 ||
+      lb.shape[0] != L || lb.shape[1] != n)
+    throw std::invalid_argument("scores_b and labels must have the shape of scores_a (L, n)");
+  if (first < 0 || count < 0 || first % kBlock)
+    throw std::invalid_argument("first must be a multiple of 16 and count >= 0");
+  const double* a = static_cast<const double*>(ab.ptr);
+  const double* bsc = static_cast<const double*>(bb.ptr);
+  const double* y = static_cast<const double*>(lb.ptr);
+  py::array_t<double> auc({L, count, int64_t(2)}), ap({L, count, int64_t(2)});
+  double* auc_p = static_cast<double*>(auc.request().ptr);
+  double* ap_p = static_cast<double*>(ap.request().ptr);
+  {
+    py::gil_scoped_release release;
+    std::vector<SortedCases> sorted(static_cast<size_t>(L));
+    parallel_for(L, 1, [&](int64_t l0, int64_t l1) {
+      std::vector<double> pooled(static_cast<size_t>(2 * n)), plabel(static_cast<size_t>(2 * n));
+      for (int64_t l = l0; l < l1; ++l) {
+        std::copy(a + l * n, a + (l + 1) * n, pooled.begin());
+        std::copy(bsc + l * n, bsc + (l + 1) * n, pooled.begin() + n);
+        std::copy(y + l * n, y + (l + 1) * n, plabel.begin());
+        std::copy(y + l * n, y + (l + 1) * n, plabel.begin() + n);
+        sorted[l] = sort_cases(pooled.data(), plabel.data(), 2 * n, "perm_auc_ap_seeded");
+      }
+    });
+    const uint64_t key = stream_key(seed, kPermTag);
+    const int64_t blocks = (count + kBlock - 1) / kBlock;
+    parallel_for(blocks * L, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<uint16_t> bits(static_cast<size_t>(n));
+      int64_t have = -1;
+      for (int64_t task = t0; task < t1; ++task) {
+        const int64_t blk = task / L, l = task % L, b0 = blk * kBlock;
+        if (blk != have) {
+          draw_swap_bits(key, first / kBlock + blk, n, bits.data());
+          have = blk;
+        }
+        const SortedCases& sc = sorted[l];
+        const int64_t o = (l * count + b0) * 2;
+        walk_perm_bits(sc, bits.data(), n, auc_p + o, ap_p + o, std::min(kBlock, count - b0));
+      }
+    });
+  }
+  return py::make_tuple(auc, ap);
 }
 
 // auc, ap of shape (S, B, G): for each score row s, weight row b and group g,
@@ -455,8 +902,9 @@ py::tuple boot_auc_ap(F64Array scores, F64Array labels, I32Array weights, I32Arr
     for (int64_t i = 0; one_group && i < n; ++i) one_group = grp[i] == 0;
     int64_t max_w = 0;
     for (int64_t i = 0; one_group && i < B * U; ++i) max_w = std::max<int64_t>(max_w, w[i]);
-    one_group = one_group && max_w * n < (int64_t(1) << 24);
+    // byte counts are summed in integer lanes (exact); float rows need sums below 2^24
     const bool bytes = one_group && max_w < 256;
+    one_group = one_group && (bytes || max_w * n < (int64_t(1) << 24));
     int64_t blocks = 0;
     std::vector<float> wt;
     std::vector<uint8_t> wt8;
@@ -473,7 +921,8 @@ py::tuple boot_auc_ap(F64Array scores, F64Array labels, I32Array weights, I32Arr
         const int64_t m = static_cast<int64_t>(sc.idx.size());
         const int64_t o = r * B + b0, lanes = std::min(kBlock, B - b0);
         if (bytes) {
-          walk_boot_one_group(sc, wt8.data() + blk * U * kBlock, m, auc_p + o, ap_p + o, lanes, 1);
+          walk_boot_counts(sc, wt8.data() + blk * U * kBlock, static_cast<int>(max_w), auc_p + o,
+                           ap_p + o, lanes, 1);
           continue;
         }
         const float* wblk = wt.data() + blk * U * kBlock;
@@ -637,6 +1086,23 @@ void register_stats(py::module_& m) {
   m.def("perm_auc_ap", &perm_auc_ap, py::arg("scores_a"), py::arg("scores_b"), py::arg("labels"),
         py::arg("swaps"),
         "AUROC and AP, (R, 2) each, of both models after case-wise score swaps (R, n) uint8.");
+  m.def("boot_auc_ap_seeded", &boot_auc_ap_seeded, py::arg("scores"), py::arg("labels"),
+        py::arg("order"), py::arg("seed"), py::arg("first"), py::arg("count"),
+        py::arg("cluster") = py::none(), py::arg("n_units") = 0, py::arg("byte_cap") = 255,
+        "boot_auc_ap for one group of every case over resamples first .. first + count - 1 of "
+        "the seeded stream, drawn inside the kernel: (auc, ap), each (S, count). A block where a "
+        "count exceeds byte_cap is redrawn as 32-bit counts (255: bytes that cannot wrap; tests "
+        "lower it to reach that path).");
+  m.def("rank_order", &rank_order, py::arg("scores"), py::arg("labels"),
+        "(S, n) int64: per row the known cases by descending score (stable), then -1.");
+  m.def("boot_counts", &boot_counts, py::arg("seed"), py::arg("first"), py::arg("count"),
+        py::arg("units"), "(count, units) int32 bootstrap counts from the seeded stream.");
+  m.def("perm_swaps", &perm_swaps, py::arg("seed"), py::arg("first"), py::arg("count"),
+        py::arg("n"), "(count, n) uint8 swap indicators from the seeded stream.");
+  m.def("perm_auc_ap_seeded", &perm_auc_ap_seeded, py::arg("scores_a"), py::arg("scores_b"),
+        py::arg("labels"), py::arg("seed"), py::arg("first"), py::arg("count"),
+        "Paired permutation AUROC and AP, (L, count, 2) each, for (L, n) inputs, with swaps "
+        "drawn inside the kernel from the seeded stream.");
   m.def("delong_placements", &delong_placements, py::arg("scores"), py::arg("labels"),
         "DeLong placements (v10 (k, n_pos), v01 (k, n_neg)) of k score rows.");
 }

@@ -220,3 +220,142 @@ def test_one_group_fast_path_equals_the_general_walk_bit_for_bit(decimals):
         for a, b in zip(C.boot_auc_ap(S, Y, big, one, 1, None, None),
                         C.boot_auc_ap(S, Y, big, twice, 1, None, None)):
             np.testing.assert_array_equal(a, b)
+
+
+@needs_native
+@pytest.mark.parametrize("seed", [0, 7, 2**64 - 1])
+def test_seeded_streams_native_equal_the_numpy_twin(seed):
+    """The counter-based stream gives the same draws in C++ and numpy, at any offset."""
+    from rv2.evaluate import streams
+
+    C = _native.native_module()
+    for first, count, units in [(0, 5, 1), (3, 17, 7), (100, 20, 60_000), (0, 2, 2**20 + 3)]:
+        np.testing.assert_array_equal(C.boot_counts(seed, first, count, units),
+                                      streams.boot_counts(seed, first, count, units))
+    for first, count, n in [(0, 1, 1), (16, 20, 7), (32, 40, 1001)]:
+        np.testing.assert_array_equal(C.perm_swaps(seed, first, count, n),
+                                      streams.perm_swaps(seed, first, count, n))
+    # one resample's draws do not depend on the rows drawn with it
+    a = streams.boot_draws(seed, 0, 9, 300)
+    np.testing.assert_array_equal(a[4:], streams.boot_draws(seed, 4, 5, 300))
+
+
+def test_seeded_streams_look_uniform():
+    """Counts per unit and swap rates sit where a fair stream puts them."""
+    from rv2.evaluate import streams
+    from scipy.stats import chisquare
+
+    d = streams.boot_draws(11, 0, 200, 1000)
+    assert chisquare(np.bincount(d.ravel(), minlength=1000)).pvalue > 1e-3
+    sw = streams.perm_swaps(11, 0, 64, 5000)
+    assert abs(sw.mean() - 0.5) < 0.005
+    # lanes of one word block are independent bits, not copies
+    assert abs(np.corrcoef(sw[0], sw[1])[0, 1]) < 0.05
+
+
+def test_seed_must_be_a_non_negative_integer():
+    from rv2.errors import UserError
+    from rv2.evaluate.bootstrap import bootstrap_weights
+
+    for bad in (-1, 2**64, 1.5, "3", True):
+        with pytest.raises(UserError, match="seed"):
+            next(bootstrap_weights(10, 3, seed=bad))
+
+
+@needs_native
+@pytest.mark.parametrize("threads", [1, 2])
+def test_seeded_bootstrap_kernel_equals_the_counts_path_bit_for_bit(threads):
+    """boot_auc_ap_seeded draws its resamples in the kernel; it equals boot_auc_ap on
+    boot_counts of the same resamples exactly: by case and by patient, at an offset that
+    splits a block, and through the 32-bit fallback (forced by a low byte cap)."""
+    C = _native.native_module()
+    old = C.num_threads()
+    C.set_num_threads(threads)
+    try:
+        y, s = _data(3000, 4, 3)
+        S = np.ascontiguousarray(np.stack([s, s[::-1], np.round(s, 1)]))
+        Y = np.ascontiguousarray(np.stack([y, y, y[::-1]]))
+        order = K.rank_order(S, Y)
+        one = np.zeros((1, y.size), np.int32)
+        patients = (np.arange(y.size) // 4).astype(np.int32)
+        U_p = int(patients.max()) + 1
+        for cluster, U in ((None, y.size), (patients, U_p)):
+            for cap in (255, 2):
+                got = C.boot_auc_ap_seeded(S, Y, order, 9, 5, 37, cluster, U, cap)
+                ref = C.boot_auc_ap(S, Y, C.boot_counts(9, 5, 37, U), one, 1, order, cluster)
+                for g, r in zip(got, ref):
+                    np.testing.assert_array_equal(g, r[:, :, 0])
+                assert np.isfinite(got[0]).all()
+    finally:
+        C.set_num_threads(old)
+
+
+@needs_native
+def test_resample_auc_ap_draws_in_the_kernel_and_equals_the_twin():
+    from rv2.evaluate.bootstrap import resample_auc_ap
+
+    rng = np.random.default_rng(2)
+    n = 900
+    y = (rng.random((n, 3)) < 0.3).astype(float)
+    y[rng.random((n, 3)) < 0.1] = np.nan
+    models = [np.round(rng.random((n, 3)) + 0.3 * np.nan_to_num(y), 3) for _ in range(2)]
+    patients = rng.integers(0, 300, n)
+    for clusters in (None, patients):
+        fast = resample_auc_ap(y, models, n_boot=50, seed=3, clusters=clusters, native=True)
+        twin = resample_auc_ap(y, models, n_boot=50, seed=3, clusters=clusters, native=False)
+        np.testing.assert_allclose(fast.auc, twin.auc, rtol=0, atol=TOL)
+        np.testing.assert_allclose(fast.ap, twin.ap, rtol=0, atol=TOL)
+        assert np.isfinite(fast.auc).all()
+
+
+@needs_native
+def test_seeded_permutation_kernel_equals_explicit_swaps_and_the_twin():
+    """perm_auc_ap_seeded (all labels, swaps drawn in the kernel) equals perm_auc_ap on the
+    stream's swaps label by label, and permutation_diffs gives the twin's differences."""
+    from rv2.evaluate.permutation import permutation_diffs
+
+    C = _native.native_module()
+    rng = np.random.default_rng(5)
+    n, L = 700, 3
+    y = (rng.random((n, L)) < 0.3).astype(float)
+    y[rng.random((n, L)) < 0.1] = np.nan
+    a = np.round(rng.random((n, L)) + 0.4 * np.nan_to_num(y), 2)
+    b = np.round(rng.random((n, L)) * 3 + 0.2 * np.nan_to_num(y), 2)
+    T = [np.ascontiguousarray(x.T) for x in (a, b, y)]
+    auc, ap = C.perm_auc_ap_seeded(*T, 4, 16, 21)
+    sw = C.perm_swaps(4, 16, 21, n)
+    for j in range(L):
+        ra, rp = C.perm_auc_ap(T[0][j], T[1][j], T[2][j], sw)
+        np.testing.assert_array_equal(auc[j], ra)
+        np.testing.assert_array_equal(ap[j], rp)
+    for metric in ("ap", "auroc"):
+        obs_n, d_n = permutation_diffs(y, a, b, metric=metric, n_perm=40, seed=4, native=True)
+        obs_t, d_t = permutation_diffs(y, a, b, metric=metric, n_perm=40, seed=4, native=False)
+        np.testing.assert_allclose(obs_n, obs_t, rtol=0, atol=TOL)
+        np.testing.assert_allclose(d_n, d_t, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_rank_order_and_percentile_ranks_on_awkward_scores(native):
+    """The native radix sort keeps the stable descending order through negative scores,
+    -0.0 against 0.0, subnormals, huge values and ties; midranks equal scipy's."""
+    if native and not _native.HAS_NATIVE:
+        pytest.skip(f"rv2._C not built ({_native.NATIVE_ERROR})")
+    from rv2.evaluate.permutation import percentile_ranks
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(8)
+    odd = np.array([0.0, -0.0, 5e-324, -5e-324, 1e308, -1e308, -1.5, 2.25, 0.5, 0.5])
+    s = np.concatenate([odd, np.round(rng.normal(size=500), 1), odd])
+    y = (rng.random(s.size) < 0.4).astype(float)
+    y[rng.random(s.size) < 0.1] = np.nan
+    order = K.rank_order(s, y, native=native)[0]
+    known = np.flatnonzero(_known(y))
+    np.testing.assert_array_equal(order[:known.size],
+                                  known[np.argsort(-s[known], kind="stable")])
+    assert (order[known.size:] == -1).all()
+    pr = percentile_ranks(np.stack([s, -s], 1), np.stack([y, y], 1), native=native)
+    for j, col in enumerate((s, -s)):
+        k = ~np.isnan(y)
+        np.testing.assert_array_equal(pr[k, j], rankdata(col[k], method="average") / k.sum())
+        assert (pr[~k, j] == 0).all()

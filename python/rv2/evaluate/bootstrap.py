@@ -7,10 +7,13 @@ every image of a patient counts as often as the patient was drawn; the kernels
 take the (B, U) patient counts and each case's patient code, so the patient
 bootstrap costs no more than the image one. The weights come in chunks of rows
 (memory stays bounded: rows * n * 16 bytes per chunk, never a B x n float64
-matrix) from seeded numpy streams (one per block of 16 resamples), so the
-same seed gives the same resamples for every label, every model of a paired
-comparison and every subgroup, whatever the chunk size. Resamples where a metric is undefined stay NaN; CIs use the
-percentile method over the valid resamples and report their share.
+matrix) from a seeded counter-based stream (streams.py), so the same seed gives
+the same resamples for every label, every model of a paired comparison and every
+subgroup, whatever the chunk size. Where nothing but AUROC and AP over all cases is
+wanted, the native kernel draws each block of 16 resamples itself and walks every
+score row over it while it is in cache: no weight matrix is written at all.
+Resamples where a metric is undefined stay NaN; CIs use the percentile method over
+the valid resamples and report their share.
 """
 from __future__ import annotations
 
@@ -20,13 +23,15 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from rv2.errors import UserError
+from rv2.evaluate import streams
 from rv2.evaluate.kernels import _native_op, boot_auc_ap, rank_order
+from rv2.evaluate.streams import check_seed
 from rv2.evaluate.validate import as_binary_labels, as_scores, check_lengths
 
 CHUNK_BYTES = 64 << 20
 
 
-BLOCK = 16  # resamples per random stream (and per native SIMD block)
+BLOCK = 16  # resamples per native SIMD block
 
 
 def chunk_rows(n: int, total: int, budget: int = CHUNK_BYTES) -> int:
@@ -39,35 +44,18 @@ def chunk_rows(n: int, total: int, budget: int = CHUNK_BYTES) -> int:
     return int(min(total, rows))
 
 
-def _block_draws(seed: int, block: int, rows: int, n: int) -> np.ndarray:
-    # Resample block k has its own stream (SeedSequence spawn key k), so the
-    # draws do not depend on chunking or on the threads that make them.
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block,)))
-    return rng.integers(0, n, size=(rows, n))
-
-
 def resample_indices(n: int, n_boot: int, seed: int = 0, chunk: int | None = None
                      ) -> Iterator[np.ndarray]:
     """Bootstrap draws as (rows, n) int64 index arrays, chunk by chunk.
 
-    Resample r is row r % 16 of block r // 16, drawn from its own seeded stream;
-    blocks of a chunk are drawn on two threads (numpy releases the GIL).
+    Resample r is drawn from the seeded counter-based stream (streams.py), so the
+    draws do not depend on chunking, threads or the native build; the kernels that
+    draw their own resamples (resample_auc_ap) draw these very ones.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
+    seed = check_seed(seed)
     chunk = chunk or chunk_rows(n, n_boot)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        done = 0
-        while done < n_boot:
-            c = min(chunk, n_boot - done)
-            first, last = done // BLOCK, (done + c - 1) // BLOCK
-            blocks = list(pool.map(
-                lambda k: _block_draws(seed, k, min(BLOCK, n_boot - k * BLOCK), n),
-                range(first, last + 1)))
-            draws = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
-            off = done - first * BLOCK
-            yield draws[off:off + c]
-            done += c
+    for done in range(0, n_boot, chunk):
+        yield streams.boot_draws(seed, done, min(chunk, n_boot - done), n)
 
 
 def weights_from_indices(idx: np.ndarray, n: int, *, native: bool | None = None) -> np.ndarray:
@@ -81,11 +69,15 @@ def weights_from_indices(idx: np.ndarray, n: int, *, native: bool | None = None)
     return np.bincount(flat, minlength=rows * n).astype(np.int32).reshape(rows, n)
 
 
-def bootstrap_weights(n: int, n_boot: int, seed: int = 0, chunk: int | None = None
-                      ) -> Iterator[np.ndarray]:
+def bootstrap_weights(n: int, n_boot: int, seed: int = 0, chunk: int | None = None, *,
+                      native: bool | None = None) -> Iterator[np.ndarray]:
     """(rows, n) int32 multinomial counts, the same resamples as resample_indices."""
-    for idx in resample_indices(n, n_boot, seed, chunk):
-        yield weights_from_indices(idx, n)
+    seed = check_seed(seed)
+    chunk = chunk or chunk_rows(n, n_boot)
+    op = _native_op("boot_counts", native)
+    for done in range(0, n_boot, chunk):
+        c = min(chunk, n_boot - done)
+        yield op(seed, done, c, n) if op is not None else streams.boot_counts(seed, done, c, n)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +199,7 @@ def resample_auc_ap(labels: np.ndarray, scores: Sequence[np.ndarray], *, n_boot:
     clusters: one id per case (e.g. patient_id): resample these units, all
     cases of a drawn unit together (None: resample cases).
     """
+    seed = check_seed(seed)
     labels = np.asarray(labels, np.float64)
     n, L = labels.shape
     M = len(scores)
@@ -240,21 +233,35 @@ def resample_auc_ap(labels: np.ndarray, scores: Sequence[np.ndarray], *, n_boot:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_boot, desc="bootstrap", unit="resample")
-    b0 = 0
-    for w in bootstrap_weights(U, n_boot, seed, chunk):
-        b1 = b0 + w.shape[0]
-        a, p = boot_auc_ap(S_scores, S_labels, w, groups, n_groups, order=order, cluster=cl,
-                           native=native)
-        auc[:, b0:b1] = a.reshape(M, L, b1 - b0, n_groups).transpose(0, 2, 1, 3)
-        ap[:, b0:b1] = p.reshape(M, L, b1 - b0, n_groups).transpose(0, 2, 1, 3)
-        if mats:
-            wf = w.astype(np.float32)
-            for k, v in mats.items():
-                # counts are integers < 2**24, exact in float32
-                extra_b[k][..., b0:b1, :] = np.rint(wf @ v)
-        if bar is not None:
-            bar.update(b1 - b0)
-        b0 = b1
+    seeded = None
+    if not mats and n_groups == 1 and not groups.any() and groups.shape[0] == 1:
+        seeded = _native_op("boot_auc_ap_seeded", native)
+    if seeded is not None:
+        # resamples drawn in the kernel; chunks only pace the progress bar
+        step = 256 if bar is not None else max(n_boot, 1)
+        for b0 in range(0, n_boot, step):
+            b1 = min(n_boot, b0 + step)
+            a, p = seeded(S_scores, S_labels, order, seed, b0, b1 - b0, cl, U)
+            auc[:, b0:b1, :, 0] = a.reshape(M, L, b1 - b0).transpose(0, 2, 1)
+            ap[:, b0:b1, :, 0] = p.reshape(M, L, b1 - b0).transpose(0, 2, 1)
+            if bar is not None:
+                bar.update(b1 - b0)
+    else:
+        b0 = 0
+        for w in bootstrap_weights(U, n_boot, seed, chunk, native=native):
+            b1 = b0 + w.shape[0]
+            a, p = boot_auc_ap(S_scores, S_labels, w, groups, n_groups, order=order, cluster=cl,
+                               native=native)
+            auc[:, b0:b1] = a.reshape(M, L, b1 - b0, n_groups).transpose(0, 2, 1, 3)
+            ap[:, b0:b1] = p.reshape(M, L, b1 - b0, n_groups).transpose(0, 2, 1, 3)
+            if mats:
+                wf = w.astype(np.float32)
+                for k, v in mats.items():
+                    # counts are integers < 2**24, exact in float32
+                    extra_b[k][..., b0:b1, :] = np.rint(wf @ v)
+            if bar is not None:
+                bar.update(b1 - b0)
+            b0 = b1
     if bar is not None:
         bar.close()
     return Resampled(point_auc, point_ap, auc, ap,

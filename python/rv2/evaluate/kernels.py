@@ -113,19 +113,25 @@ def boot_auc_ap_py(scores, labels, weights, groups, n_groups, cluster=None):
     return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
 
 
-def rank_order(scores, labels) -> np.ndarray:
+def rank_order(scores, labels, *, native: bool | None = None) -> np.ndarray:
     """(S, n) int64: per row the known cases by descending score (stable), then -1.
 
     Pass it to boot_auc_ap(order=...) when the same rows are resampled in many
     chunks, so the native kernel sorts once.
     """
-    scores = np.atleast_2d(np.asarray(scores, np.float64))
+    scores = np.ascontiguousarray(np.atleast_2d(scores), np.float64)
     labels = np.asarray(labels, np.float64)
     if labels.ndim == 1:
         labels = np.broadcast_to(labels, scores.shape)
+    if labels.shape != scores.shape:
+        raise UserError(f"rank_order: scores {scores.shape} and labels {labels.shape} disagree")
+    op = _native_op("rank_order", native)
+    if op is not None:
+        return op(scores, np.ascontiguousarray(labels))
     out = np.full(scores.shape, -1, np.int64)
     for r, (s, y) in enumerate(zip(scores, labels)):
         known = np.flatnonzero(_known(y))
+        _check_finite(s, y, "rank_order")
         out[r, :known.size] = known[np.argsort(-s[known], kind="stable")]
     return out
 

@@ -12,8 +12,10 @@ What is swapped (`swap`):
   swapped with one spread over [0, 1] makes every permuted ranking a blend
   dominated by the wider scale, and the test loses power.
 - "score": the raw scores (the textbook form).
-A tolerance of 1e-12 absorbs float noise in the comparison. The kernel sorts
-the pooled scores once per label (kernels.perm_auc_ap).
+A tolerance of 1e-12 absorbs float noise in the comparison. The swaps come
+from a seeded counter-based stream (streams.py); the native kernel draws them
+itself, 16 permutations per word block, and sorts the pooled scores of each label
+once for every permutation (the twin: swap_chunks and kernels.perm_auc_ap).
 """
 from __future__ import annotations
 
@@ -22,7 +24,9 @@ import dataclasses
 import numpy as np
 
 from rv2.errors import UserError
-from rv2.evaluate.kernels import perm_auc_ap
+from rv2.evaluate import streams
+from rv2.evaluate.kernels import _native_op, boot_auc_ap, perm_auc_ap, rank_order
+from rv2.evaluate.streams import check_seed
 from rv2.evaluate.validate import as_binary_labels, as_scores, check_lengths
 
 TOL = 1e-12
@@ -44,30 +48,41 @@ class PermutationResult:
         return dataclasses.asdict(self)
 
 
-def swap_chunks(n: int, n_perm: int, seed: int, chunk: int | None = None):
-    """Seeded (rows, n) uint8 swap indicators, chunk by chunk."""
-    rng = np.random.default_rng(seed)
-    # uint8 swaps + the native kernel's float32 transposed copy: 5 bytes each
-    chunk = chunk or max(1, min(n_perm, (64 << 20) // max(5 * n, 1)))
-    done = 0
-    while done < n_perm:
+def swap_chunks(n: int, n_perm: int, seed: int, chunk: int | None = None, *,
+                native: bool | None = None):
+    """Seeded (rows, n) uint8 swap indicators, chunk by chunk: the swaps of the
+    counter-based stream (streams.py) that perm_auc_ap_seeded draws itself."""
+    seed = check_seed(seed)
+    # uint8 swaps + the native kernel's byte transposed copy; a multiple of 16
+    chunk = chunk or max(1, min(n_perm, (64 << 20) // max(2 * n, 1)))
+    chunk = max(streams.BLOCK, chunk // streams.BLOCK * streams.BLOCK)
+    op = _native_op("perm_swaps", native)
+    for done in range(0, n_perm, chunk):
         c = min(chunk, n_perm - done)
-        yield (rng.random((c, n)) < 0.5).astype(np.uint8)
-        done += c
+        yield op(seed, done, c, n) if op is not None else streams.perm_swaps(seed, done, c, n)
 
 
 SWAPS = ("rank", "score")
 
 
-def percentile_ranks(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per column, midranks / k among the cases whose label is known (others 0)."""
-    from scipy.stats import rankdata
-
+def percentile_ranks(scores: np.ndarray, labels: np.ndarray, *,
+                     native: bool | None = None) -> np.ndarray:
+    """Per column, midranks / k among the k cases whose label is known (others 0):
+    scipy's rankdata(method="average") / k, from one (native) sort per column."""
     out = np.zeros(scores.shape, np.float64)
-    for j in range(scores.shape[1]):
-        k = ~np.isnan(labels[:, j])
-        if k.any():
-            out[k, j] = rankdata(scores[k, j], method="average") / k.sum()
+    order = rank_order(scores.T, labels.T, native=native)
+    for j, o in enumerate(order):
+        o = o[o >= 0]
+        k = o.size
+        if not k:
+            continue
+        s = scores[o, j]
+        starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+        ends = np.r_[starts[1:], k]
+        # a tie group at descending positions a .. b - 1 holds ascending ranks
+        # k - b + 1 .. k - a, whose mean is (2k - a - b + 1) / 2
+        mid = (2 * k - starts - ends + 1) / 2
+        out[o, j] = np.repeat(mid, ends - starts) / k
     return out
 
 
@@ -77,30 +92,44 @@ def permutation_diffs(labels: np.ndarray, a: np.ndarray, b: np.ndarray, *, metri
     """Observed (L,) metric of a and b and the (R, L) permuted differences a* - b*."""
     if swap not in SWAPS:
         raise UserError(f"swap must be one of {SWAPS}, got {swap!r}")
+    seed = check_seed(seed)
     n, L = labels.shape
     if swap == "rank":
-        a, b = percentile_ranks(a, labels), percentile_ranks(b, labels)
+        a = percentile_ranks(a, labels, native=native)
+        b = percentile_ranks(b, labels, native=native)
     col = 1 if metric == "ap" else 0
-    obs = np.empty((2, L))
-    none = np.zeros((1, n), np.uint8)
-    for j in range(L):
-        res = perm_auc_ap(a[:, j], b[:, j], labels[:, j], none, native=native)[col]
-        obs[:, j] = res[0]
+    # the observed values: both models' point estimates, rows a_1..a_L, b_1..b_L
+    rows = np.ascontiguousarray(np.concatenate([a.T, b.T]), np.float64)
+    point = boot_auc_ap(rows, np.tile(labels.T, (2, 1)), np.ones((1, n), np.int32),
+                        native=native)[col]
+    obs = point[:, 0, 0].reshape(2, L)
     diffs = np.empty((n_perm, L))
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_perm, desc=f"permutations ({metric})", unit="perm")
-    r0 = 0
-    for sw in swap_chunks(n, n_perm, seed):
-        r1 = r0 + sw.shape[0]
-        for j in range(L):
-            res = perm_auc_ap(a[:, j], b[:, j], labels[:, j], sw, native=native)[col]
-            diffs[r0:r1, j] = res[:, 0] - res[:, 1]
-        if bar is not None:
-            bar.update(r1 - r0)
-        r0 = r1
+    seeded = _native_op("perm_auc_ap_seeded", native)
+    if seeded is not None:
+        # swaps drawn in the kernel, all labels at once; chunks only pace the bar
+        A, B, Y = (np.ascontiguousarray(x.T, np.float64) for x in (a, b, labels))
+        step = 256 if bar is not None else max(n_perm, 1)
+        for r0 in range(0, n_perm, step):
+            r1 = min(n_perm, r0 + step)
+            res = seeded(A, B, Y, seed, r0, r1 - r0)[col]  # (L, r1 - r0, 2)
+            diffs[r0:r1] = (res[:, :, 0] - res[:, :, 1]).T
+            if bar is not None:
+                bar.update(r1 - r0)
+    else:
+        r0 = 0
+        for sw in swap_chunks(n, n_perm, seed, native=native):
+            r1 = r0 + sw.shape[0]
+            for j in range(L):
+                res = perm_auc_ap(a[:, j], b[:, j], labels[:, j], sw, native=native)[col]
+                diffs[r0:r1, j] = res[:, 0] - res[:, 1]
+            if bar is not None:
+                bar.update(r1 - r0)
+            r0 = r1
     if bar is not None:
         bar.close()
     return obs, diffs
