@@ -54,7 +54,7 @@ def test_manifest_from_another_gpu_or_toolkit(demo_engines, tmp_path):
     from rv2.engines.manifest import check_machine, machine_info
 
     msg = _err(lambda: check_machine(m, mpath, machine_info("cpu")))
-    assert f"torch=2.0.0" in msg and f"torch={torch.__version__}" in msg
+    assert "torch=2.0.0" in msg and f"torch={torch.__version__}" in msg
 
 
 def test_batch_outside_the_profile(demo_engines):

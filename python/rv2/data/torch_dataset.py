@@ -133,11 +133,11 @@ class ManifestDataset(Dataset):
         return img
 
     def __getitem__(self, i: int) -> dict:
-        ok, error = True, ""
+        error = ""
         try:
             img = self.pixels(i)
         except (ImageReadError, OSError) as exc:
-            ok, error = False, f"{type(exc).__name__}: {exc}"
+            error = f"{type(exc).__name__}: {exc}"
             img = None
         return self._item(i, img, error)
 
