@@ -555,6 +555,41 @@ inline uint32_t draw_below(uint64_t x, uint64_t n) {
   return static_cast<uint32_t>((static_cast<unsigned __int128>(x) * n) >> 64);
 }
 
+typedef uint64_t v4u64 __attribute__((vector_size(32)));
+
+// row[d] += 1 for the U draws d of one resample, whose words start at counter k0;
+// true when a count exceeded cap. Four words at a time in vector lanes (the
+// compiler splits the 64-bit products into 32-bit ones), the same values as
+// stream_word and draw_below.
+template <typename T>
+RV2_MULTIVERSION bool draw_counts(uint64_t key, uint64_t k0, int64_t U, T* row, T cap) {
+  bool full = false;
+  const uint64_t u = static_cast<uint64_t>(U);
+  const v4u64 lo32 = {0xFFFFFFFFull, 0xFFFFFFFFull, 0xFFFFFFFFull, 0xFFFFFFFFull};
+  const v4u64 step = {4 * kGolden, 4 * kGolden, 4 * kGolden, 4 * kGolden};
+  v4u64 z = {key + (k0 + 1) * kGolden, key + (k0 + 2) * kGolden, key + (k0 + 3) * kGolden,
+             key + (k0 + 4) * kGolden};
+  int64_t i = 0;
+  for (; i + 4 <= U; i += 4) {
+    v4u64 x = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    x ^= x >> 31;
+    z += step;
+    const v4u64 d = ((x >> 32) * u + (((x & lo32) * u) >> 32)) >> 32;  // floor(x u / 2^64)
+    for (int t = 0; t < 4; ++t) {
+      T& c = row[d[t]];
+      full = full || c >= cap;
+      ++c;
+    }
+  }
+  for (uint64_t k = k0 + static_cast<uint64_t>(i); i < U; ++i, ++k) {
+    T& c = row[draw_below(stream_word(key, k), u)];
+    full = full || c >= cap;
+    ++c;
+  }
+  return full;
+}
+
 // Counts of the U draws of resamples first .. first + lanes - 1 as (U, kBlock) lanes
 // (resample r draws unit draw_below(word(r U + i), U), i < U). Returns true when a
 // count exceeded `cap` (by default T's maximum: a uint8 lane may have wrapped). Each resample is
@@ -565,15 +600,9 @@ bool draw_block_counts(uint64_t key, int64_t first, int64_t lanes, int64_t U, T*
                        std::vector<T>& scratch, T cap = std::numeric_limits<T>::max()) {
   scratch.assign(static_cast<size_t>(kBlock * U), T(0));
   bool full = false;
-  for (int64_t b = 0; b < lanes; ++b) {
-    T* row = scratch.data() + b * U;
-    uint64_t k = static_cast<uint64_t>(first + b) * static_cast<uint64_t>(U);
-    for (int64_t i = 0; i < U; ++i, ++k) {
-      T& c = row[draw_below(stream_word(key, k), U)];
-      full = full || c >= cap;
-      ++c;
-    }
-  }
+  for (int64_t b = 0; b < lanes; ++b)
+    full = draw_counts(key, static_cast<uint64_t>(first + b) * static_cast<uint64_t>(U), U,
+                       scratch.data() + b * U, cap) || full;
   for (int64_t i = 0; i < U; ++i)
     for (int64_t b = 0; b < kBlock; ++b) out[i * kBlock + b] = scratch[b * U + i];
   return full;
