@@ -620,34 +620,107 @@ void draw_swap_bits(uint64_t key, int64_t block, int64_t n, uint16_t* bits) {
   }
 }
 
-// walk_perm with the swaps of 16 permutations as the 16 bits of one uint16 per case:
-// a tenth of the byte rows' cache footprint, and nothing to transpose.
+// The two permuted models' sums for 16 permutations. Each case goes to A or B with
+// weight 1, so per lane B's weights are the group's count minus A's: only A's are
+// summed (8-bit lanes, moved into doubles every 255 cases), B's follow at close.
+struct PermLaneAccumulator {
+  LaneSums a, b;
+  v16u8 gt = {}, gp = {};        // A's weights in the open group: all, positives
+  int run = 0, pos_run = 0;      // cases and positive cases since the group opened (or moved)
+  v4d spa[4] = {}, sqa[4] = {}, spb[4] = {}, sqb[4] = {};
+  bool any_pos = false, moved = false;
+
+  RV2_INLINE void add(const v16u8& w, uint8_t pos_mask) {
+    gt += w;
+    gp += w & (v16u8{} + pos_mask);
+    pos_run += pos_mask & 1;
+    any_pos = any_pos || pos_mask;
+    if (++run == 255) move();
+  }
+  RV2_INLINE void doubles(v4d* pa, v4d* qa, v4d* pb, v4d* qb) const {
+    const v16u8 tb = (v16u8{} + static_cast<uint8_t>(run)) - gt;
+    const v16u8 pbv = (v16u8{} + static_cast<uint8_t>(pos_run)) - gp;
+    RV2_U8_TO_V4D(gp, pa);
+    RV2_U8_TO_V4D(gt - gp, qa);
+    RV2_U8_TO_V4D(pbv, pb);
+    RV2_U8_TO_V4D(tb - pbv, qb);
+  }
+  void move() {
+    v4d pa[4], qa[4], pb[4], qb[4];
+    doubles(pa, qa, pb, qb);
+    for (int k = 0; k < 4; ++k) {
+      spa[k] += pa[k];
+      sqa[k] += qa[k];
+      spb[k] += pb[k];
+      sqb[k] += qb[k];
+    }
+    gt = gp = v16u8{};
+    run = pos_run = 0;
+    moved = true;
+  }
+  RV2_INLINE void close() {
+    v4d pa[4], qa[4], pb[4], qb[4];
+    doubles(pa, qa, pb, qb);
+    if (moved) {
+      for (int k = 0; k < 4; ++k) {
+        pa[k] += spa[k];
+        qa[k] += sqa[k];
+        pb[k] += spb[k];
+        qb[k] += sqb[k];
+        spa[k] = sqa[k] = spb[k] = sqb[k] = v4d{};
+      }
+      moved = false;
+    }
+    a.fold(pa, qa, any_pos);
+    b.fold(pb, qb, any_pos);
+    gt = gp = v16u8{};
+    run = pos_run = 0;
+    any_pos = false;
+  }
+};
+
+// Lane p of the permutation walk holds permutation bit kPermLaneBit[p]: a uint16 of
+// swap bits broadcast to 16 bytes reads low, high, low, high, ...
+constexpr int kPermLaneBit[16] = {0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15};
+
+// walk_perm with the swaps of 16 permutations as the 16 bits of one uint16 per case
+// (a tenth of the byte rows' cache footprint, nothing to transpose), in 8-bit lanes.
+// sc.unit holds each pooled case's own case (index mod n), flip is 0xFF for a case
+// of model B: A takes its own cases where not swapped and B's where swapped.
 RV2_MULTIVERSION
-void walk_perm_bits(const SortedCases& sc, const uint16_t* bits, int64_t n, double* auc_out, double* ap_out, int64_t lanes) {
-  typedef int32_t v8i __attribute__((vector_size(32)));
-  const v8i lo = {1, 2, 4, 8, 16, 32, 64, 128};
-  const v8i hi = {256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
-  const v8f ones = {1, 1, 1, 1, 1, 1, 1, 1};
-  LaneAccumulator a, b;
+void walk_perm_bits(const SortedCases& sc, const uint8_t* flip, const uint16_t* bits,
+                    double* auc_out, double* ap_out, int64_t lanes) {
+  typedef uint16_t v8u16_a __attribute__((vector_size(16)));
+  const v16u8 sel = {1, 1, 2, 2, 4, 4, 8, 8, 16, 16, 32, 32, 64, 64, 128, 128};
+  const v16u8 one = v16u8{} + static_cast<uint8_t>(1);
+  PermLaneAccumulator acc;
+  const int32_t* unit = sc.unit.data();
+  const uint8_t* pos_mask = sc.pos_mask.data();
   int64_t j = 0;
   for (int64_t end : sc.tie_end) {
     for (; j < end; ++j) {
-      const int64_t e = sc.idx[j];
-      const int32_t s = bits[e >= n ? e - n : e];
-      const v8i sv = {s, s, s, s, s, s, s, s};
-      const v8f s0 = __builtin_convertvector(((sv & lo) != 0) & 1, v8f);
-      const v8f s1 = __builtin_convertvector(((sv & hi) != 0) & 1, v8f);
-      const bool from_b = e >= n;
-      const v8f a0 = from_b ? s0 : ones - s0, a1 = from_b ? s1 : ones - s1;
-      const bool pos = sc.pos[j] != 0;
-      a.add(a0, a1, pos);
-      b.add(ones - a0, ones - a1, pos);
+      const uint16_t sw = bits[unit[j]];
+      const v8u16_a w16 = v8u16_a{} + sw;
+      v16u8 w8;
+      std::memcpy(&w8, &w16, sizeof w8);
+      const v16u8 swapped = reinterpret_cast<const v16u8&>(w8) & sel;
+      // (swapped == 0) is 0xFF where not swapped; ^ flip: 0xFF where A takes the case
+      const v16u8 takes = static_cast<v16u8>(swapped == 0) ^ (v16u8{} + flip[j]);
+      acc.add(takes & one, pos_mask[j]);
     }
-    a.close();
-    b.close();
+    acc.close();
   }
-  a.finish(auc_out, ap_out, lanes, 2);
-  b.finish(auc_out + 1, ap_out + 1, lanes, 2);
+  double auc[2][16], ap[2][16];
+  acc.a.finish(auc[0], ap[0], 16, 1);
+  acc.b.finish(auc[1], ap[1], 16, 1);
+  for (int p = 0; p < 16; ++p) {
+    const int r = kPermLaneBit[p];
+    if (r >= lanes) continue;
+    for (int mdl = 0; mdl < 2; ++mdl) {
+      auc_out[r * 2 + mdl] = auc[mdl][p];
+      ap_out[r * 2 + mdl] = ap[mdl][p];
+    }
+  }
 }
 
 // boot_auc_ap for one group of every case, with the weights drawn here: resamples
@@ -833,6 +906,7 @@ py::tuple perm_auc_ap_seeded(F64Array scores_a, F64Array scores_b, F64Array labe
   {
     py::gil_scoped_release release;
     std::vector<SortedCases> sorted(static_cast<size_t>(L));
+    std::vector<std::vector<uint8_t>> flips(static_cast<size_t>(L));  // 0xFF: a case of model B
     parallel_for(L, 1, [&](int64_t l0, int64_t l1) {
       std::vector<double> pooled(static_cast<size_t>(2 * n)), plabel(static_cast<size_t>(2 * n));
       for (int64_t l = l0; l < l1; ++l) {
@@ -840,7 +914,15 @@ py::tuple perm_auc_ap_seeded(F64Array scores_a, F64Array scores_b, F64Array labe
         std::copy(bsc + l * n, bsc + (l + 1) * n, pooled.begin() + n);
         std::copy(y + l * n, y + (l + 1) * n, plabel.begin());
         std::copy(y + l * n, y + (l + 1) * n, plabel.begin() + n);
-        sorted[l] = sort_cases(pooled.data(), plabel.data(), 2 * n, "perm_auc_ap_seeded");
+        SortedCases& sc = sorted[l];
+        sc = sort_cases(pooled.data(), plabel.data(), 2 * n, "perm_auc_ap_seeded");
+        flips[l].resize(sc.idx.size());
+        sc.unit.resize(sc.idx.size());
+        for (size_t k = 0; k < sc.idx.size(); ++k) {
+          const bool from_a = sc.idx[k] < n;
+          sc.unit[k] = static_cast<int32_t>(from_a ? sc.idx[k] : sc.idx[k] - n);
+          flips[l][k] = from_a ? 0 : 0xFF;
+        }
       }
     });
     const uint64_t key = stream_key(seed, kPermTag);
@@ -856,7 +938,8 @@ py::tuple perm_auc_ap_seeded(F64Array scores_a, F64Array scores_b, F64Array labe
         }
         const SortedCases& sc = sorted[l];
         const int64_t o = (l * count + b0) * 2;
-        walk_perm_bits(sc, bits.data(), n, auc_p + o, ap_p + o, std::min(kBlock, count - b0));
+        walk_perm_bits(sc, flips[l].data(), bits.data(), auc_p + o, ap_p + o,
+                       std::min(kBlock, count - b0));
       }
     });
   }
