@@ -901,14 +901,18 @@ py::tuple perm_auc_ap_seeded(F64Array scores_a, F64Array scores_b, F64Array labe
   const double* bsc = static_cast<const double*>(bb.ptr);
   const double* y = static_cast<const double*>(lb.ptr);
   py::array_t<double> auc({L, count, int64_t(2)}), ap({L, count, int64_t(2)});
+  py::array_t<double> obs_auc({L, int64_t(2)}), obs_ap({L, int64_t(2)});
   double* auc_p = static_cast<double*>(auc.request().ptr);
   double* ap_p = static_cast<double*>(ap.request().ptr);
+  double* obs_auc_p = static_cast<double*>(obs_auc.request().ptr);
+  double* obs_ap_p = static_cast<double*>(obs_ap.request().ptr);
   {
     py::gil_scoped_release release;
     std::vector<SortedCases> sorted(static_cast<size_t>(L));
     std::vector<std::vector<uint8_t>> flips(static_cast<size_t>(L));  // 0xFF: a case of model B
     parallel_for(L, 1, [&](int64_t l0, int64_t l1) {
       std::vector<double> pooled(static_cast<size_t>(2 * n)), plabel(static_cast<size_t>(2 * n));
+      const std::vector<uint16_t> none(static_cast<size_t>(n), 0);
       for (int64_t l = l0; l < l1; ++l) {
         std::copy(a + l * n, a + (l + 1) * n, pooled.begin());
         std::copy(bsc + l * n, bsc + (l + 1) * n, pooled.begin() + n);
@@ -923,6 +927,8 @@ py::tuple perm_auc_ap_seeded(F64Array scores_a, F64Array scores_b, F64Array labe
           sc.unit[k] = static_cast<int32_t>(from_a ? sc.idx[k] : sc.idx[k] - n);
           flips[l][k] = from_a ? 0 : 0xFF;
         }
+        // no swaps: the observed values of both models
+        walk_perm_bits(sc, flips[l].data(), none.data(), obs_auc_p + l * 2, obs_ap_p + l * 2, 1);
       }
     });
     const uint64_t key = stream_key(seed, kPermTag);
@@ -943,7 +949,39 @@ py::tuple perm_auc_ap_seeded(F64Array scores_a, F64Array scores_b, F64Array labe
       }
     });
   }
-  return py::make_tuple(auc, ap);
+  return py::make_tuple(auc, ap, obs_auc, obs_ap);
+}
+
+// Per row, midranks / k among the k cases whose label is known, 0 for the others:
+// scipy's rankdata(method="average") / k, from one sort per row.
+py::array_t<double> percentile_ranks(F64Array scores, F64Array labels) {
+  auto sb = scores.request(), lb = labels.request();
+  if (sb.ndim != 2 || lb.ndim != 2 || lb.shape[0] != sb.shape[0] || lb.shape[1] != sb.shape[1])
+    throw std::invalid_argument("scores and labels must both be (S, n)");
+  const int64_t S = sb.shape[0], n = sb.shape[1];
+  const double* s = static_cast<const double*>(sb.ptr);
+  const double* y = static_cast<const double*>(lb.ptr);
+  py::array_t<double> out({S, n});
+  double* o = static_cast<double*>(out.request().ptr);
+  {
+    py::gil_scoped_release release;
+    parallel_for(S, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const SortedCases sc = sort_cases(s + r * n, y + r * n, n, "percentile_ranks");
+        double* dst = o + r * n;
+        std::fill(dst, dst + n, 0.0);
+        const int64_t k = static_cast<int64_t>(sc.idx.size());
+        int64_t a = 0;
+        for (int64_t b : sc.tie_end) {
+          // descending positions a .. b - 1 hold ascending ranks k - b + 1 .. k - a
+          const double mid = static_cast<double>(2 * k - a - b + 1) / 2.0 / static_cast<double>(k);
+          for (int64_t j = a; j < b; ++j) dst[sc.idx[j]] = mid;
+          a = b;
+        }
+      }
+    });
+  }
+  return out;
 }
 
 // auc, ap of shape (S, B, G): for each score row s, weight row b and group g,
@@ -1214,7 +1252,10 @@ void register_stats(py::module_& m) {
   m.def("perm_auc_ap_seeded", &perm_auc_ap_seeded, py::arg("scores_a"), py::arg("scores_b"),
         py::arg("labels"), py::arg("seed"), py::arg("first"), py::arg("count"),
         "Paired permutation AUROC and AP, (L, count, 2) each, for (L, n) inputs, with swaps "
-        "drawn inside the kernel from the seeded stream.");
+        "drawn inside the kernel from the seeded stream; then the observed AUROC and AP, "
+        "(L, 2) each.");
+  m.def("percentile_ranks", &percentile_ranks, py::arg("scores"), py::arg("labels"),
+        "(S, n): per row midranks / k among the k known cases (0 elsewhere).");
   m.def("delong_placements", &delong_placements, py::arg("scores"), py::arg("labels"),
         "DeLong placements (v10 (k, n_pos), v01 (k, n_neg)) of k score rows.");
 }

@@ -322,12 +322,16 @@ def test_seeded_permutation_kernel_equals_explicit_swaps_and_the_twin():
     a = np.round(rng.random((n, L)) + 0.4 * np.nan_to_num(y), 2)
     b = np.round(rng.random((n, L)) * 3 + 0.2 * np.nan_to_num(y), 2)
     T = [np.ascontiguousarray(x.T) for x in (a, b, y)]
-    auc, ap = C.perm_auc_ap_seeded(*T, 4, 16, 21)
+    auc, ap, obs_auc, obs_ap = C.perm_auc_ap_seeded(*T, 4, 16, 21)
     sw = C.perm_swaps(4, 16, 21, n)
+    none = np.zeros((1, n), np.uint8)
     for j in range(L):
         ra, rp = C.perm_auc_ap(T[0][j], T[1][j], T[2][j], sw)
         np.testing.assert_array_equal(auc[j], ra)
         np.testing.assert_array_equal(ap[j], rp)
+        oa, op = C.perm_auc_ap(T[0][j], T[1][j], T[2][j], none)
+        np.testing.assert_array_equal(obs_auc[j], oa[0])
+        np.testing.assert_array_equal(obs_ap[j], op[0])
     for metric in ("ap", "auroc"):
         obs_n, d_n = permutation_diffs(y, a, b, metric=metric, n_perm=40, seed=4, native=True)
         obs_t, d_t = permutation_diffs(y, a, b, metric=metric, n_perm=40, seed=4, native=False)

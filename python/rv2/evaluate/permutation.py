@@ -68,10 +68,13 @@ SWAPS = ("rank", "score")
 def percentile_ranks(scores: np.ndarray, labels: np.ndarray, *,
                      native: bool | None = None) -> np.ndarray:
     """Per column, midranks / k among the k cases whose label is known (others 0):
-    scipy's rankdata(method="average") / k, from one (native) sort per column."""
+    scipy's rankdata(method="average") / k, from one sort per column."""
+    op = _native_op("percentile_ranks", native)
+    if op is not None:
+        return op(np.ascontiguousarray(scores.T, np.float64),
+                  np.ascontiguousarray(labels.T, np.float64)).T
     out = np.zeros(scores.shape, np.float64)
-    order = rank_order(scores.T, labels.T, native=native)
-    for j, o in enumerate(order):
+    for j, o in enumerate(rank_order(scores.T, labels.T, native=False)):
         o = o[o >= 0]
         k = o.size
         if not k:
@@ -94,15 +97,7 @@ def permutation_diffs(labels: np.ndarray, a: np.ndarray, b: np.ndarray, *, metri
         raise UserError(f"swap must be one of {SWAPS}, got {swap!r}")
     seed = check_seed(seed)
     n, L = labels.shape
-    if swap == "rank":
-        a = percentile_ranks(a, labels, native=native)
-        b = percentile_ranks(b, labels, native=native)
     col = 1 if metric == "ap" else 0
-    # the observed values: both models' point estimates, rows a_1..a_L, b_1..b_L
-    rows = np.ascontiguousarray(np.concatenate([a.T, b.T]), np.float64)
-    point = boot_auc_ap(rows, np.tile(labels.T, (2, 1)), np.ones((1, n), np.int32),
-                        native=native)[col]
-    obs = point[:, 0, 0].reshape(2, L)
     diffs = np.empty((n_perm, L))
     bar = None
     if progress:
@@ -111,16 +106,29 @@ def permutation_diffs(labels: np.ndarray, a: np.ndarray, b: np.ndarray, *, metri
         bar = tqdm(total=n_perm, desc=f"permutations ({metric})", unit="perm")
     seeded = _native_op("perm_auc_ap_seeded", native)
     if seeded is not None:
-        # swaps drawn in the kernel, all labels at once; chunks only pace the bar
+        # (L, n) rows; swaps drawn in the kernel, all labels at once, the observed
+        # values on the way; chunks only pace the bar
         A, B, Y = (np.ascontiguousarray(x.T, np.float64) for x in (a, b, labels))
+        if swap == "rank":
+            ranks = _native_op("percentile_ranks", True)
+            A, B = ranks(A, Y), ranks(B, Y)
         step = 256 if bar is not None else max(n_perm, 1)
-        for r0 in range(0, n_perm, step):
+        for r0 in range(0, max(n_perm, 1), step):  # n_perm = 0: one call, for obs
             r1 = min(n_perm, r0 + step)
-            res = seeded(A, B, Y, seed, r0, r1 - r0)[col]  # (L, r1 - r0, 2)
-            diffs[r0:r1] = (res[:, :, 0] - res[:, :, 1]).T
+            res = seeded(A, B, Y, seed, r0, r1 - r0)
+            diffs[r0:r1] = (res[col][:, :, 0] - res[col][:, :, 1]).T  # (L, r, 2) -> (r, L)
+            obs = res[2 + col].T  # (L, 2) -> (2, L)
             if bar is not None:
                 bar.update(r1 - r0)
     else:
+        if swap == "rank":
+            a = percentile_ranks(a, labels, native=native)
+            b = percentile_ranks(b, labels, native=native)
+        # the observed values: both models' point estimates, rows a_1..a_L, b_1..b_L
+        rows = np.ascontiguousarray(np.concatenate([a.T, b.T]), np.float64)
+        point = boot_auc_ap(rows, np.tile(labels.T, (2, 1)), np.ones((1, n), np.int32),
+                            native=native)[col]
+        obs = point[:, 0, 0].reshape(2, L)
         r0 = 0
         for sw in swap_chunks(n, n_perm, seed, native=native):
             r1 = r0 + sw.shape[0]
