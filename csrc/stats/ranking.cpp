@@ -724,7 +724,8 @@ void walk_perm_bits(const SortedCases& sc, const uint8_t* flip, const uint16_t* 
 }
 
 // boot_auc_ap for one group of every case, with the weights drawn here: resamples
-// first .. first + count - 1 of the seeded stream, 16 at a time. Each thread draws a
+// first .. first + count - 1 of the seeded stream, 16 at a time, and the point
+// estimates (every unit once) on the way. Each thread draws a
 // block's counts (bytes, U x 16: in cache) and walks every score row over them, so
 // no weight matrix is ever written to memory. Equal, bit for bit, to boot_auc_ap on
 // boot_counts(seed, first, count, U).
@@ -762,17 +763,21 @@ py::tuple boot_auc_ap_seeded(F64Array scores, F64Array labels, std::optional<I64
   if (byte_cap < 1 || byte_cap > 255) throw std::invalid_argument("byte_cap must be in [1, 255]");
   const double* s = static_cast<const double*>(sb.ptr);
   const double* y = static_cast<const double*>(lb.ptr);
-  py::array_t<double> auc({S, count}), ap({S, count});
+  py::array_t<double> auc({S, count}), ap({S, count}), point_auc(S), point_ap(S);
   double* auc_p = static_cast<double*>(auc.request().ptr);
   double* ap_p = static_cast<double*>(ap.request().ptr);
+  double* point_auc_p = static_cast<double*>(point_auc.request().ptr);
+  double* point_ap_p = static_cast<double*>(point_ap.request().ptr);
   {
     py::gil_scoped_release release;
     std::vector<SortedCases> sorted(static_cast<size_t>(S));
+    const std::vector<uint8_t> ones(static_cast<size_t>(U * kBlock), 1);  // every unit once
     parallel_for(S, 1, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         sorted[r] = ord ? cases_from_order(s + r * n, y + r * n, ord + r * n, n, "boot_auc_ap_seeded")
                         : sort_cases(s + r * n, y + r * n, n, "boot_auc_ap_seeded");
         set_units(sorted[r], cl);
+        walk_boot_counts(sorted[r], ones.data(), 1, point_auc_p + r, point_ap_p + r, 1, 1);
       }
     });
     const uint64_t key = stream_key(seed, kBootTag);
@@ -817,7 +822,7 @@ py::tuple boot_auc_ap_seeded(F64Array scores, F64Array labels, std::optional<I64
       }
     });
   }
-  return py::make_tuple(auc, ap);
+  return py::make_tuple(auc, ap, point_auc, point_ap);
 }
 
 // (S, n) int64: per row the known cases by descending score (stable), then -1; the
@@ -1240,7 +1245,8 @@ void register_stats(py::module_& m) {
         py::arg("order"), py::arg("seed"), py::arg("first"), py::arg("count"),
         py::arg("cluster") = py::none(), py::arg("n_units") = 0, py::arg("byte_cap") = 255,
         "boot_auc_ap for one group of every case over resamples first .. first + count - 1 of "
-        "the seeded stream, drawn inside the kernel: (auc, ap), each (S, count). A block where a "
+        "the seeded stream, drawn inside the kernel: (auc, ap), each (S, count), then the point "
+        "estimates (point_auc, point_ap), each (S,). A block where a "
         "count exceeds byte_cap is redrawn as 32-bit counts (255: bytes that cannot wrap; tests "
         "lower it to reach that path).");
   m.def("rank_order", &rank_order, py::arg("scores"), py::arg("labels"),

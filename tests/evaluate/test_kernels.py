@@ -283,9 +283,15 @@ def test_seeded_bootstrap_kernel_equals_the_counts_path_bit_for_bit(threads):
             for cap in (255, 2):
                 got = C.boot_auc_ap_seeded(S, Y, order, 9, 5, 37, cluster, U, cap)
                 ref = C.boot_auc_ap(S, Y, C.boot_counts(9, 5, 37, U), one, 1, order, cluster)
-                for g, r in zip(got, ref):
+                for g, r in zip(got[:2], ref):
                     np.testing.assert_array_equal(g, r[:, :, 0])
                 assert np.isfinite(got[0]).all()
+                point = C.boot_auc_ap(S, Y, np.ones((1, U), np.int32), one, 1, None, cluster)
+                for g, r in zip(got[2:], point):
+                    np.testing.assert_array_equal(g, r[:, 0, 0])
+            # the kernel's own sort gives the same as the caller's order
+            for g, r in zip(C.boot_auc_ap_seeded(S, Y, None, 9, 5, 37, cluster, U), got):
+                np.testing.assert_array_equal(g, r)
     finally:
         C.set_num_threads(old)
 

@@ -207,19 +207,42 @@ def resample_auc_ap(labels: np.ndarray, scores: Sequence[np.ndarray], *, n_boot:
         groups, n_groups = np.zeros((1, n), np.int32), 1
     groups = np.ascontiguousarray(np.atleast_2d(groups), np.int32)
     counts = counts or {}
-    ones = np.ones((1, n), np.int32)
-    # all models x labels in one kernel call per chunk: row m * L + j
-    S_scores = np.ascontiguousarray(np.concatenate([np.asarray(s, np.float64).T for s in scores]))
-    S_labels = np.ascontiguousarray(np.tile(labels.T, (M, 1)))
-    order = rank_order(S_scores, S_labels)  # one sort per row for all chunks
-    a, p = boot_auc_ap(S_scores, S_labels, ones, groups, n_groups, order=order, native=native)
     cl, U = (None, n) if clusters is None else cluster_codes(clusters)
     if cl is not None and cl.shape != (n,):
         raise UserError(f"clusters has {cl.shape[0]} entries for {n} cases")
-    point_auc = a[:, 0].reshape(M, L, n_groups)
-    point_ap = p[:, 0].reshape(M, L, n_groups)
+    # all models x labels in one kernel call: row m * L + j
+    S_scores = np.ascontiguousarray(np.concatenate([np.asarray(s, np.float64).T for s in scores]))
+    S_labels = np.ascontiguousarray(np.tile(labels.T, (M, 1)))
     auc = np.empty((M, n_boot, L, n_groups))
     ap = np.empty((M, n_boot, L, n_groups))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_boot, desc="bootstrap", unit="resample")
+    seeded = None
+    if not counts and n_groups == 1 and groups.shape[0] == 1 and not groups.any():
+        seeded = _native_op("boot_auc_ap_seeded", native)
+    if seeded is not None:
+        # resamples drawn in the kernel, point estimates on the way; chunks only pace
+        # the bar (each sorts the rows again)
+        step = 256 if bar is not None else max(n_boot, 1)
+        for b0 in range(0, max(n_boot, 1), step):
+            b1 = min(n_boot, b0 + step)
+            a, p, pa, pp = seeded(S_scores, S_labels, None, seed, b0, b1 - b0, cl, U)
+            auc[:, b0:b1, :, 0] = a.reshape(M, L, b1 - b0).transpose(0, 2, 1)
+            ap[:, b0:b1, :, 0] = p.reshape(M, L, b1 - b0).transpose(0, 2, 1)
+            if bar is not None:
+                bar.update(b1 - b0)
+        if bar is not None:
+            bar.close()
+        return Resampled(pa.reshape(M, L, 1), pp.reshape(M, L, 1), auc, ap, {})
+
+    order = rank_order(S_scores, S_labels, native=native)  # one sort per row for all chunks
+    ones = np.ones((1, n), np.int32)
+    a, p = boot_auc_ap(S_scores, S_labels, ones, groups, n_groups, order=order, native=native)
+    point_auc = a[:, 0].reshape(M, L, n_groups)
+    point_ap = p[:, 0].reshape(M, L, n_groups)
     mats = {k: np.asarray(v, np.float32) for k, v in counts.items()}
     extra_b = {k: np.empty(v.shape[:-2] + (n_boot, v.shape[-1])) for k, v in mats.items()}
     extra_p = {k: v.sum(axis=-2).astype(np.float64) for k, v in mats.items()}
@@ -228,40 +251,21 @@ def resample_auc_ap(labels: np.ndarray, scores: Sequence[np.ndarray], *, n_boot:
             agg = np.zeros((U, v.shape[-1]), np.float32)
             np.add.at(agg, cl, v)
             mats[k] = agg
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_boot, desc="bootstrap", unit="resample")
-    seeded = None
-    if not mats and n_groups == 1 and not groups.any() and groups.shape[0] == 1:
-        seeded = _native_op("boot_auc_ap_seeded", native)
-    if seeded is not None:
-        # resamples drawn in the kernel; chunks only pace the progress bar
-        step = 256 if bar is not None else max(n_boot, 1)
-        for b0 in range(0, n_boot, step):
-            b1 = min(n_boot, b0 + step)
-            a, p = seeded(S_scores, S_labels, order, seed, b0, b1 - b0, cl, U)
-            auc[:, b0:b1, :, 0] = a.reshape(M, L, b1 - b0).transpose(0, 2, 1)
-            ap[:, b0:b1, :, 0] = p.reshape(M, L, b1 - b0).transpose(0, 2, 1)
-            if bar is not None:
-                bar.update(b1 - b0)
-    else:
-        b0 = 0
-        for w in bootstrap_weights(U, n_boot, seed, chunk, native=native):
-            b1 = b0 + w.shape[0]
-            a, p = boot_auc_ap(S_scores, S_labels, w, groups, n_groups, order=order, cluster=cl,
-                               native=native)
-            auc[:, b0:b1] = a.reshape(M, L, b1 - b0, n_groups).transpose(0, 2, 1, 3)
-            ap[:, b0:b1] = p.reshape(M, L, b1 - b0, n_groups).transpose(0, 2, 1, 3)
-            if mats:
-                wf = w.astype(np.float32)
-                for k, v in mats.items():
-                    # counts are integers < 2**24, exact in float32
-                    extra_b[k][..., b0:b1, :] = np.rint(wf @ v)
-            if bar is not None:
-                bar.update(b1 - b0)
-            b0 = b1
+    b0 = 0
+    for w in bootstrap_weights(U, n_boot, seed, chunk, native=native):
+        b1 = b0 + w.shape[0]
+        a, p = boot_auc_ap(S_scores, S_labels, w, groups, n_groups, order=order, cluster=cl,
+                           native=native)
+        auc[:, b0:b1] = a.reshape(M, L, b1 - b0, n_groups).transpose(0, 2, 1, 3)
+        ap[:, b0:b1] = p.reshape(M, L, b1 - b0, n_groups).transpose(0, 2, 1, 3)
+        if mats:
+            wf = w.astype(np.float32)
+            for k, v in mats.items():
+                # counts are integers < 2**24, exact in float32
+                extra_b[k][..., b0:b1, :] = np.rint(wf @ v)
+        if bar is not None:
+            bar.update(b1 - b0)
+        b0 = b1
     if bar is not None:
         bar.close()
     return Resampled(point_auc, point_ap, auc, ap,
