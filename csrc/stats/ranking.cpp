@@ -418,8 +418,9 @@ typedef int32_t v4i32 __attribute__((vector_size(16)));
 // results equal the float walk's bit for bit.
 struct CountLaneAccumulator : LaneSums {
   v16u8 gt = {}, gp = {};      // all weights, positive weights of the open tie group
+  v16u8 neg = {};              // negatives of closed groups without positives, not yet in fp
   v4d sp[4] = {}, sq[4] = {};  // the moved part of a long tie group
-  int run = 0, limit;
+  int run = 0, neg_run = 0, limit;
   bool any_pos = false, moved = false;
 
   explicit CountLaneAccumulator(int max_count) : limit(255 / std::max(max_count, 1)) {}
@@ -443,7 +444,26 @@ struct CountLaneAccumulator : LaneSums {
     run = 0;
     moved = true;
   }
+  void flush_neg() {
+    v4d q[4];
+    RV2_U8_TO_V4D(neg, q);
+    for (int k = 0; k < 4; ++k) fp[k] += q[k];
+    neg = v16u8{};
+    neg_run = 0;
+  }
+  // A tie group without positives only adds its negatives to fp, which nothing reads
+  // before the next group with positives: its bytes wait in `neg` (integer sums,
+  // exact, so the doubles come out the same). With subgroups most closes are these.
   RV2_INLINE void close() {
+    if (!any_pos && !moved) {
+      if (neg_run + run > limit) flush_neg();
+      neg += gt;
+      neg_run += run;
+      gt = gp = v16u8{};
+      run = 0;
+      return;
+    }
+    if (neg_run) flush_neg();
     v4d p[4], q[4];
     RV2_U8_TO_V4D(gp, p);
     RV2_U8_TO_V4D(gt - gp, q);
@@ -459,6 +479,10 @@ struct CountLaneAccumulator : LaneSums {
     gt = gp = v16u8{};
     run = 0;
     any_pos = false;
+  }
+  void finish(double* auc_out, double* ap_out, int64_t lanes, int64_t stride) {
+    if (neg_run) flush_neg();
+    LaneSums::finish(auc_out, ap_out, lanes, stride);
   }
 };
 
@@ -618,6 +642,59 @@ void draw_swap_bits(uint64_t key, int64_t block, int64_t n, uint16_t* bits) {
     const uint64_t w = stream_word(key, k0 + static_cast<uint64_t>(q));
     for (int64_t t = 0; t < 4 && 4 * q + t < n; ++t) bits[4 * q + t] = static_cast<uint16_t>(w >> (16 * t));
   }
+}
+
+// Group codes of each sorted case, K per case, in sorted order (a case coded twice
+// for one group keeps the first code): the grouped walk reads them in sequence.
+std::vector<int32_t> sorted_codes(const SortedCases& sc, const int32_t* grp, int64_t K, int64_t n) {
+  const size_t m = sc.idx.size();
+  std::vector<int32_t> codes(m * static_cast<size_t>(K));
+  for (size_t j = 0; j < m; ++j) {
+    const int64_t c = sc.idx[j];
+    for (int64_t k = 0; k < K; ++k) {
+      int32_t g = grp[k * n + c];
+      for (int64_t k2 = 0; k2 < k && g >= 0; ++k2)
+        if (grp[k2 * n + c] == g) g = -1;
+      codes[j * K + k] = g;
+    }
+  }
+  return codes;
+}
+
+// walk_boot over byte counts with groups: one CountLaneAccumulator per group, and
+// only the groups a tie group touched are closed. Results at auc_out[b * G + g].
+RV2_MULTIVERSION
+void walk_boot_groups_counts(const SortedCases& sc, const int32_t* codes, int64_t K,
+                             const uint8_t* wblk, int max_count, int64_t G, double* auc_out,
+                             double* ap_out, int64_t lanes) {
+  std::vector<CountLaneAccumulator> acc(static_cast<size_t>(G), CountLaneAccumulator(max_count));
+  std::vector<uint8_t> flag(static_cast<size_t>(G), 0);
+  std::vector<int32_t> touched;
+  touched.reserve(static_cast<size_t>(G));
+  const int32_t* unit = sc.unit.data();
+  const uint8_t* pos_mask = sc.pos_mask.data();
+  int64_t j = 0;
+  for (int64_t end : sc.tie_end) {
+    for (; j < end; ++j) {
+      prefetch(wblk + static_cast<int64_t>(unit[j + kPrefetch]) * kBlock);
+      const uint8_t* row = wblk + static_cast<int64_t>(unit[j]) * kBlock;
+      for (int64_t k = 0; k < K; ++k) {
+        const int32_t g = codes[j * K + k];
+        if (g < 0) continue;
+        if (!flag[g]) {
+          flag[g] = 1;
+          touched.push_back(g);
+        }
+        acc[g].add(row, pos_mask[j]);
+      }
+    }
+    for (int32_t g : touched) {
+      acc[g].close();
+      flag[g] = 0;
+    }
+    touched.clear();
+  }
+  for (int64_t g = 0; g < G; ++g) acc[g].finish(auc_out + g, ap_out + g, lanes, G);
 }
 
 // The two permuted models' sums for 16 permutations. Each case goes to A or B with
@@ -1051,15 +1128,20 @@ py::tuple boot_auc_ap(F64Array scores, F64Array labels, I32Array weights, I32Arr
         set_units(sorted[r], cl);
       }
     });
-    // the fast path: one group of every case, and float sums that stay exact; its
-    // weights as bytes where the counts allow (bootstrap counts nearly always do)
+    // weights as bytes where the counts allow (bootstrap counts nearly always do),
+    // summed in integer lanes (exact); else float rows, with the vectorised walk for
+    // one group of every case while its float sums stay exact (below 2^24)
     bool one_group = n_groups == 1 && K == 1;
     for (int64_t i = 0; one_group && i < n; ++i) one_group = grp[i] == 0;
     int64_t max_w = 0;
-    for (int64_t i = 0; one_group && i < B * U; ++i) max_w = std::max<int64_t>(max_w, w[i]);
-    // byte counts are summed in integer lanes (exact); float rows need sums below 2^24
-    const bool bytes = one_group && max_w < 256;
+    for (int64_t i = 0; i < B * U; ++i) max_w = std::max<int64_t>(max_w, w[i]);
+    const bool bytes = max_w < 256;
     one_group = one_group && (bytes || max_w * n < (int64_t(1) << 24));
+    std::vector<std::vector<int32_t>> codes(static_cast<size_t>(S));
+    if (bytes && !one_group)
+      parallel_for(S, 1, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) codes[r] = sorted_codes(sorted[r], grp, K, n);
+      });
     int64_t blocks = 0;
     std::vector<float> wt;
     std::vector<uint8_t> wt8;
@@ -1075,9 +1157,15 @@ py::tuple boot_auc_ap(F64Array scores, F64Array labels, I32Array weights, I32Arr
         const SortedCases& sc = sorted[r];
         const int64_t m = static_cast<int64_t>(sc.idx.size());
         const int64_t o = r * B + b0, lanes = std::min(kBlock, B - b0);
-        if (bytes) {
+        if (bytes && one_group) {
           walk_boot_counts(sc, wt8.data() + blk * U * kBlock, static_cast<int>(max_w), auc_p + o,
                            ap_p + o, lanes, 1);
+          continue;
+        }
+        if (bytes) {
+          walk_boot_groups_counts(sc, codes[r].data(), K, wt8.data() + blk * U * kBlock,
+                                  static_cast<int>(max_w), n_groups, auc_p + o * n_groups,
+                                  ap_p + o * n_groups, lanes);
           continue;
         }
         const float* wblk = wt.data() + blk * U * kBlock;

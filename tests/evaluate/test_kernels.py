@@ -213,6 +213,16 @@ def test_one_group_fast_path_equals_the_general_walk_bit_for_bit(decimals):
     for a, b in zip(C.boot_auc_ap(S, Y, wp, one, 1, None, patients),
                     C.boot_auc_ap(S, Y, wp, twice, 1, None, patients)):
         np.testing.assert_array_equal(a, b)
+    # with subgroups (a case in several, one coded twice): byte counts take the grouped
+    # byte walk; one count of 300 in an extra resample sends every row to the float walk
+    codes = np.stack([np.arange(y.size) % 3, np.where(np.arange(y.size) % 5 == 0, -1, 3),
+                      np.arange(y.size) % 3]).astype(np.int32)
+    wbig = np.vstack([w, np.where(np.arange(y.size) == 7, 300, 1)]).astype(np.int32)
+    fast = C.boot_auc_ap(S, Y, w, codes, 4, None, None)
+    slow = C.boot_auc_ap(S, Y, wbig, codes, 4, None, None)
+    for a, b in zip(fast, slow):
+        np.testing.assert_array_equal(a, b[:, :w.shape[0]])
+    assert np.isfinite(fast[0]).all()
     # counts of 256 and more: float weights, not bytes; then max weight x n >= 2^24: float
     # tie sums could round, so the general walk
     for big in (w * 100, w * 5000):
