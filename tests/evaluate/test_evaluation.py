@@ -11,6 +11,7 @@ from rv2.data.schema import EVAL_LABELS
 from rv2.evaluate import compare_predictions, evaluate_predictions
 from rv2.evaluate.evaluation import EvaluateConfig
 from rv2.evaluate.io import EvaluationInputError
+from rv2.evaluate.streams import STREAM
 from sklearn.metrics import roc_auc_score
 
 from .fixtures import make_world
@@ -46,7 +47,8 @@ def test_evaluate_writes_report_with_correct_numbers(world, tmp_path):
         assert per[lab]["n"] == int(rows.sum())
         aucs.append(ref)
     assert data["label_policy"]["policy"] == "uncertain=0,blank=0"
-    assert data["bootstrap"]["unit"] == "patient"
+    assert data["bootstrap"]["unit"] == "patient" and data["bootstrap"]["draws"] == STREAM
+    assert STREAM in (out / "report.md").read_text()  # the report says which draws
     assert data["test_sets"]["nih"]["units"] == man.loc[rows, "patient_id"].nunique()
     mac = r["test_sets"]["nih"]["models"]["model_0"]["macro"]
     assert mac["auroc"]["estimate"] == pytest.approx(np.mean(aucs))
@@ -119,7 +121,8 @@ def test_bootstrap_unit_and_undefined_label_rule(world, tmp_path):
     zero = evaluate_predictions(world["preds"][0], tmp_path / "m.parquet", progress=False,
                                 config=EvaluateConfig(undefined_label="zero", **base),
                                 out=tmp_path / "z")
-    assert skip["bootstrap"] == {"unit": "image", "reason": "the manifest has no patient_id"}
+    assert skip["bootstrap"] == {"unit": "image", "reason": "the manifest has no patient_id",
+                                 "draws": STREAM}
     ms = skip["test_sets"]["all"]["models"]["pred_0"]["macro"]
     mz = zero["test_sets"]["all"]["models"]["pred_0"]["macro"]
     assert ms["labels_undefined"] == mz["labels_undefined"] == ["Edema"]

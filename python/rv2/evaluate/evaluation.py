@@ -46,6 +46,7 @@ from rv2.evaluate.bootstrap import (
     resample_auc_ap,
 )
 from rv2.evaluate.delong import MACRO_METHOD, delong_macro_test, delong_test
+from rv2.evaluate.streams import STREAM
 from rv2.evaluate.fairness import subgroup_metrics
 from rv2.evaluate.permutation import permutation_diffs, permutation_p
 from rv2.evaluate.report_writer import write_report
@@ -286,7 +287,7 @@ def _run(manifest, preds, model_dirs, thresholds_files, names, cfg, progress):
         "inputs": {"manifest": os.fspath(manifest), "predictions": [os.fspath(p) for p in preds],
                    "thresholds": [t["source"] if t else None for t in ths]},
         "label_policy": policy,
-        "bootstrap": unit,
+        "bootstrap": {**unit, "draws": STREAM},
         "macro_rule": {"undefined_label": cfg.undefined_label,
                        "description": UNDEFINED_RULES[cfg.undefined_label]},
         "thresholds": [({"rule": t["rule"], NO_FINDING: t["thresholds"].get(NO_FINDING)}

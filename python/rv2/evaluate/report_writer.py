@@ -308,8 +308,9 @@ def write_report(result: dict, out, config=None, *, inputs=(), sweep=None) -> Pa
     cfg = result["config"]
     lp, bs, mr = result["label_policy"], result["bootstrap"], result["macro_rule"]
     doc.p(f"Models: {', '.join(result['models'])}. Labels: {', '.join(result['labels'])}. "
-          f"Bootstrap B = {cfg['n_boot']} (seed {cfg['seed']}) over {bs['unit']}s "
-          f"({bs['reason']}), {int(cfg['level'] * 100)}% percentile CIs ({cfg['gap_ci']} "
+          f"Bootstrap B = {cfg['n_boot']} (seed {cfg['seed']}"
+          + (f", draws of the {bs['draws']}" if bs.get("draws") else "")
+          + f") over {bs['unit']}s ({bs['reason']}), {int(cfg['level'] * 100)}% percentile CIs ({cfg['gap_ci']} "
           f"intervals for gaps); subgroups with fewer than {cfg['min_count']} cases are shown "
           f"but left out of gaps.")
     doc.p(f"Label policy: {lp['description']} ({lp['source']}"

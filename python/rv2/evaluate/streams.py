@@ -25,6 +25,8 @@ GOLDEN = 0x9E3779B97F4A7C15
 BOOT_TAG = 0x626F6F7473747270  # "bootstrp"
 PERM_TAG = 0x7065726D73776170  # "permswap"
 BLOCK = 16  # permutations per swap word block (and resamples per native block)
+# named in reports, so a result says which draws its seed stands for
+STREAM = "rv2 counter stream v1 (SplitMix64 output function over a counter)"
 
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
