@@ -30,7 +30,7 @@ native: $(STAMP)
 	RV2_TARGET_DEVICE=$(TARGET) $(PY) setup.py -q build_ext --inplace
 
 test: install
-	RV2_REQUIRE_NATIVE=1 $(PY) -m pytest -q tests
+	RV2_REQUIRE_NATIVE=1 $(PY) -m pytest -q --durations=25 tests
 
 test-all: install
 	RV2_RUN_SLOW=1 RV2_REQUIRE_NATIVE=1 $(PY) -m pytest -q tests

@@ -318,6 +318,10 @@ def test_resample_auc_ap_draws_in_the_kernel_and_equals_the_twin():
     patients = rng.integers(0, 300, n)
     for clusters in (None, patients):
         fast = resample_auc_ap(y, models, n_boot=50, seed=3, clusters=clusters, native=True)
+        paced = resample_auc_ap(y, models, n_boot=600, seed=3, clusters=clusters, native=True,
+                                progress=True)  # chunks of 256 for the bar, one shared sort
+        np.testing.assert_array_equal(paced.auc[:, :50], fast.auc)
+        np.testing.assert_array_equal(paced.point_ap, fast.point_ap)
         twin = resample_auc_ap(y, models, n_boot=50, seed=3, clusters=clusters, native=False)
         np.testing.assert_allclose(fast.auc, twin.auc, rtol=0, atol=TOL)
         np.testing.assert_allclose(fast.ap, twin.ap, rtol=0, atol=TOL)

@@ -225,11 +225,12 @@ def resample_auc_ap(labels: np.ndarray, scores: Sequence[np.ndarray], *, n_boot:
         seeded = _native_op("boot_auc_ap_seeded", native)
     if seeded is not None:
         # resamples drawn in the kernel, point estimates on the way; chunks only pace
-        # the bar (each sorts the rows again)
+        # the bar, and then share one sort
         step = 256 if bar is not None else max(n_boot, 1)
+        order = rank_order(S_scores, S_labels) if n_boot > step else None
         for b0 in range(0, max(n_boot, 1), step):
             b1 = min(n_boot, b0 + step)
-            a, p, pa, pp = seeded(S_scores, S_labels, None, seed, b0, b1 - b0, cl, U)
+            a, p, pa, pp = seeded(S_scores, S_labels, order, seed, b0, b1 - b0, cl, U)
             auc[:, b0:b1, :, 0] = a.reshape(M, L, b1 - b0).transpose(0, 2, 1)
             ap[:, b0:b1, :, 0] = p.reshape(M, L, b1 - b0).transpose(0, 2, 1)
             if bar is not None:
