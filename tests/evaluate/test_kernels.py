@@ -383,3 +383,25 @@ def test_rank_order_and_percentile_ranks_on_awkward_scores(native):
         k = ~np.isnan(y)
         np.testing.assert_array_equal(pr[k, j], rankdata(col[k], method="average") / k.sum())
         assert (pr[~k, j] == 0).all()
+
+
+@pytest.mark.parametrize("native", [None, False])
+def test_resampling_tiny_and_empty_inputs(native):
+    """One to five cases, B not a multiple of 16, one patient for all: native and twin
+    agree (NaN where undefined); no cases at all is an error that says so."""
+    from rv2.errors import UserError
+    from rv2.evaluate.bootstrap import resample_auc_ap
+
+    rng = np.random.default_rng(4)
+    for n in (1, 2, 5):
+        y = (np.arange(n) % 2).astype(float)[:, None]
+        m = [rng.random((n, 1))]
+        for clusters in (None, np.zeros(n)):
+            r = resample_auc_ap(y, m, n_boot=17, seed=2, clusters=clusters, native=native)
+            t = resample_auc_ap(y, m, n_boot=17, seed=2, clusters=clusters, native=False)
+            np.testing.assert_allclose(r.auc, t.auc, rtol=0, atol=TOL)
+            assert r.auc.shape == (1, 17, 1, 1)
+            if clusters is not None:  # one patient, drawn once: every resample is the point
+                np.testing.assert_array_equal(r.auc[0, :, 0, 0], np.full(17, r.point_auc[0, 0, 0]))
+    with pytest.raises(UserError, match="no cases"):
+        resample_auc_ap(np.zeros((0, 1)), [np.zeros((0, 1))], n_boot=5, native=native)

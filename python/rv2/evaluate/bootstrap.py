@@ -203,6 +203,8 @@ def resample_auc_ap(labels: np.ndarray, scores: Sequence[np.ndarray], *, n_boot:
     labels = np.asarray(labels, np.float64)
     n, L = labels.shape
     M = len(scores)
+    if n == 0:
+        raise UserError("resample_auc_ap: no cases to resample (empty labels)")
     if groups is None:
         groups, n_groups = np.zeros((1, n), np.int32), 1
     groups = np.ascontiguousarray(np.atleast_2d(groups), np.int32)
