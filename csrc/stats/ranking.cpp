@@ -1,6 +1,9 @@
 // Ranking statistics for evaluation: weighted AUROC and average precision over
 // many bootstrap weight vectors from one sort per label, paired permutation
-// statistics from one sort of the pooled scores, and DeLong placements.
+// statistics from one sort of the pooled scores, and DeLong placements. The
+// *_seeded ops draw their own resamples and swaps, 16 at a time, from a seeded
+// counter-based stream (numpy twin: rv2/evaluate/streams.py) and walk every row
+// over each block while it is in cache.
 //
 // Labels are float64: 1 = positive, 0 = negative, anything else (-1, NaN) =
 // unknown, left out. AUROC counts discordant pairs exactly (integer counts
