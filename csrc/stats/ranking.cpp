@@ -803,16 +803,41 @@ void walk_perm_bits(const SortedCases& sc, const uint8_t* flip, const uint16_t* 
   }
 }
 
-// boot_auc_ap for one group of every case, with the weights drawn here: resamples
-// first .. first + count - 1 of the seeded stream, 16 at a time, and the point
-// estimates (every unit once) on the way. Each thread draws a
+// sum over a column's nonzero entries (u, v) of v x the counts of unit u, for the 16
+// resamples of a block: out[b * stride] for b < lanes. Byte counts (cnt8) or 32-bit
+// ones (cnt32). Integer products and sums below 2^53: exact in any order.
+RV2_MULTIVERSION
+void column_sums(const std::vector<std::pair<int32_t, double>>& column, const uint8_t* cnt8,
+                 const uint32_t* cnt32, double* out, int64_t lanes, int64_t stride) {
+  double sum[kBlock] = {};
+  if (cnt8) {
+    v4d acc[4] = {};
+    for (const auto& [u, v] : column) {
+      v4d q[4];
+      RV2_U8_TO_V4D(*reinterpret_cast<const v16u8*>(cnt8 + static_cast<int64_t>(u) * kBlock), q);
+      for (int k = 0; k < 4; ++k) acc[k] += q[k] * v;
+    }
+    for (int64_t b = 0; b < kBlock; ++b) sum[b] = acc[b / 4][b % 4];
+  } else {
+    for (const auto& [u, v] : column)
+      for (int64_t b = 0; b < kBlock; ++b)
+        sum[b] += v * static_cast<double>(cnt32[static_cast<int64_t>(u) * kBlock + b]);
+  }
+  for (int64_t b = 0; b < lanes; ++b) out[b * stride] = sum[b];
+}
+
+// boot_auc_ap with the weights drawn here: resamples first .. first + count - 1 of
+// the seeded stream, 16 at a time, the point estimates (every unit once) on the way,
+// and optionally per resample the count-weighted column sums of `sums` (units, C),
+// e.g. underdiagnosis numerators and denominators per subgroup. Each thread draws a
 // block's counts (bytes, U x 16: in cache) and walks every score row over them, so
 // no weight matrix is ever written to memory. Equal, bit for bit, to boot_auc_ap on
 // boot_counts(seed, first, count, U).
 py::tuple boot_auc_ap_seeded(F64Array scores, F64Array labels, std::optional<I64Array> order,
-                             uint64_t seed,
-                             int64_t first, int64_t count, std::optional<I32Array> cluster,
-                             int64_t n_units, int64_t byte_cap) {
+                             uint64_t seed, int64_t first, int64_t count,
+                             std::optional<I32Array> cluster, int64_t n_units, int64_t byte_cap,
+                             std::optional<I32Array> groups, int64_t n_groups,
+                             std::optional<F64Array> sums) {
   auto sb = scores.request(), lb = labels.request();
   if (sb.ndim != 2) throw std::invalid_argument("scores must be (S, n)");
   const int64_t S = sb.shape[0], n = sb.shape[1];
@@ -841,23 +866,72 @@ py::tuple boot_auc_ap_seeded(F64Array scores, F64Array labels, std::optional<I64
   }
   if (U < 1 || U >= (int64_t(1) << 31)) throw std::invalid_argument("need 1 <= units < 2^31");
   if (byte_cap < 1 || byte_cap > 255) throw std::invalid_argument("byte_cap must be in [1, 255]");
+  const int64_t G = n_groups;
+  if (G < 1) throw std::invalid_argument("n_groups must be >= 1");
+  std::vector<int32_t> all_cases;  // no groups: one group of every case
+  const int32_t* grp = nullptr;
+  int64_t K = 1;
+  py::buffer_info gb;
+  if (groups) {
+    gb = groups->request();
+    if (gb.ndim != 2 || gb.shape[1] != n)
+      throw std::invalid_argument("groups must be (K, n) with n = scores.shape[1]");
+    K = gb.shape[0];
+    grp = static_cast<const int32_t*>(gb.ptr);
+    for (int64_t i = 0; i < K * n; ++i)
+      if (grp[i] >= G) throw std::invalid_argument("groups holds a code >= n_groups");
+  } else {
+    if (G != 1) throw std::invalid_argument("n_groups > 1 needs groups");
+    all_cases.assign(static_cast<size_t>(n), 0);
+    grp = all_cases.data();
+  }
+  bool one_group = G == 1 && K == 1;
+  for (int64_t i = 0; one_group && i < n; ++i) one_group = grp[i] == 0;
+  // weighted column sums per resample: extra[b, c] = sum_u count[b, u] sums[u, c],
+  // from each column's nonzero entries
+  int64_t C = 0;
+  std::vector<std::vector<std::pair<int32_t, double>>> columns;
+  if (sums) {
+    auto mb = sums->request();
+    if (mb.ndim != 2 || mb.shape[0] != U)
+      throw std::invalid_argument("sums must be (units, C)");
+    C = mb.shape[1];
+    const double* v = static_cast<const double*>(mb.ptr);
+    columns.resize(static_cast<size_t>(C));
+    for (int64_t u = 0; u < U; ++u)
+      for (int64_t c = 0; c < C; ++c)
+        if (v[u * C + c] != 0.0) columns[c].push_back({static_cast<int32_t>(u), v[u * C + c]});
+  }
   const double* s = static_cast<const double*>(sb.ptr);
   const double* y = static_cast<const double*>(lb.ptr);
-  py::array_t<double> auc({S, count}), ap({S, count}), point_auc(S), point_ap(S);
+  py::array_t<double> auc({S, count, G}), ap({S, count, G}), point_auc({S, G}), point_ap({S, G});
+  py::array_t<double> extra({count, C});
   double* auc_p = static_cast<double*>(auc.request().ptr);
   double* ap_p = static_cast<double*>(ap.request().ptr);
   double* point_auc_p = static_cast<double*>(point_auc.request().ptr);
   double* point_ap_p = static_cast<double*>(point_ap.request().ptr);
+  double* extra_p = static_cast<double*>(extra.request().ptr);
   {
     py::gil_scoped_release release;
     std::vector<SortedCases> sorted(static_cast<size_t>(S));
+    std::vector<std::vector<int32_t>> codes(static_cast<size_t>(S));
     const std::vector<uint8_t> ones(static_cast<size_t>(U * kBlock), 1);  // every unit once
+    // the walk of row r over byte counts, results at auc_o[b * G + g]
+    auto walk_bytes = [&](int64_t r, const uint8_t* cnt, int max_count, double* auc_o,
+                          double* ap_o, int64_t lanes) {
+      if (one_group)
+        walk_boot_counts(sorted[r], cnt, max_count, auc_o, ap_o, lanes, 1);
+      else
+        walk_boot_groups_counts(sorted[r], codes[r].data(), K, cnt, max_count, G, auc_o, ap_o,
+                                lanes);
+    };
     parallel_for(S, 1, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         sorted[r] = ord ? cases_from_order(s + r * n, y + r * n, ord + r * n, n, "boot_auc_ap_seeded")
                         : sort_cases(s + r * n, y + r * n, n, "boot_auc_ap_seeded");
         set_units(sorted[r], cl);
-        walk_boot_counts(sorted[r], ones.data(), 1, point_auc_p + r, point_ap_p + r, 1, 1);
+        if (!one_group) codes[r] = sorted_codes(sorted[r], grp, K, n);
+        walk_bytes(r, ones.data(), 1, point_auc_p + r * G, point_ap_p + r * G, 1);
       }
     });
     const uint64_t key = stream_key(seed, kBootTag);
@@ -866,12 +940,12 @@ py::tuple boot_auc_ap_seeded(F64Array scores, F64Array labels, std::optional<I64
     // blocks once (a block split between two threads is drawn by both)
     parallel_for(blocks * S, 1, [&](int64_t t0, int64_t t1) {
       std::vector<uint8_t> cnt(static_cast<size_t>(U * kBlock)), scratch;
-      std::vector<float> wide;     // the block's counts as float, when a row needs them
-      std::vector<int32_t> zeros;  // one group of every case, for walk_boot
-      BlockAccumulator acc(1);
+      std::vector<uint32_t> c32, scratch32;  // the block's counts when bytes could wrap
+      std::vector<float> wide;               // ... as float, for walk_boot
+      BlockAccumulator acc(G);
       int64_t have = -1;
       int max_count = 0;
-      bool full = false, wide_ready = false;
+      bool full = false;
       for (int64_t task = t0; task < t1; ++task) {
         const int64_t blk = task / S, r = task % S, b0 = blk * kBlock;
         const int64_t lanes = std::min(kBlock, count - b0);
@@ -879,30 +953,30 @@ py::tuple boot_auc_ap_seeded(F64Array scores, F64Array labels, std::optional<I64
           full = draw_block_counts(key, first + b0, lanes, U, cnt.data(), scratch,
                                    static_cast<uint8_t>(byte_cap));
           max_count = *std::max_element(cnt.begin(), cnt.end());
+          if (full) {  // rare: a count passed the cap, so the bytes may have wrapped
+            c32.resize(static_cast<size_t>(U * kBlock));
+            draw_block_counts(key, first + b0, lanes, U, c32.data(), scratch32);
+            wide.assign(c32.begin(), c32.end());
+          }
           have = blk;
-          wide_ready = false;
         }
+        if (r == 0 && C > 0)  // one task per block: the block's column sums
+          for (int64_t c = 0; c < C; ++c)
+            column_sums(columns[c], full ? nullptr : cnt.data(), full ? c32.data() : nullptr,
+                        extra_p + b0 * C + c, lanes, C);
         const SortedCases& sc = sorted[r];
-        const int64_t m = static_cast<int64_t>(sc.idx.size());
-        double* auc_o = auc_p + r * count + b0;
-        double* ap_o = ap_p + r * count + b0;
+        double* auc_o = auc_p + (r * count + b0) * G;
+        double* ap_o = ap_p + (r * count + b0) * G;
         if (!full) {
-          walk_boot_counts(sc, cnt.data(), max_count, auc_o, ap_o, lanes, 1);
+          walk_bytes(r, cnt.data(), max_count, auc_o, ap_o, lanes);
           continue;
         }
-        if (!wide_ready) {  // rare: a count reached the cap, so the bytes may have wrapped
-          std::vector<uint32_t> c32(static_cast<size_t>(U * kBlock)), scratch32;
-          draw_block_counts(key, first + b0, lanes, U, c32.data(), scratch32);
-          wide.assign(c32.begin(), c32.end());
-          wide_ready = true;
-        }
-        if (zeros.empty()) zeros.assign(static_cast<size_t>(n), 0);
-        walk_boot(sc, wide.data(), zeros.data(), 1, n, m, acc);
-        for (int64_t b = 0; b < lanes; ++b) acc.finish(b, auc_o + b, ap_o + b);
+        walk_boot(sc, wide.data(), grp, K, n, static_cast<int64_t>(sc.idx.size()), acc);
+        for (int64_t b = 0; b < lanes; ++b) acc.finish(b, auc_o + b * G, ap_o + b * G);
       }
     });
   }
-  return py::make_tuple(auc, ap, point_auc, point_ap);
+  return py::make_tuple(auc, ap, point_auc, point_ap, extra);
 }
 
 // (S, n) int64: per row the known cases by descending score (stable), then -1; the
@@ -1335,9 +1409,12 @@ void register_stats(py::module_& m) {
   m.def("boot_auc_ap_seeded", &boot_auc_ap_seeded, py::arg("scores"), py::arg("labels"),
         py::arg("order"), py::arg("seed"), py::arg("first"), py::arg("count"),
         py::arg("cluster") = py::none(), py::arg("n_units") = 0, py::arg("byte_cap") = 255,
+        py::arg("groups") = py::none(), py::arg("n_groups") = 1, py::arg("sums") = py::none(),
         "boot_auc_ap for one group of every case over resamples first .. first + count - 1 of "
-        "the seeded stream, drawn inside the kernel: (auc, ap), each (S, count), then the point "
-        "estimates (point_auc, point_ap), each (S,). A block where a "
+        "the seeded stream, drawn inside the kernel, for G case groups (groups (K, n) as for "
+        "boot_auc_ap; None: one group of every case): (auc, ap), each (S, count, G), the point "
+        "estimates (point_auc, point_ap), each (S, G), and extra (count, C): per resample the "
+        "count-weighted column sums of sums (units, C). A block where a "
         "count exceeds byte_cap is redrawn as 32-bit counts (255: bytes that cannot wrap; tests "
         "lower it to reach that path).");
   m.def("rank_order", &rank_order, py::arg("scores"), py::arg("labels"),

@@ -294,11 +294,24 @@ def test_seeded_bootstrap_kernel_equals_the_counts_path_bit_for_bit(threads):
                 got = C.boot_auc_ap_seeded(S, Y, order, 9, 5, 37, cluster, U, cap)
                 ref = C.boot_auc_ap(S, Y, C.boot_counts(9, 5, 37, U), one, 1, order, cluster)
                 for g, r in zip(got[:2], ref):
-                    np.testing.assert_array_equal(g, r[:, :, 0])
+                    np.testing.assert_array_equal(g, r)
                 assert np.isfinite(got[0]).all()
                 point = C.boot_auc_ap(S, Y, np.ones((1, U), np.int32), one, 1, None, cluster)
-                for g, r in zip(got[2:], point):
-                    np.testing.assert_array_equal(g, r[:, 0, 0])
+                for g, r in zip(got[2:4], point):
+                    np.testing.assert_array_equal(g, r[:, 0])
+                # subgroups (one case in none, one coded twice) and weighted column sums
+                codes = np.stack([np.arange(y.size) % 3, np.where(np.arange(y.size) % 7 == 0, -1, 3),
+                                  np.arange(y.size) % 3]).astype(np.int32)
+                sums = np.random.default_rng(cap).integers(0, 3, (U, 5)).astype(np.float64)
+                got_g = C.boot_auc_ap_seeded(S, Y, order, 9, 5, 37, cluster, U, cap, codes, 4, sums)
+                counts = C.boot_counts(9, 5, 37, U)
+                ref_g = C.boot_auc_ap(S, Y, counts, codes, 4, order, cluster)
+                for g, r in zip(got_g[:2], ref_g):
+                    np.testing.assert_array_equal(g, r)
+                point_g = C.boot_auc_ap(S, Y, np.ones((1, U), np.int32), codes, 4, None, cluster)
+                for g, r in zip(got_g[2:4], point_g):
+                    np.testing.assert_array_equal(g, r[:, 0])
+                np.testing.assert_array_equal(got_g[4], counts.astype(np.float64) @ sums)
             # the kernel's own sort gives the same as the caller's order
             for g, r in zip(C.boot_auc_ap_seeded(S, Y, None, 9, 5, 37, cluster, U), got):
                 np.testing.assert_array_equal(g, r)
@@ -322,6 +335,18 @@ def test_resample_auc_ap_draws_in_the_kernel_and_equals_the_twin():
                                 progress=True)  # chunks of 256 for the bar, one shared sort
         np.testing.assert_array_equal(paced.auc[:, :50], fast.auc)
         np.testing.assert_array_equal(paced.point_ap, fast.point_ap)
+        # subgroups in two families plus all cases, and weighted counts per group
+        groups = np.stack([rng.integers(-1, 3, n), rng.integers(-1, 2, n) + 3,
+                           np.full(n, 5)]).astype(np.int32)
+        counts = {"den": rng.random((n, 6)) < 0.4, "num": rng.random((n, 6)) < 0.2}
+        kw = dict(n_boot=40, seed=5, groups=groups, n_groups=6, counts=counts, clusters=clusters)
+        fast_g = resample_auc_ap(y, models, native=True, **kw)
+        twin_g = resample_auc_ap(y, models, native=False, **kw)
+        for f in ("auc", "ap", "point_auc", "point_ap"):
+            np.testing.assert_allclose(getattr(fast_g, f), getattr(twin_g, f), rtol=0, atol=TOL)
+        for k in counts:
+            np.testing.assert_array_equal(fast_g.extra[k][0], twin_g.extra[k][0])
+            np.testing.assert_array_equal(fast_g.extra[k][1], twin_g.extra[k][1])
         twin = resample_auc_ap(y, models, n_boot=50, seed=3, clusters=clusters, native=False)
         np.testing.assert_allclose(fast.auc, twin.auc, rtol=0, atol=TOL)
         np.testing.assert_allclose(fast.ap, twin.ap, rtol=0, atol=TOL)

@@ -217,36 +217,10 @@ def resample_auc_ap(labels: np.ndarray, scores: Sequence[np.ndarray], *, n_boot:
     S_labels = np.ascontiguousarray(np.tile(labels.T, (M, 1)))
     auc = np.empty((M, n_boot, L, n_groups))
     ap = np.empty((M, n_boot, L, n_groups))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_boot, desc="bootstrap", unit="resample")
-    seeded = None
-    if not counts and n_groups == 1 and groups.shape[0] == 1 and not groups.any():
-        seeded = _native_op("boot_auc_ap_seeded", native)
-    if seeded is not None:
-        # resamples drawn in the kernel, point estimates on the way; chunks only pace
-        # the bar, and then share one sort
-        step = 256 if bar is not None else max(n_boot, 1)
-        order = rank_order(S_scores, S_labels) if n_boot > step else None
-        for b0 in range(0, max(n_boot, 1), step):
-            b1 = min(n_boot, b0 + step)
-            a, p, pa, pp = seeded(S_scores, S_labels, order, seed, b0, b1 - b0, cl, U)
-            auc[:, b0:b1, :, 0] = a.reshape(M, L, b1 - b0).transpose(0, 2, 1)
-            ap[:, b0:b1, :, 0] = p.reshape(M, L, b1 - b0).transpose(0, 2, 1)
-            if bar is not None:
-                bar.update(b1 - b0)
-        if bar is not None:
-            bar.close()
-        return Resampled(pa.reshape(M, L, 1), pp.reshape(M, L, 1), auc, ap, {})
-
-    order = rank_order(S_scores, S_labels, native=native)  # one sort per row for all chunks
-    ones = np.ones((1, n), np.int32)
-    a, p = boot_auc_ap(S_scores, S_labels, ones, groups, n_groups, order=order, native=native)
-    point_auc = a[:, 0].reshape(M, L, n_groups)
-    point_ap = p[:, 0].reshape(M, L, n_groups)
     mats = {k: np.asarray(v, np.float32) for k, v in counts.items()}
+    for k, v in mats.items():
+        if v.ndim != 2 or v.shape[0] != n:
+            raise UserError(f"counts[{k!r}] must be (n, G) with n = {n}, got {v.shape}")
     extra_b = {k: np.empty(v.shape[:-2] + (n_boot, v.shape[-1])) for k, v in mats.items()}
     extra_p = {k: v.sum(axis=-2).astype(np.float64) for k, v in mats.items()}
     if cl is not None:  # per-unit sums: a unit's weight multiplies all its cases
@@ -254,6 +228,45 @@ def resample_auc_ap(labels: np.ndarray, scores: Sequence[np.ndarray], *, n_boot:
             agg = np.zeros((U, v.shape[-1]), np.float32)
             np.add.at(agg, cl, v)
             mats[k] = agg
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_boot, desc="bootstrap", unit="resample")
+    seeded = _native_op("boot_auc_ap_seeded", native)
+    if seeded is not None:
+        # resamples drawn in the kernel, point estimates and weighted counts on the
+        # way; chunks only pace the bar, and then share one sort
+        one = n_groups == 1 and groups.shape[0] == 1 and not groups.any()
+        names = list(mats)
+        sums = (np.ascontiguousarray(np.concatenate([mats[k] for k in names], axis=1), np.float64)
+                if names else None)
+        step = 256 if bar is not None else max(n_boot, 1)
+        order = rank_order(S_scores, S_labels) if n_boot > step else None
+        for b0 in range(0, max(n_boot, 1), step):
+            b1 = min(n_boot, b0 + step)
+            a, p, pa, pp, ex = seeded(S_scores, S_labels, order, seed, b0, b1 - b0, cl, U, 255,
+                                      None if one else groups, n_groups, sums)
+            auc[:, b0:b1] = a.reshape(M, L, b1 - b0, n_groups).transpose(0, 2, 1, 3)
+            ap[:, b0:b1] = p.reshape(M, L, b1 - b0, n_groups).transpose(0, 2, 1, 3)
+            c0 = 0
+            for k in names:
+                c1 = c0 + mats[k].shape[-1]
+                extra_b[k][..., b0:b1, :] = ex[:, c0:c1]
+                c0 = c1
+            if bar is not None:
+                bar.update(b1 - b0)
+        if bar is not None:
+            bar.close()
+        return Resampled(pa.reshape(M, L, n_groups), pp.reshape(M, L, n_groups), auc, ap,
+                         {k: (extra_p[k], extra_b[k]) for k in mats})
+
+    # the twin: weights chunk by chunk (the same resamples), then the kernels
+    order = rank_order(S_scores, S_labels, native=native)  # one sort per row for all chunks
+    ones = np.ones((1, n), np.int32)
+    a, p = boot_auc_ap(S_scores, S_labels, ones, groups, n_groups, order=order, native=native)
+    point_auc = a[:, 0].reshape(M, L, n_groups)
+    point_ap = p[:, 0].reshape(M, L, n_groups)
     b0 = 0
     for w in bootstrap_weights(U, n_boot, seed, chunk, native=native):
         b1 = b0 + w.shape[0]
