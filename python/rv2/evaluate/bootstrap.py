@@ -9,9 +9,10 @@ bootstrap costs no more than the image one. The weights come in chunks of rows
 (memory stays bounded: rows * n * 16 bytes per chunk, never a B x n float64
 matrix) from a seeded counter-based stream (streams.py), so the same seed gives
 the same resamples for every label, every model of a paired comparison and every
-subgroup, whatever the chunk size. Where nothing but AUROC and AP over all cases is
-wanted, the native kernel draws each block of 16 resamples itself and walks every
-score row over it while it is in cache: no weight matrix is written at all.
+subgroup, whatever the chunk size. The native kernel draws each block of 16
+resamples itself and walks every score row (and subgroup, and weighted count
+column) over it while it is in cache: no weight matrix is written at all; the
+chunks are the twin's.
 Resamples where a metric is undefined stay NaN; CIs use the percentile method over
 the valid resamples and report their share.
 """
