@@ -244,6 +244,50 @@ void check_1d(const py::buffer_info& b, int64_t n, const char* name) {
     throw std::invalid_argument(std::string(name) + " must be 1-D of length " + std::to_string(n));
 }
 
+// The caller's order (S, n), checked for shape (its content is checked by
+// cases_from_order), or nullptr; `ob` keeps the buffer alive.
+const int64_t* order_of(const std::optional<I64Array>& order, py::buffer_info& ob, int64_t S,
+                        int64_t n) {
+  if (!order) return nullptr;
+  ob = order->request();
+  if (ob.ndim != 2 || ob.shape[0] != S || ob.shape[1] != n)
+    throw std::invalid_argument("order must be (S, n) int64 like scores");
+  return static_cast<const int64_t*>(ob.ptr);
+}
+
+void check_units(const int32_t* cluster, int64_t n, int64_t U, const char* limit) {
+  for (int64_t i = 0; i < n; ++i)
+    if (cluster[i] < 0 || cluster[i] >= U)
+      throw std::invalid_argument(std::string("cluster holds a unit outside [0, ") + limit + ")");
+}
+
+void check_codes(const int32_t* grp, int64_t size, int64_t n_groups) {
+  for (int64_t i = 0; i < size; ++i)
+    if (grp[i] >= n_groups) throw std::invalid_argument("groups holds a code >= n_groups");
+}
+
+// True when the groups are one group holding every case (plain CIs).
+bool one_group_of_all(const int32_t* grp, int64_t K, int64_t n, int64_t n_groups) {
+  bool one = n_groups == 1 && K == 1;
+  for (int64_t i = 0; one && i < n; ++i) one = grp[i] == 0;
+  return one;
+}
+
+// Every score row sorted (or checked against the caller's order), with its
+// resampling units; on every thread, without the GIL.
+std::vector<SortedCases> sort_rows(const double* s, const double* y, const int64_t* ord, int64_t S,
+                                   int64_t n, const int32_t* cluster, const char* what) {
+  std::vector<SortedCases> sorted(static_cast<size_t>(S));
+  parallel_for(S, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      sorted[r] = ord ? cases_from_order(s + r * n, y + r * n, ord + r * n, n, what)
+                      : sort_cases(s + r * n, y + r * n, n, what);
+      set_units(sorted[r], cluster);
+    }
+  });
+  return sorted;
+}
+
 // (rows, n) -> (blocks, n, kBlock) as float (exact for counts < 2^24), zero
 // padding: the kBlock weights of one case in one block are one cache line, and
 // one block of all cases (n * 64 bytes) stays in cache while it is walked.
@@ -843,14 +887,8 @@ py::tuple boot_auc_ap_seeded(F64Array scores, F64Array labels, std::optional<I64
   const int64_t S = sb.shape[0], n = sb.shape[1];
   if (lb.ndim != 2 || lb.shape[0] != S || lb.shape[1] != n)
     throw std::invalid_argument("labels must have the shape of scores (S, n)");
-  const int64_t* ord = nullptr;
   py::buffer_info ob;
-  if (order) {
-    ob = order->request();
-    if (ob.ndim != 2 || ob.shape[0] != S || ob.shape[1] != n)
-      throw std::invalid_argument("order must be (S, n) int64 like scores");
-    ord = static_cast<const int64_t*>(ob.ptr);
-  }
+  const int64_t* ord = order_of(order, ob, S, n);
   if (first < 0 || count < 0) throw std::invalid_argument("first and count must be >= 0");
   const int32_t* cl = nullptr;
   py::buffer_info cb;
@@ -860,9 +898,7 @@ py::tuple boot_auc_ap_seeded(F64Array scores, F64Array labels, std::optional<I64
     check_1d(cb, n, "cluster");
     cl = static_cast<const int32_t*>(cb.ptr);
     U = n_units;
-    for (int64_t i = 0; i < n; ++i)
-      if (cl[i] < 0 || cl[i] >= U)
-        throw std::invalid_argument("cluster holds a unit outside [0, n_units)");
+    check_units(cl, n, U, "n_units");
   }
   if (U < 1 || U >= (int64_t(1) << 31)) throw std::invalid_argument("need 1 <= units < 2^31");
   if (byte_cap < 1 || byte_cap > 255) throw std::invalid_argument("byte_cap must be in [1, 255]");
@@ -878,15 +914,13 @@ py::tuple boot_auc_ap_seeded(F64Array scores, F64Array labels, std::optional<I64
       throw std::invalid_argument("groups must be (K, n) with n = scores.shape[1]");
     K = gb.shape[0];
     grp = static_cast<const int32_t*>(gb.ptr);
-    for (int64_t i = 0; i < K * n; ++i)
-      if (grp[i] >= G) throw std::invalid_argument("groups holds a code >= n_groups");
+    check_codes(grp, K * n, G);
   } else {
     if (G != 1) throw std::invalid_argument("n_groups > 1 needs groups");
     all_cases.assign(static_cast<size_t>(n), 0);
     grp = all_cases.data();
   }
-  bool one_group = G == 1 && K == 1;
-  for (int64_t i = 0; one_group && i < n; ++i) one_group = grp[i] == 0;
+  const bool one_group = one_group_of_all(grp, K, n, G);
   // weighted column sums per resample: extra[b, c] = sum_u count[b, u] sums[u, c],
   // from each column's nonzero entries
   int64_t C = 0;
@@ -913,7 +947,7 @@ py::tuple boot_auc_ap_seeded(F64Array scores, F64Array labels, std::optional<I64
   double* extra_p = static_cast<double*>(extra.request().ptr);
   {
     py::gil_scoped_release release;
-    std::vector<SortedCases> sorted(static_cast<size_t>(S));
+    std::vector<SortedCases> sorted = sort_rows(s, y, ord, S, n, cl, "boot_auc_ap_seeded");
     std::vector<std::vector<int32_t>> codes(static_cast<size_t>(S));
     const std::vector<uint8_t> ones(static_cast<size_t>(U * kBlock), 1);  // every unit once
     // the walk of row r over byte counts, results at auc_o[b * G + g]
@@ -927,9 +961,6 @@ py::tuple boot_auc_ap_seeded(F64Array scores, F64Array labels, std::optional<I64
     };
     parallel_for(S, 1, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        sorted[r] = ord ? cases_from_order(s + r * n, y + r * n, ord + r * n, n, "boot_auc_ap_seeded")
-                        : sort_cases(s + r * n, y + r * n, n, "boot_auc_ap_seeded");
-        set_units(sorted[r], cl);
         if (!one_group) codes[r] = sorted_codes(sorted[r], grp, K, n);
         walk_bytes(r, ones.data(), 1, point_auc_p + r * G, point_ap_p + r * G, 1);
       }
@@ -979,28 +1010,34 @@ py::tuple boot_auc_ap_seeded(F64Array scores, F64Array labels, std::optional<I64
   return py::make_tuple(auc, ap, point_auc, point_ap, extra);
 }
 
-// (S, n) int64: per row the known cases by descending score (stable), then -1; the
-// order boot_auc_ap and boot_auc_ap_seeded take, sorted once on every thread.
-py::array_t<int64_t> rank_order(F64Array scores, F64Array labels) {
+// out (S, n) from each row's sorted known cases: fill(sorted cases, row of out).
+template <typename T, typename Fill>
+py::array_t<T> per_sorted_row(F64Array scores, F64Array labels, const char* what, Fill fill) {
   auto sb = scores.request(), lb = labels.request();
   if (sb.ndim != 2 || lb.ndim != 2 || lb.shape[0] != sb.shape[0] || lb.shape[1] != sb.shape[1])
-    throw std::invalid_argument("scores and labels must both be (S, n)");
+    throw std::invalid_argument(std::string(what) + ": scores and labels must both be (S, n)");
   const int64_t S = sb.shape[0], n = sb.shape[1];
   const double* s = static_cast<const double*>(sb.ptr);
   const double* y = static_cast<const double*>(lb.ptr);
-  py::array_t<int64_t> out({S, n});
-  int64_t* o = static_cast<int64_t*>(out.request().ptr);
+  py::array_t<T> out({S, n});
+  T* o = static_cast<T*>(out.request().ptr);
   {
     py::gil_scoped_release release;
     parallel_for(S, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const SortedCases sc = sort_cases(s + r * n, y + r * n, n, "rank_order");
-        std::copy(sc.idx.begin(), sc.idx.end(), o + r * n);
-        std::fill(o + r * n + sc.idx.size(), o + (r + 1) * n, int64_t(-1));
-      }
+      for (int64_t r = r0; r < r1; ++r) fill(sort_cases(s + r * n, y + r * n, n, what), o + r * n, n);
     });
   }
   return out;
+}
+
+// (S, n) int64: per row the known cases by descending score (stable), then -1; the
+// order boot_auc_ap and boot_auc_ap_seeded take, sorted once on every thread.
+py::array_t<int64_t> rank_order(F64Array scores, F64Array labels) {
+  return per_sorted_row<int64_t>(scores, labels, "rank_order",
+                                 [](const SortedCases& sc, int64_t* dst, int64_t n) {
+    std::copy(sc.idx.begin(), sc.idx.end(), dst);
+    std::fill(dst + sc.idx.size(), dst + n, int64_t(-1));
+  });
 }
 
 // (count, U) int32 counts of resamples first .. first + count - 1 of the seeded stream.
@@ -1016,8 +1053,8 @@ py::array_t<int32_t> boot_counts(uint64_t seed, int64_t first, int64_t count, in
       for (int64_t r = r0; r < r1; ++r) {
         int32_t* dst = o + r * U;
         std::fill(dst, dst + U, 0);
-        uint64_t k = static_cast<uint64_t>(first + r) * static_cast<uint64_t>(U);
-        for (int64_t i = 0; i < U; ++i, ++k) ++dst[draw_below(stream_word(key, k), U)];
+        draw_counts(key, static_cast<uint64_t>(first + r) * static_cast<uint64_t>(U), U, dst,
+                    std::numeric_limits<int32_t>::max());  // U < 2^31 draws: cannot overflow
       }
     });
   }
@@ -1114,33 +1151,18 @@ py::tuple perm_auc_ap_seeded(F64Array scores_a, F64Array scores_b, F64Array labe
 // Per row, midranks / k among the k cases whose label is known, 0 for the others:
 // scipy's rankdata(method="average") / k, from one sort per row.
 py::array_t<double> percentile_ranks(F64Array scores, F64Array labels) {
-  auto sb = scores.request(), lb = labels.request();
-  if (sb.ndim != 2 || lb.ndim != 2 || lb.shape[0] != sb.shape[0] || lb.shape[1] != sb.shape[1])
-    throw std::invalid_argument("scores and labels must both be (S, n)");
-  const int64_t S = sb.shape[0], n = sb.shape[1];
-  const double* s = static_cast<const double*>(sb.ptr);
-  const double* y = static_cast<const double*>(lb.ptr);
-  py::array_t<double> out({S, n});
-  double* o = static_cast<double*>(out.request().ptr);
-  {
-    py::gil_scoped_release release;
-    parallel_for(S, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const SortedCases sc = sort_cases(s + r * n, y + r * n, n, "percentile_ranks");
-        double* dst = o + r * n;
-        std::fill(dst, dst + n, 0.0);
-        const int64_t k = static_cast<int64_t>(sc.idx.size());
-        int64_t a = 0;
-        for (int64_t b : sc.tie_end) {
-          // descending positions a .. b - 1 hold ascending ranks k - b + 1 .. k - a
-          const double mid = static_cast<double>(2 * k - a - b + 1) / 2.0 / static_cast<double>(k);
-          for (int64_t j = a; j < b; ++j) dst[sc.idx[j]] = mid;
-          a = b;
-        }
-      }
-    });
-  }
-  return out;
+  return per_sorted_row<double>(scores, labels, "percentile_ranks",
+                                [](const SortedCases& sc, double* dst, int64_t n) {
+    std::fill(dst, dst + n, 0.0);
+    const int64_t k = static_cast<int64_t>(sc.idx.size());
+    int64_t a = 0;
+    for (int64_t b : sc.tie_end) {
+      // descending positions a .. b - 1 hold ascending ranks k - b + 1 .. k - a
+      const double mid = static_cast<double>(2 * k - a - b + 1) / 2.0 / static_cast<double>(k);
+      for (int64_t j = a; j < b; ++j) dst[sc.idx[j]] = mid;
+      a = b;
+    }
+  });
 }
 
 // auc, ap of shape (S, B, G): for each score row s, weight row b and group g,
@@ -1170,46 +1192,27 @@ py::tuple boot_auc_ap(F64Array scores, F64Array labels, I32Array weights, I32Arr
     throw std::invalid_argument("groups must be (K, n) with n = scores.shape[1]");
   if (n_groups < 1) throw std::invalid_argument("n_groups must be >= 1");
   const int64_t B = wb.shape[0], K = gb.shape[0], U = wb.shape[1];
-  if (cl)
-    for (int64_t i = 0; i < n; ++i)
-      if (cl[i] < 0 || cl[i] >= U)
-        throw std::invalid_argument("cluster holds a unit outside [0, weights.shape[1])");
+  if (cl) check_units(cl, n, U, "weights.shape[1]");
   const double* s = static_cast<const double*>(sb.ptr);
   const double* y = static_cast<const double*>(lb.ptr);
   const int32_t* w = static_cast<const int32_t*>(wb.ptr);
   const int32_t* grp = static_cast<const int32_t*>(gb.ptr);
-  for (int64_t i = 0; i < K * n; ++i)
-    if (grp[i] >= n_groups) throw std::invalid_argument("groups holds a code >= n_groups");
+  check_codes(grp, K * n, n_groups);
   for (int64_t i = 0; i < B * U; ++i)
     if (w[i] < 0 || w[i] >= (1 << 24))
       throw std::invalid_argument("weights must be counts in [0, 2^24)");
-
-  const int64_t* ord = nullptr;
   py::buffer_info ob;
-  if (order) {
-    ob = order->request();
-    if (ob.ndim != 2 || ob.shape[0] != S || ob.shape[1] != n)
-      throw std::invalid_argument("order must be (S, n) int64 like scores");
-    ord = static_cast<const int64_t*>(ob.ptr);
-  }
+  const int64_t* ord = order_of(order, ob, S, n);
   py::array_t<double> auc({S, B, n_groups}), ap({S, B, n_groups});
   double* auc_p = static_cast<double*>(auc.request().ptr);
   double* ap_p = static_cast<double*>(ap.request().ptr);
   {
     py::gil_scoped_release release;
-    std::vector<SortedCases> sorted(static_cast<size_t>(S));
-    parallel_for(S, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        sorted[r] = ord ? cases_from_order(s + r * n, y + r * n, ord + r * n, n, "boot_auc_ap")
-                        : sort_cases(s + r * n, y + r * n, n, "boot_auc_ap");
-        set_units(sorted[r], cl);
-      }
-    });
+    const std::vector<SortedCases> sorted = sort_rows(s, y, ord, S, n, cl, "boot_auc_ap");
     // weights as bytes where the counts allow (bootstrap counts nearly always do),
     // summed in integer lanes (exact); else float rows, with the vectorised walk for
     // one group of every case while its float sums stay exact (below 2^24)
-    bool one_group = n_groups == 1 && K == 1;
-    for (int64_t i = 0; one_group && i < n; ++i) one_group = grp[i] == 0;
+    bool one_group = one_group_of_all(grp, K, n, n_groups);
     int64_t max_w = 0;
     for (int64_t i = 0; i < B * U; ++i) max_w = std::max<int64_t>(max_w, w[i]);
     const bool bytes = max_w < 256;

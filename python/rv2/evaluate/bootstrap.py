@@ -65,9 +65,7 @@ def weights_from_indices(idx: np.ndarray, n: int, *, native: bool | None = None)
     idx = np.ascontiguousarray(idx, np.int64)
     if op is not None and idx.ndim == 2 and idx.shape[1] == n:
         return op(idx)
-    rows = idx.shape[0]
-    flat = (idx + (np.arange(rows, dtype=np.int64) * n)[:, None]).ravel()
-    return np.bincount(flat, minlength=rows * n).astype(np.int32).reshape(rows, n)
+    return streams.counts_of(idx, n)
 
 
 def bootstrap_weights(n: int, n_boot: int, seed: int = 0, chunk: int | None = None, *,

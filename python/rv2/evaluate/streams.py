@@ -77,11 +77,16 @@ def boot_draws(seed: int, first: int, count: int, units: int) -> np.ndarray:
     return draw_below(words(key, ctr), units)
 
 
+def counts_of(draws: np.ndarray, units: int) -> np.ndarray:
+    """(rows, units) int32: how often each unit appears in each row of draws."""
+    rows = draws.shape[0]
+    flat = (draws + (np.arange(rows, dtype=np.int64) * units)[:, None]).ravel()
+    return np.bincount(flat, minlength=rows * units).astype(np.int32).reshape(rows, units)
+
+
 def boot_counts(seed: int, first: int, count: int, units: int) -> np.ndarray:
     """(count, units) int32: how often each unit was drawn in each resample."""
-    d = boot_draws(seed, first, count, units)
-    flat = (d + (np.arange(count, dtype=np.int64) * units)[:, None]).ravel()
-    return np.bincount(flat, minlength=count * units).astype(np.int32).reshape(count, units)
+    return counts_of(boot_draws(seed, first, count, units), units)
 
 
 def perm_swaps(seed: int, first: int, count: int, n: int) -> np.ndarray:
