@@ -219,33 +219,28 @@ def _infer_thread(port, data, results, i, **kw):
 
 
 def _fill_queue(s, gp):
-    """Three requests in: one held at the gate, two queued. Returns the client threads and
-    their results, or None (with the gate opened and the threads joined) when that state
-    was not seen, with what was seen."""
+    """Three requests in: one held at the gate, then two queued behind it. The first is let
+    in alone: three racing in could all reach the queue before the batcher's thread takes
+    one, and the third would be refused as over the queue's size."""
     gp.backend.gate.clear()
     results = [None] * 3
     threads = [threading.Thread(target=_infer_thread, args=(s.http_port, x(1), results, i)) for i in range(3)]
-    for t in threads:
+    threads[0].start()
+    assert wait_until(lambda: s.service.active == 1 and s.service.batcher.pending() == 0, 60), \
+        f"first request not at the gate: active {s.service.active}, pending {s.service.batcher.pending()}"
+    for t in threads[1:]:
         t.start()
-    if wait_until(lambda: s.service.active == 3 and s.service.batcher.pending() == 2, 60):
-        return threads, results, ""
-    seen = f"active {s.service.active}, pending {s.service.batcher.pending()}"
-    gp.backend.gate.set()
-    for t in threads:
-        t.join(120)
-    return None, results, f"{seen}; results {results}"
+    assert wait_until(lambda: s.service.active == 3 and s.service.batcher.pending() == 2, 60), \
+        f"queue never held 2 requests: active {s.service.active}, pending {s.service.batcher.pending()}"
+    return threads, results
 
 
 def test_full_queue_503_retry_after_then_all_admitted_answered(predictor):
     gp = gated_predictor(predictor, max_batch_size=1)
     gp.backend.gate_timeout = 180  # held until the test opens it, however slow the machine
-    with ServerThread(gp, settings(max_batch_size=1, max_queue_size=2)) as s:
-        # the state is reached by three client threads racing in; on a machine too busy for
-        # them to arrive together, try once more (a real fault fails both times)
-        threads, results, seen = _fill_queue(s, gp)
-        if threads is None:
-            threads, results, seen2 = _fill_queue(s, gp)
-            assert threads is not None, f"queue never held 1 + 2 requests: {seen} / {seen2}"
+    # the queued requests' deadline outlasts the wait for the full queue, too
+    with ServerThread(gp, settings(max_batch_size=1, max_queue_size=2, request_timeout_s=180)) as s:
+        threads, results = _fill_queue(s, gp)
         m0 = parse_text(s.service.metrics.render())
         status, js, headers = post(s.http_port, "/v2/models/classifier/infer",
                                    *binary_body([("image", "FP32", [1, 3, SIZE, SIZE], x(1).tobytes())]))
