@@ -8,7 +8,8 @@ One run, one machine, the same model and input everywhere:
   densenet    DenseNet-121 (random weights) as the ONNX Runtime engine of
               `rv2 build-engines --target cpu`, served as `rv2 serve --engines` does
 
-The servers run in a child process, so client and server do not share a GIL:
+Each server runs in a child process of its own, as `rv2 serve` does, so neither client
+and server nor two servers share a GIL or grpc's poller:
   trivial, densenet         dynamic batching up to 8, one instance
   densenet-nobatch          batches of 1, one instance
   densenet-tuned            --tune-batch-size (the batch size with the best rows/s)
@@ -84,31 +85,31 @@ def densenet(folder: Path, engines: Path, threads: int):
         torch.set_num_threads(before)
 
 
-def child(folder: Path, engines: Path, threads: int) -> None:
-    """Serve the rows' servers; print their ports."""
+SERVERS = ("trivial", "densenet", "densenet-nobatch", "densenet-tuned", "densenet-2inst")
+
+
+def child(folder: Path, engines: Path, threads: int, name: str) -> None:
+    """Serve one row's server, as `rv2 serve` does (one per process); print its ports."""
     from rv2.classify.predictor import Predictor
     from rv2.serve.cli import set_threads
     from rv2.serve.server import ServerThread
     from rv2.serve.service import ServeSettings
 
     set_threads(threads)
-    dn = densenet(folder, engines, threads)
     kw = {"http_port": 0, "grpc_port": 0, "decode_threads": 1}
-    servers = {
-        "trivial": ServerThread(Predictor.load(folder, backend=Trivial()), ServeSettings(max_batch_size=8, **kw)),
-        "densenet": ServerThread(dn, ServeSettings(max_batch_size=8, **kw)),
-        "densenet-nobatch": ServerThread(dn, ServeSettings(max_batch_size=1, **kw)),
-        "densenet-tuned": ServerThread(dn, ServeSettings(max_batch_size=8, tune_batch_size=True, **kw)),
-        "densenet-2inst": ServerThread(densenet(folder, engines, max(1, threads // 2)),
-                                       ServeSettings(max_batch_size=8, tune_batch_size=True, instances=2, **kw)),
-    }
-    for s in servers.values():
-        s.start()
-    info = {k: [s.http_port, s.grpc_port, list(s.service.preferred_batch_size)] for k, s in servers.items()}
-    print(json.dumps(info), flush=True)
+    if name == "trivial":
+        server = ServerThread(Predictor.load(folder, backend=Trivial()), ServeSettings(max_batch_size=8, **kw))
+    elif name == "densenet-2inst":
+        server = ServerThread(densenet(folder, engines, max(1, threads // 2)),
+                              ServeSettings(max_batch_size=8, tune_batch_size=True, instances=2, **kw))
+    else:
+        batching = {"densenet": {"max_batch_size": 8}, "densenet-nobatch": {"max_batch_size": 1},
+                    "densenet-tuned": {"max_batch_size": 8, "tune_batch_size": True}}[name]
+        server = ServerThread(densenet(folder, engines, threads), ServeSettings(**batching, **kw))
+    server.start()
+    print(json.dumps([server.http_port, server.grpc_port, list(server.service.preferred_batch_size)]), flush=True)
     sys.stdin.read()  # until the parent closes it
-    for s in servers.values():
-        s.stop()
+    server.stop()
 
 
 def bare_p50(pred, x, seconds: float) -> float:
@@ -186,10 +187,10 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma-separated servers to measure (trivial, densenet)")
     ap.add_argument("--pytriton-python", default=None,
                     help="interpreter of a side venv with nvidia-pytriton and onnxruntime: measure Triton too")
-    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(Path(args.child[0]), Path(args.child[1]), args.threads)
+        child(Path(args.child[0]), Path(args.child[1]), args.threads, args.child[2])
         return
 
     from rv2.classify.predictor import Predictor
@@ -202,11 +203,16 @@ def main() -> None:
     folder = make_model_dir(tmp / "clf", args.image_size)
     engines = build_engine(folder, tmp / "engines")
     onnx = engines / "classifier" / "onnxruntime" / "model.onnx"
-    proc = subprocess.Popen([sys.executable, __file__, "--threads", str(args.threads), "--child",
-                             str(folder), str(engines)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    keep = set(args.only.split(",")) if args.only else None
+    wanted = [n for n in SERVERS if keep is None or n.split("-")[0] in keep]
+    # one process per server, as deployed: grpc.aio servers sharing a process slow each
+    # other's requests (0.5-0.9 ms p50 with five in one process)
+    procs = {n: subprocess.Popen([sys.executable, __file__, "--threads", str(args.threads), "--child",
+                                  str(folder), str(engines), n], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 text=True) for n in wanted}
     peer = peer_ports = None
     try:
-        info = json.loads(proc.stdout.readline())
+        info = {n: json.loads(p.stdout.readline()) for n, p in procs.items()}
         ports = {k: v[:2] for k, v in info.items()}
         if args.pytriton_python:
             peer, peer_ports = start_peer(args.pytriton_python, onnx, args.threads, tmp)
@@ -235,8 +241,7 @@ def main() -> None:
             cells += [("triton-trivial", "http", 1), ("triton-trivial", "grpc", 1),
                       ("triton-densenet", "http", 1), ("triton-densenet", "grpc", 1),
                       ("triton-densenet", "grpc", 8)]
-        if args.only:
-            keep = set(args.only.split(","))
+        if keep is not None:
             cells = [c for c in cells if c[0].replace("triton-", "").split("-")[0] in keep]
         for server, proto, conc in cells:
             http_port, grpc_port, metrics_port, model = where[server]
@@ -252,7 +257,7 @@ def main() -> None:
                          "bare": b * 1e3, "overhead": (r.p(50) - b) * 1e3,
                          "insrv": (o1 - o0) / max(s1 - s0, 1) / 1e3})
     finally:
-        for p in (proc, peer):
+        for p in (*procs.values(), peer):
             if p is not None:
                 p.stdin.close()
                 p.wait(120)

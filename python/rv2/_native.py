@@ -40,7 +40,7 @@ def build_info() -> dict:
 
 
 NATIVE_FEATURES = ("run_pipeline", "next_attempt", "to_uint8", "to_uint8_cuda",
-                   "guided_update", "guided_update_cuda")
+                   "guided_update", "guided_update_cuda", "copy_finite")
 
 
 def features() -> dict:
@@ -91,3 +91,22 @@ def guided_update(eu, ec, guidance: float, x, hist, A, B, W):
         out, e = _C.guided_update(eu, ec, float(guidance), x, hist, A, B, W)
         return out, e
     return guided_update_py(eu, ec, guidance, x, hist, A, B, W)
+
+
+def copy_finite_py(src: np.ndarray, dst: np.ndarray | None) -> bool:
+    """Twin of _C.copy_finite: copy src into dst (same size; None: only check); False if
+    src holds a NaN or an infinity."""
+    if dst is None:
+        return bool(np.isfinite(src).all())
+    np.copyto(dst, np.asarray(src).reshape(dst.shape), casting="same_kind")
+    return bool(np.isfinite(dst).all())
+
+
+def copy_finite(src: np.ndarray, dst: np.ndarray | None) -> bool:
+    """Copy a float32 tensor into `dst` (a float32, C-contiguous slice of a batch; None to
+    only check) and say whether all its values are finite: one pass natively, where the
+    twin takes two."""
+    if (_C is not None and hasattr(_C, "copy_finite") and src.dtype == np.float32
+            and src.flags.c_contiguous and (dst is None or src.size == dst.size)):
+        return bool(_C.copy_finite(src, dst))
+    return copy_finite_py(src, dst)

@@ -55,3 +55,32 @@ def test_twin_matches_diffusers_convention():
     x = np.linspace(0, 1, 1001, dtype=np.float32)
     ref = (np.clip(x, 0, 1) * 255).round().astype("uint8")
     np.testing.assert_array_equal(_native.to_uint8(x), ref)
+
+
+@needs_native
+def test_copy_finite_copies_bits_and_finds_every_non_finite_value_like_its_twin():
+    C = _native.native_module()
+    rng = np.random.default_rng(2)
+    x = rng.normal(scale=1e30, size=(2, 3, 37, 41)).astype(np.float32)
+    x.flat[:6] = [np.finfo(np.float32).max, -np.finfo(np.float32).max, np.finfo(np.float32).tiny,
+                  1e-45, -0.0, 0.0]  # finite edges: the largest, subnormal, signed zero
+    for src in (x, np.frombuffer(x.tobytes(), np.float32).reshape(x.shape)):  # and a read-only view
+        dst, twin = np.empty_like(x), np.empty_like(x)
+        assert C.copy_finite(src, dst) is True and _native.copy_finite_py(src, twin) is True
+        assert dst.tobytes() == x.tobytes() == twin.tobytes()
+    signalling = np.array([0x7F800001], np.uint32).view(np.float32)[0]
+    for pos in (0, 1, 3, 4, x.size // 2, x.size - 1):  # every lane of a 16-byte vector, the tail
+        for bad in (np.nan, np.inf, -np.inf, signalling):
+            y = x.copy()
+            y.flat[pos] = bad
+            dst = np.empty_like(y)
+            assert C.copy_finite(y, dst) is False and _native.copy_finite_py(y, np.empty_like(y)) is False
+            assert dst.tobytes() == y.tobytes()  # copied bit for bit all the same
+            assert C.copy_finite(y, None) is False and _native.copy_finite_py(y, None) is False
+    assert C.copy_finite(x, None) is True
+    with pytest.raises(ValueError, match="values"):
+        C.copy_finite(x, np.empty(7, np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        C.copy_finite(x.astype(np.float64), np.empty_like(x))
+    with pytest.raises(ValueError, match="read-only"):
+        C.copy_finite(x, np.frombuffer(x.tobytes(), np.float32))

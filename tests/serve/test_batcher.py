@@ -118,22 +118,65 @@ def test_two_instances_run_two_batches_at_once():
     assert [r.batch_size for r in asyncio.run(main())] == [1, 1]
 
 
-def test_a_read_only_view_is_copied_once_and_a_writable_array_is_passed_as_is():
+@pytest.mark.parametrize("native", [True, False], ids=["native", "twin"])
+def test_rows_are_copied_once_into_the_batch_and_non_finite_requests_are_refused(monkeypatch, native):
+    import rv2.serve.batcher as batcher_mod
+    from rv2 import _native
+
+    if native and not _native.features()["copy_finite"]:
+        pytest.skip("rv2._C without copy_finite")
+    if not native:
+        monkeypatch.setattr(batcher_mod, "copy_finite", _native.copy_finite_py)
+
+    async def main():
+        gate = threading.Event()
+        be = Backend(gate)
+        b = Batcher(be, max_batch_size=8)
+        first = b.submit(rows(1, -10))
+        await _entered(be)  # held at the gate while the next five queue up
+        body = bytes(rows(1).tobytes())
+        view = np.frombuffer(memoryview(body)[0:16], dtype="<f4").reshape(1, 4)  # read-only
+        bad = [rows(1, 20), rows(2, 30), rows(1, 40)]
+        bad[0][0, 3], bad[1][1, 0], bad[2][0, 1] = np.nan, np.inf, -np.inf
+        futs = [b.submit(view), b.submit(bad[0]), b.submit(rows(2, 60)), b.submit(bad[1]),
+                b.submit(bad[2]), b.submit(rows(1, 90))]
+        gate.set()
+        out = await asyncio.gather(first, *futs, return_exceptions=True)
+        b.close()
+        return be, view, out
+
+    be, view, out = asyncio.run(main())
+    good = np.concatenate([rows(1), rows(2, 60), rows(1, 90)])
+    assert be.sizes == [1, 4]  # the three refused requests' rows never reach the backend
+    batch = be.inputs[1]
+    assert batch.flags.writeable and batch.flags.c_contiguous and batch.dtype == np.float32
+    assert not np.shares_memory(batch, view)
+    np.testing.assert_array_equal(batch, good)
+    for i in (2, 4, 5):
+        assert isinstance(out[i], RequestError) and out[i].status == 400 and "NaN or infinity" in str(out[i])
+    for i, want in ((1, rows(1)), (3, rows(2, 60)), (6, rows(1, 90))):
+        np.testing.assert_array_equal(out[i].probs, want[:, :2] * 2)
+        assert out[i].batch_size == 4
+
+
+def test_a_lone_writable_request_runs_as_is_and_a_non_finite_one_never_runs():
     async def main():
         be = Backend()
         b = Batcher(be, max_batch_size=4)
-        body = bytes(rows(1).tobytes())
-        view = np.frombuffer(memoryview(body)[0:16], dtype="<f4").reshape(1, 4)
-        own = rows(1, 50)
-        await b.submit(view)
-        await b.submit(own)
+        own = rows(1, 5)
+        for bad in (np.nan, np.inf):  # writable, and a read-only view
+            x = rows(1)
+            x[0, 0] = bad
+            for arr in (x, np.frombuffer(x.tobytes(), np.float32).reshape(x.shape)):
+                with pytest.raises(RequestError, match="NaN or infinity"):
+                    await b.submit(arr)
+        ok = await b.submit(own)
         b.close()
-        return be.inputs, view, own
+        return be, ok, own
 
-    inputs, view, own = asyncio.run(main())
-    assert inputs[0].flags.writeable and not np.shares_memory(inputs[0], view)
-    np.testing.assert_array_equal(inputs[0], view)
-    assert inputs[1] is own
+    be, ok, own = asyncio.run(main())
+    assert be.sizes == [1] and ok.batch_size == 1
+    assert be.inputs[0] is own  # checked in place, not copied
 
 
 def test_deadline_cancel_and_backend_failure():

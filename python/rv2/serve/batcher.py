@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rv2._native import copy_finite
 from rv2.serve.protocol import RequestError
 
 
@@ -172,6 +173,37 @@ class Batcher:
             except RuntimeError:
                 pass  # that loop has closed: nobody is waiting
 
+    @staticmethod
+    def _assemble(live: list[_Item], answers: dict) -> tuple[np.ndarray | None, list[_Item]]:
+        """The batch the backend runs: every live request's rows copied once into one
+        float32 array, checked finite in the same pass (a request's tensor is usually a
+        read-only view of its body; a lone writable one is only checked). A request with
+        a NaN or an infinity is answered 400 and left out; the next one's rows take its
+        place."""
+        def refuse(it: _Item) -> None:
+            answers.setdefault(it.loop, []).append((it.future, RequestError(
+                "input contains NaN or infinity"), True))
+
+        if not live:
+            return None, live
+        x = live[0].x
+        if len(live) == 1 and x.dtype == np.float32 and x.flags.writeable and x.flags.aligned \
+                and x.flags.c_contiguous:
+            if copy_finite(x, None):
+                return x, live
+            refuse(live[0])
+            return None, []
+        x = np.empty((sum(len(it.x) for it in live), *x.shape[1:]), np.float32)
+        kept, pos = [], 0
+        for it in live:
+            n = len(it.x)
+            if copy_finite(it.x, x[pos:pos + n]):
+                kept.append(it)
+                pos += n
+            else:
+                refuse(it)
+        return x[:pos], kept
+
     def _execute(self, batch: list[_Item]) -> None:
         start = time.monotonic()
         live, answers = [], {}
@@ -185,15 +217,10 @@ class Batcher:
                     reason="REJECTED"), True))
                 continue
             live.append(item)
+        x, live = self._assemble(live, answers)
         if not live:
             self._answer(answers)
             return
-        if len(live) == 1:
-            x = live[0].x
-            if not (x.flags.writeable and x.flags.aligned and x.flags.c_contiguous) or x.dtype != np.float32:
-                x = np.array(x, dtype=np.float32, order="C")  # a view of a request body
-        else:
-            x = np.concatenate([it.x for it in live]).astype(np.float32, copy=False)
         try:
             probs = self.run(x)
         except Exception as exc:  # noqa: BLE001 - every waiting request gets the error

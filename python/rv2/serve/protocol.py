@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -124,7 +125,10 @@ class OutputTensor:
 
 def serialize_bytes(elements: Sequence[bytes]) -> bytes:
     """Triton's BYTES wire form: each element as a 4-byte little-endian length + bytes."""
-    return b"".join(struct.pack("<I", len(e)) + bytes(e) for e in elements)
+    parts = []
+    for e in elements:
+        parts += (len(e).to_bytes(4, "little"), e)
+    return b"".join(parts)
 
 
 def deserialize_bytes(buf, count: int, name: str) -> list[bytes]:
@@ -162,6 +166,8 @@ class ServedModel:
         pre = predictor.preprocessing
         self.channels, self.size = pre.channels, pre.image_size
         self.labels = list(predictor.labels)
+        # Triton's classification entry "<probability>:<index>:<label>", one format per label
+        self._formats = [f"%.6f:{j}:{lab.replace('%', '%%')}" for j, lab in enumerate(self.labels)]
 
     # ---------------------------------------------------------- routing
     def check_target(self, model: str, version: str | None) -> None:
@@ -253,7 +259,7 @@ class ServedModel:
             raise RequestError(f"input '{t.name}': shape {list(t.shape)}, expected "
                                f"[N, {c}, {s}, {s}] (or [N, 1, {s}, {s}])")
         self._check_batch(t, t.shape[0])
-        count = int(np.prod(t.shape))
+        count = math.prod(t.shape)
         if t.form == "raw":
             mv = memoryview(t.data).cast("B")
             if mv.nbytes != 4 * count:
@@ -268,12 +274,10 @@ class ServedModel:
             if x.size != count:
                 raise RequestError(f"input '{t.name}': {x.size} values, shape {list(t.shape)} needs {count}")
         x = x.reshape(t.shape)
-        if not np.isfinite(x).all():
-            raise RequestError(f"input '{t.name}': contains NaN or infinity")
         if x.shape[1] == 1 and c != 1:
             x = np.repeat(x, c, axis=1)
         # may be a read-only view of the request body: the batcher copies it into the
-        # batch it runs (once), so it is not copied here
+        # batch it runs (once) and refuses NaN and infinity in that same pass
         return x
 
     def _blobs(self, t: InputTensor) -> list[bytes]:
@@ -331,19 +335,20 @@ class ServedModel:
         return out
 
     def _entry(self, p: float, j: int) -> bytes:
-        return f"{p:.6f}:{j}:{self.labels[j]}".encode()
+        return (self._formats[j] % p).encode()
 
     def _top_k(self, probs: np.ndarray, k: int) -> list[bytes]:
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         return [self._entry(float(probs[i, j]), int(j)) for i in range(len(probs)) for j in order[i]]
 
     def _positives(self, probs: np.ndarray) -> tuple[int, list[bytes]]:
-        pos = self.predictor.positive(probs)
+        """Each row's labels at or above their thresholds, most probable first (ties in
+        label order); rows padded with empty elements to the longest."""
         rows = []
-        for i in range(len(probs)):
-            idx = [int(j) for j in np.nonzero(pos[i])[0]]
-            idx.sort(key=lambda j: -float(probs[i, j]))
-            rows.append([self._entry(float(probs[i, j]), j) for j in idx])
+        for on, p in zip(self.predictor.positive(probs).tolist(), probs.tolist()):
+            idx = [j for j, v in enumerate(on) if v]
+            idx.sort(key=p.__getitem__, reverse=True)  # reverse keeps ties in label order
+            rows.append([(self._formats[j] % p[j]).encode() for j in idx])
         k = max((len(r) for r in rows), default=0)
         return k, [e for r in rows for e in r + [b""] * (k - len(r))]
 
