@@ -280,6 +280,31 @@ def test_request_timeout_in_queue_is_503(predictor):
         assert gp.backend.calls == 2  # warm-up + the first request: the late one never ran
 
 
+def test_grpc_deadline_drops_the_queued_request_and_counts_it_cancelled(predictor):
+    gp = gated_predictor(predictor, max_batch_size=1)
+    with ServerThread(gp, settings(max_batch_size=1)) as s:
+        gp.backend.gate.clear()
+        results = [None]
+        first = threading.Thread(target=_infer_thread, args=(s.http_port, x(1), results, 0))
+        first.start()
+        assert wait_until(lambda: s.service.active == 1 and s.service.batcher.pending() == 0, 60)
+        m0 = parse_text(s.service.metrics.render())
+        with pytest.raises(InferenceServerException) as ei:  # queued behind the gate
+            clients(s)[1].infer("classifier", [tensor_input(tg, x(1))], client_timeout=1.0)
+        assert ei.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        lab = 'model="classifier",version="1"'
+        cancelled = f'nv_inference_request_failure{{{lab},reason="CANCELED"}}'
+        assert wait_until(lambda: parse_text(s.service.metrics.render())[cancelled] - m0[cancelled] == 1, 30)
+        assert wait_until(lambda: s.service.active == 1, 30)  # its admission is released
+        gp.backend.gate.set()
+        first.join(60)
+        assert isinstance(results[0], np.ndarray)
+        assert gp.backend.calls == 2  # warm-up + the first request: the dropped one never ran
+        # and the server goes on answering over gRPC
+        out = clients(s)[1].infer("classifier", [tensor_input(tg, x(1))]).as_numpy("probabilities")
+        np.testing.assert_allclose(out, predictor.predict_tensor(x(1)), atol=1e-5)
+
+
 def test_dynamic_batching_gathers_queued_requests(predictor):
     gp = gated_predictor(predictor, max_batch_size=8)
     with ServerThread(gp, settings(max_batch_size=8, max_queue_delay_microseconds=0)) as s:
