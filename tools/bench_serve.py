@@ -5,6 +5,8 @@
 
 One run, one machine, the same model and input everywhere:
   trivial     a backend that returns zeros at once: the front end's own cost
+  grpc-floor  grpc.aio answering a canned response without reading the request: the
+              gRPC transport's and tritonclient's own cost, the floor under any server
   densenet    DenseNet-121 (random weights) as the ONNX Runtime engine of
               `rv2 build-engines --target cpu`, served as `rv2 serve --engines` does
 
@@ -19,13 +21,16 @@ best-to-batch-1 ratio bounds what any batching can gain on this machine. "bare" 
 process (what the server's batcher calls); overhead = client p50 - bare p50.
 Batching ratio = inferences / executions from the server's Prometheus metrics; the
 in-server column is the server's own time per request outside the backend call
-(parse, checks, queue, hand-offs), from the same metrics.
+(parse, checks, queue, hand-offs), from the same metrics. Server CPU per request is
+the server process's user + system time over the row (Linux /proc) divided by its
+answered requests: steadier than latency on a shared machine.
 Ratios are against rows measured in the same run.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -85,11 +90,43 @@ def densenet(folder: Path, engines: Path, threads: int):
         torch.set_num_threads(before)
 
 
-SERVERS = ("trivial", "densenet", "densenet-nobatch", "densenet-tuned", "densenet-2inst")
+SERVERS = ("grpc-floor", "trivial", "densenet", "densenet-nobatch", "densenet-tuned", "densenet-2inst")
+
+
+def grpc_floor() -> None:
+    """grpc.aio answering ModelInfer with a canned response, the request left unread: what
+    grpc's transport and tritonclient cost on this machine, before any server code."""
+    import asyncio
+
+    import grpc
+    from tritonclient.grpc import service_pb2
+
+    resp = service_pb2.ModelInferResponse(model_name="classifier", model_version="1")
+    resp.outputs.add(name="probabilities", datatype="FP32", shape=[1, 14])
+    resp.raw_output_contents.append(np.zeros((1, 14), np.float32).tobytes())
+    canned = resp.SerializeToString()
+
+    async def infer(request: bytes, context) -> bytes:
+        return canned
+
+    async def main():
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        print(json.dumps([None, port, []]), flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        await server.stop(0)
+
+    asyncio.run(main())
 
 
 def child(folder: Path, engines: Path, threads: int, name: str) -> None:
     """Serve one row's server, as `rv2 serve` does (one per process); print its ports."""
+    if name == "grpc-floor":
+        grpc_floor()
+        return
     from rv2.classify.predictor import Predictor
     from rv2.serve.cli import set_threads
     from rv2.serve.server import ServerThread
@@ -110,6 +147,16 @@ def child(folder: Path, engines: Path, threads: int, name: str) -> None:
     print(json.dumps([server.http_port, server.grpc_port, list(server.service.preferred_batch_size)]), flush=True)
     sys.stdin.read()  # until the parent closes it
     server.stop()
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def bare_p50(pred, x, seconds: float) -> float:
@@ -149,7 +196,6 @@ def free_ports(n: int) -> list[int]:
 
 def start_peer(python: str, onnx: Path, threads: int, tmp: Path):
     """PyTriton (real Triton 2.x) from a side environment; None if it does not start."""
-    import os
     import sysconfig
 
     ports = free_ports(3)
@@ -204,7 +250,8 @@ def main() -> None:
     engines = build_engine(folder, tmp / "engines")
     onnx = engines / "classifier" / "onnxruntime" / "model.onnx"
     keep = set(args.only.split(",")) if args.only else None
-    wanted = [n for n in SERVERS if keep is None or n.split("-")[0] in keep]
+    family = lambda n: "trivial" if n == "grpc-floor" else n.replace("triton-", "").split("-")[0]
+    wanted = [n for n in SERVERS if keep is None or family(n) in keep]
     # one process per server, as deployed: grpc.aio servers sharing a process slow each
     # other's requests (0.5-0.9 ms p50 with five in one process)
     procs = {n: subprocess.Popen([sys.executable, __file__, "--threads", str(args.threads), "--child",
@@ -228,7 +275,7 @@ def main() -> None:
             return [i]
 
         rows = []
-        cells = [("trivial", "http", 1), ("trivial", "grpc", 1), ("trivial", "http", 8), ("trivial", "grpc", 8),
+        cells = [("grpc-floor", "grpc", 1), ("trivial", "http", 1), ("trivial", "grpc", 1), ("trivial", "http", 8), ("trivial", "grpc", 8),
                  ("densenet", "http", 1), ("densenet", "grpc", 1), ("densenet", "http", 8),
                  ("densenet", "grpc", 8), ("densenet-nobatch", "grpc", 8), ("densenet-tuned", "grpc", 8),
                  ("densenet-2inst", "grpc", 8)]
@@ -242,27 +289,31 @@ def main() -> None:
                       ("triton-densenet", "http", 1), ("triton-densenet", "grpc", 1),
                       ("triton-densenet", "grpc", 8)]
         if keep is not None:
-            cells = [c for c in cells if c[0].replace("triton-", "").split("-")[0] in keep]
+            cells = [c for c in cells if family(c[0]) in keep]
         for server, proto, conc in cells:
             http_port, grpc_port, metrics_port, model = where[server]
             url = f"127.0.0.1:{http_port if proto == 'http' else grpc_port}"
             run_load(proto, url, model, make_inputs, concurrency=conc, seconds=0.5)  # warm
-            n0, e0, s0, o0 = metrics(metrics_port, model)
+            nan4 = (float("nan"),) * 4  # the floor has no metrics
+            n0, e0, s0, o0 = metrics(metrics_port, model) if metrics_port else nan4
+            pid = procs[server].pid if server in procs else None
+            c0 = cpu_seconds(pid) if pid else None
             r = run_load(proto, url, model, make_inputs, concurrency=conc, seconds=args.seconds)
-            n1, e1, s1, o1 = metrics(metrics_port, model)
-            b = bare["trivial" if "trivial" in server else "densenet"]
+            c1 = cpu_seconds(pid) if pid else None
+            n1, e1, s1, o1 = metrics(metrics_port, model) if metrics_port else nan4
+            b = bare["densenet" if "densenet" in server else "trivial"]
             rows.append({"server": server, "proto": proto, "conc": conc, "n": len(r.latencies),
                          "errors": len(r.errors), "p50": r.p(50) * 1e3, "p99": r.p(99) * 1e3,
                          "rps": r.throughput, "batch": (n1 - n0) / max(e1 - e0, 1),
                          "bare": b * 1e3, "overhead": (r.p(50) - b) * 1e3,
-                         "insrv": (o1 - o0) / max(s1 - s0, 1) / 1e3})
+                         "insrv": (o1 - o0) / max(s1 - s0, 1) / 1e3,
+                         "cpu": (c1 - c0) / max(len(r.latencies), 1) * 1e3 if c0 is not None and c1 is not None
+                         else float("nan")})
     finally:
         for p in (*procs.values(), peer):
             if p is not None:
                 p.stdin.close()
                 p.wait(120)
-
-    import os
 
     print("\nbackend rows/s by batch size (the densenet engine alone, best of 3):")
     print("| batch | ms per row | rows/s | vs batch 1 |\n|---:|---:|---:|---:|")
@@ -274,12 +325,12 @@ def main() -> None:
     print(f"\nrv2 serve, {args.image_size}x{args.image_size} FP32 input (batch 1 per request), "
           f"{args.threads} compute threads, {args.seconds:.0f} s per row\n")
     print("| server | protocol | concurrency | requests | errors | p50 ms | p99 ms | req/s | "
-          "rows/exec | bare p50 ms | overhead p50 ms | in-server non-compute mean ms |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "rows/exec | bare p50 ms | overhead p50 ms | in-server non-compute mean ms | server CPU ms / request |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['server']} | {r['proto']} | {r['conc']} | {r['n']} | {r['errors']} | {r['p50']:.2f} | "
               f"{r['p99']:.2f} | {r['rps']:.1f} | {r['batch']:.2f} | {r['bare']:.2f} | {r['overhead']:.2f} | "
-              f"{r['insrv']:.2f} |")
+              f"{r['insrv']:.2f} | {r['cpu']:.2f} |")
     get = {(r["server"], r["proto"], r["conc"]): r for r in rows}
     if ("densenet", "grpc", 8) in get:
         nb = get[("densenet-nobatch", "grpc", 8)]
@@ -294,6 +345,12 @@ def main() -> None:
               if peer_t else "; Triton not measured in this run (--pytriton-python)")
         print(f"front-end overhead p50 at batch 1 ({proto}{' binary' if proto == 'http' else ''}): "
               f"{t['overhead']:.2f} ms (target <= 2 ms{vs})")
+    floor = get.get(("grpc-floor", "grpc", 1))
+    if floor and ("trivial", "grpc", 1) in get:
+        t = get[("trivial", "grpc", 1)]
+        print(f"gRPC transport floor (grpc.aio, canned answer, request unread): {floor['p50']:.2f} ms p50, "
+              f"{floor['cpu']:.2f} ms server CPU per request; rv2 adds {t['p50'] - floor['p50']:.2f} ms p50 and "
+              f"{t['cpu'] - floor['cpu']:.2f} ms CPU to it")
 
 
 if __name__ == "__main__":
