@@ -289,9 +289,19 @@ def test_grpc_deadline_drops_the_queued_request_and_counts_it_cancelled(predicto
         first.start()
         assert wait_until(lambda: s.service.active == 1 and s.service.batcher.pending() == 0, 60)
         m0 = parse_text(s.service.metrics.render())
-        with pytest.raises(InferenceServerException) as ei:  # queued behind the gate
-            clients(s)[1].infer("classifier", [tensor_input(tg, x(1))], client_timeout=1.0)
-        assert ei.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        errors = []
+
+        def call():
+            try:
+                clients(s)[1].infer("classifier", [tensor_input(tg, x(1))], client_timeout=6.0)
+            except InferenceServerException as exc:
+                errors.append(exc)
+
+        late = threading.Thread(target=call)
+        late.start()
+        assert wait_until(lambda: s.service.batcher.pending() == 1, 6)  # queued behind the gate
+        late.join(60)
+        assert len(errors) == 1 and errors[0].status() == "StatusCode.DEADLINE_EXCEEDED"
         lab = 'model="classifier",version="1"'
         cancelled = f'nv_inference_request_failure{{{lab},reason="CANCELED"}}'
         assert wait_until(lambda: parse_text(s.service.metrics.render())[cancelled] - m0[cancelled] == 1, 30)
