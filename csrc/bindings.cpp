@@ -42,4 +42,5 @@ PYBIND11_MODULE(_C, m) {
   rv2::register_scheduler(m);
   rv2::register_guided_update(m);
   rv2::register_copy_finite(m);
+  rv2::register_png_encode(m);
 }

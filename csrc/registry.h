@@ -10,4 +10,5 @@ void register_stats(pybind11::module_& m);  // stats/ranking.cpp
 void register_scheduler(pybind11::module_& m);  // scheduler/pipeline.cpp
 void register_guided_update(pybind11::module_& m);  // kernels/cpu/guided_update.cpp
 void register_copy_finite(pybind11::module_& m);  // kernels/cpu/copy_finite.cpp
+void register_png_encode(pybind11::module_& m);  // kernels/cpu/png_encode.cpp (needs zlib)
 }  // namespace rv2

@@ -40,7 +40,7 @@ def build_info() -> dict:
 
 
 NATIVE_FEATURES = ("run_pipeline", "next_attempt", "to_uint8", "to_uint8_cuda",
-                   "guided_update", "guided_update_cuda", "copy_finite")
+                   "guided_update", "guided_update_cuda", "copy_finite", "png_encode")
 
 
 def features() -> dict:
@@ -110,3 +110,22 @@ def copy_finite(src: np.ndarray, dst: np.ndarray | None) -> bool:
             and src.flags.c_contiguous and (dst is None or src.size == dst.size)):
         return bool(_C.copy_finite(src, dst))
     return copy_finite_py(src, dst)
+
+
+def png_encode_py(img: np.ndarray, level: int) -> bytes:
+    """Twin of _C.png_encode (Pillow's encoder): the same pixels, other bytes."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img, mode="L" if img.ndim == 2 else "RGB").save(buf, format="PNG", compress_level=level)
+    return buf.getvalue()
+
+
+def png_encode(img: np.ndarray, level: int) -> bytes:
+    """PNG bytes of an H x W or H x W x 3 uint8 image at zlib level 0..9: natively with
+    the GIL released where rv2._C was built with zlib, else Pillow."""
+    if _C is not None and hasattr(_C, "png_encode"):
+        return _C.png_encode(np.ascontiguousarray(img), int(level))
+    return png_encode_py(img, level)

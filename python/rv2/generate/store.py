@@ -42,6 +42,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from rv2 import _native
 from rv2.data.manifest import conform, sidecar_path, summary_counts, validate
 from rv2.data.schema import REQUIRED_COLUMNS
 from rv2.errors import UserError
@@ -82,16 +83,17 @@ class StoreError(UserError):
 
 
 def encode_image(img: np.ndarray, fmt: str = "png", quality: int = 95, compress_level: int = 4) -> bytes:
-    """uint8 H x W (gray) or H x W x 3 (RGB) -> PNG (lossless) or JPEG bytes."""
+    """uint8 H x W (gray) or H x W x 3 (RGB) -> PNG (lossless; rv2's native encoder where
+    built, which writers' threads run without the GIL) or JPEG bytes."""
     from PIL import Image
 
     if img.dtype != np.uint8:
         raise UserError(f"encode_image takes uint8, got {img.dtype}")
+    if fmt == "png":
+        return _native.png_encode(img, compress_level)
     pil = Image.fromarray(img, mode="L" if img.ndim == 2 else "RGB")
     buf = io.BytesIO()
-    if fmt == "png":
-        pil.save(buf, format="PNG", compress_level=compress_level)
-    elif fmt == "jpeg":
+    if fmt == "jpeg":
         pil.save(buf, format="JPEG", quality=quality)
     else:
         raise UserError(f"unknown image format {fmt!r}; use png or jpeg")
