@@ -42,6 +42,19 @@ sys.path.insert(0, str(REPO / "python"))
 
 import numpy as np
 
+# Read by tools/gpu_check.py (ast, never imported). On a GPU: the batching target of
+# issue 15, the densenet rows with the network on CUDA, where a batch of 8 costs about
+# what one image does; a second call runs it (--only bench_serve).
+GPU_CHECK = {
+    "order": 60,
+    "by_default": False,
+    "timeout_s": 200,
+    "dry_timeout_s": 150,
+    "gpu": ["--device", "cuda", "--only", "densenet", "--seconds", "4", "--threads", "8",
+            "--json", "{json}"],
+    "dry": ["--only", "trivial", "--seconds", "0.3", "--image-size", "64", "--json", "{json}"],
+}
+
 
 def make_model_dir(folder: Path, size: int) -> Path:
     """A DenseNet-121 classifier folder with random (seeded) weights and 0.5 thresholds."""
@@ -77,10 +90,16 @@ def build_engine(folder: Path, out: Path) -> Path:
     return out
 
 
-def densenet(folder: Path, engines: Path, threads: int):
-    """The engine's Predictor, its ONNX Runtime session on `threads` intra-op threads."""
+def densenet(folder: Path, engines: Path | None, threads: int, device: str = "cpu"):
+    """On the CPU the engine's Predictor, its ONNX Runtime session on `threads` intra-op
+    threads; on a GPU the eager network on CUDA (autocast), which needs no engine build."""
     import torch
     from rv2.engines import load
+
+    if device == "cuda":
+        from rv2.classify.predictor import Predictor
+
+        return Predictor.load(folder, device="cuda")
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # the session takes torch's thread count
@@ -122,7 +141,7 @@ def grpc_floor() -> None:
     asyncio.run(main())
 
 
-def child(folder: Path, engines: Path, threads: int, name: str) -> None:
+def child(folder: Path, engines: Path | None, threads: int, name: str, device: str) -> None:
     """Serve one row's server, as `rv2 serve` does (one per process); print its ports."""
     if name == "grpc-floor":
         grpc_floor()
@@ -137,12 +156,12 @@ def child(folder: Path, engines: Path, threads: int, name: str) -> None:
     if name == "trivial":
         server = ServerThread(Predictor.load(folder, backend=Trivial()), ServeSettings(max_batch_size=8, **kw))
     elif name == "densenet-2inst":
-        server = ServerThread(densenet(folder, engines, max(1, threads // 2)),
+        server = ServerThread(densenet(folder, engines, max(1, threads // 2), device),
                               ServeSettings(max_batch_size=8, tune_batch_size=True, instances=2, **kw))
     else:
         batching = {"densenet": {"max_batch_size": 8}, "densenet-nobatch": {"max_batch_size": 1},
                     "densenet-tuned": {"max_batch_size": 8, "tune_batch_size": True}}[name]
-        server = ServerThread(densenet(folder, engines, threads), ServeSettings(**batching, **kw))
+        server = ServerThread(densenet(folder, engines, threads, device), ServeSettings(**batching, **kw))
     server.start()
     print(json.dumps([server.http_port, server.grpc_port, list(server.service.preferred_batch_size)]), flush=True)
     sys.stdin.read()  # until the parent closes it
@@ -233,10 +252,14 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma-separated servers to measure (trivial, densenet)")
     ap.add_argument("--pytriton-python", default=None,
                     help="interpreter of a side venv with nvidia-pytriton and onnxruntime: measure Triton too")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="where the densenet rows compute (cuda: eager DenseNet-121 on the GPU)")
+    ap.add_argument("--json", default=None, help="also write the table here (tools/gpu_check.py's shape)")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(Path(args.child[0]), Path(args.child[1]), args.threads, args.child[2])
+        child(Path(args.child[0]), None if args.child[1] == "-" else Path(args.child[1]), args.threads,
+              args.child[2], args.device)
         return
 
     from rv2.classify.predictor import Predictor
@@ -247,16 +270,20 @@ def main() -> None:
     set_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="rv2-bench-serve-"))
     folder = make_model_dir(tmp / "clf", args.image_size)
-    engines = build_engine(folder, tmp / "engines")
-    onnx = engines / "classifier" / "onnxruntime" / "model.onnx"
     keep = set(args.only.split(",")) if args.only else None
     family = lambda n: "trivial" if n == "grpc-floor" else n.replace("triton-", "").split("-")[0]
     wanted = [n for n in SERVERS if keep is None or family(n) in keep]
+    dense = any(family(n) == "densenet" for n in wanted)
+    # the CPU rows serve the ONNX Runtime engine; a GPU's, the eager network
+    engines = build_engine(folder, tmp / "engines") if dense and args.device == "cpu" else None
+    onnx = engines / "classifier" / "onnxruntime" / "model.onnx" if engines else None
+    if args.pytriton_python and onnx is None:
+        raise SystemExit("--pytriton-python serves the CPU engine: run it with the densenet rows on --device cpu")
     # one process per server, as deployed: grpc.aio servers sharing a process slow each
     # other's requests (0.5-0.9 ms p50 with five in one process)
-    procs = {n: subprocess.Popen([sys.executable, __file__, "--threads", str(args.threads), "--child",
-                                  str(folder), str(engines), n], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 text=True) for n in wanted}
+    procs = {n: subprocess.Popen([sys.executable, __file__, "--threads", str(args.threads), "--device", args.device,
+                                  "--child", str(folder), str(engines or "-"), n], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True) for n in wanted}
     peer = peer_ports = None
     try:
         info = {n: json.loads(p.stdout.readline()) for n, p in procs.items()}
@@ -264,10 +291,11 @@ def main() -> None:
         if args.pytriton_python:
             peer, peer_ports = start_peer(args.pytriton_python, onnx, args.threads, tmp)
         x = np.random.default_rng(0).normal(size=(1, 3, args.image_size, args.image_size)).astype(np.float32)
-        preds = {"trivial": Predictor.load(folder, backend=Trivial()),
-                 "densenet": densenet(folder, engines, args.threads)}
+        preds = {"trivial": Predictor.load(folder, backend=Trivial())}
+        if dense:
+            preds["densenet"] = densenet(folder, engines, args.threads, args.device)
         bare = {k: bare_p50(p, x, min(args.seconds, 3.0)) for k, p in preds.items()}
-        per_row = time_batch_sizes(preds["densenet"].predict_tensor, x, 8, repeats=3)
+        per_row = time_batch_sizes(preds["densenet"].predict_tensor, x, 8, repeats=3) if dense else {}
 
         def make_inputs(mod):
             i = mod.InferInput("image", list(x.shape), "FP32")
@@ -315,15 +343,17 @@ def main() -> None:
                 p.stdin.close()
                 p.wait(120)
 
-    print("\nbackend rows/s by batch size (the densenet engine alone, best of 3):")
-    print("| batch | ms per row | rows/s | vs batch 1 |\n|---:|---:|---:|---:|")
-    for b, t in per_row.items():
-        print(f"| {b} | {t * 1e3:.1f} | {1 / t:.1f} | {per_row[1] / t:.2f}x |")
+    backend = "ONNX Runtime engine" if args.device == "cpu" else "eager, CUDA"
+    if per_row:
+        print(f"\nbackend rows/s by batch size (the densenet {backend} alone, best of 3):")
+        print("| batch | ms per row | rows/s | vs batch 1 |\n|---:|---:|---:|---:|")
+        for b, t in per_row.items():
+            print(f"| {b} | {t * 1e3:.1f} | {1 / t:.1f} | {per_row[1] / t:.2f}x |")
     print(f"\ntuned preferred batch sizes: "
           f"{ {k: v[2] for k, v in info.items() if k.startswith('densenet-') and v[2]} }; "
           f"load average after the run: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     print(f"\nrv2 serve, {args.image_size}x{args.image_size} FP32 input (batch 1 per request), "
-          f"{args.threads} compute threads, {args.seconds:.0f} s per row\n")
+          f"{args.threads} compute threads, densenet on {args.device}, {args.seconds:g} s per row\n")
     print("| server | protocol | concurrency | requests | errors | p50 ms | p99 ms | req/s | "
           "rows/exec | bare p50 ms | overhead p50 ms | in-server non-compute mean ms | server CPU ms / request |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -332,25 +362,39 @@ def main() -> None:
               f"{r['p99']:.2f} | {r['rps']:.1f} | {r['batch']:.2f} | {r['bare']:.2f} | {r['overhead']:.2f} | "
               f"{r['insrv']:.2f} | {r['cpu']:.2f} |")
     get = {(r["server"], r["proto"], r["conc"]): r for r in rows}
+    notes = []
     if ("densenet", "grpc", 8) in get:
         nb = get[("densenet-nobatch", "grpc", 8)]
         print()
         for k in ("densenet", "densenet-tuned", "densenet-2inst"):
-            print(f"throughput at concurrency 8, {k} vs densenet-nobatch (gRPC, DenseNet ORT): "
-                  f"{get[(k, 'grpc', 8)]['rps'] / max(nb['rps'], 1e-9):.2f}x")
+            line = (f"throughput at concurrency 8, {k} vs densenet-nobatch (gRPC, DenseNet {backend}): "
+                    f"{get[(k, 'grpc', 8)]['rps'] / max(nb['rps'], 1e-9):.2f}x (target for batching >= 1.5x)")
+            print(line)
+            notes.append(line)
     for proto in ("http", "grpc") if ("trivial", "http", 1) in get else ():
         t = get[("trivial", proto, 1)]
         peer_t = get.get(("triton-trivial", proto, 1))
         vs = (f"; Triton (PyTriton) {peer_t['overhead']:.2f} ms, {peer_t['overhead'] / max(t['overhead'], 1e-9):.1f}x rv2's"
               if peer_t else "; Triton not measured in this run (--pytriton-python)")
-        print(f"front-end overhead p50 at batch 1 ({proto}{' binary' if proto == 'http' else ''}): "
-              f"{t['overhead']:.2f} ms (target <= 2 ms{vs})")
+        line = (f"front-end overhead p50 at batch 1 ({proto}{' binary' if proto == 'http' else ''}): "
+                f"{t['overhead']:.2f} ms (target <= 2 ms{vs})")
+        print(line)
+        notes.append(line)
     floor = get.get(("grpc-floor", "grpc", 1))
     if floor and ("trivial", "grpc", 1) in get:
         t = get[("trivial", "grpc", 1)]
-        print(f"gRPC transport floor (grpc.aio, canned answer, request unread): {floor['p50']:.2f} ms p50, "
-              f"{floor['cpu']:.2f} ms server CPU per request; rv2 adds {t['p50'] - floor['p50']:.2f} ms p50 and "
-              f"{t['cpu'] - floor['cpu']:.2f} ms CPU to it")
+        line = (f"gRPC transport floor (grpc.aio, canned answer, request unread): {floor['p50']:.2f} ms p50, "
+                f"{floor['cpu']:.2f} ms server CPU per request; rv2 adds {t['p50'] - floor['p50']:.2f} ms p50 and "
+                f"{t['cpu'] - floor['cpu']:.2f} ms CPU to it")
+        print(line)
+        notes.append(line)
+    if args.json:  # the shape tools/gpu_check.py renders: title, rows, notes
+        table = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
+        per = {str(b): round(1 / t, 2) for b, t in per_row.items()}
+        Path(args.json).write_text(json.dumps(
+            {"title": f"rv2 serve, densenet on {args.device}", "rows": table,
+             "notes": notes + ([f"densenet backend alone, rows/s by batch size: {per}"] if per else [])},
+            indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -71,6 +71,11 @@ def test_dry_run_writes_both_summaries(tmp_path):
     cls = s["benchmarks"]["bench_classify"]
     assert {r["row"] for r in cls["rows"]} == {"train step", "predict step", "train pipeline",
                                               "predict pipeline"}
+    srv = s["benchmarks"]["bench_serve"]  # by_default False: on a GPU it runs when named
+    assert {(r["server"], r["proto"], r["conc"]) for r in srv["rows"]} >= {("grpc-floor", "grpc", 1),
+                                                                          ("trivial", "http", 1),
+                                                                          ("trivial", "grpc", 1)}
+    assert all(r["errors"] == 0 and r["n"] > 0 for r in srv["rows"])
     md = (out / "gpu_check.md").read_text()
     for part in ("# rv2 GPU check (dry-run)", "## Steps", "## Tests marked gpu",
                  "### bench_generate", "### bench_classify", "| approach |"):
