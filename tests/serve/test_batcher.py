@@ -171,12 +171,16 @@ def test_a_lone_writable_request_runs_as_is_and_a_non_finite_one_never_runs():
                 with pytest.raises(RequestError, match="NaN or infinity"):
                     await b.submit(arr)
         ok = await b.submit(own)
+        view = np.frombuffer(rows(1, 7).tobytes(), np.float32).reshape(1, 4)  # read-only
+        await b.submit(view)
         b.close()
-        return be, ok, own
+        return be, ok, own, view
 
-    be, ok, own = asyncio.run(main())
-    assert be.sizes == [1] and ok.batch_size == 1
+    be, ok, own, view = asyncio.run(main())
+    assert be.sizes == [1, 1] and ok.batch_size == 1
     assert be.inputs[0] is own  # checked in place, not copied
+    assert be.inputs[1].flags.writeable and not np.shares_memory(be.inputs[1], view)  # copied once
+    np.testing.assert_array_equal(be.inputs[1], view)
 
 
 def test_deadline_cancel_and_backend_failure():

@@ -7,8 +7,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
-#include <cstring>
-#include <stdexcept>
+#include <string>
 
 #include "registry.h"
 
