@@ -144,8 +144,8 @@ static py::bytes png_encode(py::array_t<uint8_t, py::array::c_style> img, int le
   if (level < 0 || level > 9) throw py::value_error("png_encode: level must be 0..9");
   const int64_t h = img.shape(0), w = img.shape(1);
   const int c = img.ndim() == 3 ? static_cast<int>(img.shape(2)) : 1;
-  if (h < 1 || w < 1 || h > 0x7fffffff || w > 0x7fffffff)
-    throw py::value_error("png_encode: image must be at least 1 x 1 and below 2^31 per side");
+  if (h < 1 || w < 1 || (w * c + 1) * h > 0x7fffffff)  // zlib counts one buffer in 32 bits
+    throw py::value_error("png_encode: image must be at least 1 x 1 and under 2 GB of pixels");
   std::string out;
   {
     py::gil_scoped_release release;
