@@ -274,11 +274,13 @@ def main() -> None:
     family = lambda n: "trivial" if n == "grpc-floor" else n.replace("triton-", "").split("-")[0]
     wanted = [n for n in SERVERS if keep is None or family(n) in keep]
     dense = any(family(n) == "densenet" for n in wanted)
-    # the CPU rows serve the ONNX Runtime engine; a GPU's, the eager network
-    engines = build_engine(folder, tmp / "engines") if dense and args.device == "cpu" else None
+    # the CPU rows serve the ONNX Runtime engine (so does the Triton peer, whatever rows
+    # are kept); a GPU's, the eager network
+    if args.pytriton_python and args.device != "cpu":
+        raise SystemExit("--pytriton-python serves the CPU engine: measure Triton with --device cpu")
+    need_engine = args.device == "cpu" and (dense or args.pytriton_python)
+    engines = build_engine(folder, tmp / "engines") if need_engine else None
     onnx = engines / "classifier" / "onnxruntime" / "model.onnx" if engines else None
-    if args.pytriton_python and onnx is None:
-        raise SystemExit("--pytriton-python serves the CPU engine: run it with the densenet rows on --device cpu")
     # one process per server, as deployed: grpc.aio servers sharing a process slow each
     # other's requests (0.5-0.9 ms p50 with five in one process)
     procs = {n: subprocess.Popen([sys.executable, __file__, "--threads", str(args.threads), "--device", args.device,

@@ -85,12 +85,12 @@ class StoreError(UserError):
 def encode_image(img: np.ndarray, fmt: str = "png", quality: int = 95, compress_level: int = 4) -> bytes:
     """uint8 H x W (gray) or H x W x 3 (RGB) -> PNG (lossless; rv2's native encoder where
     built, which writers' threads run without the GIL) or JPEG bytes."""
-    from PIL import Image
-
     if img.dtype != np.uint8:
         raise UserError(f"encode_image takes uint8, got {img.dtype}")
     if fmt == "png":
         return _native.png_encode(img, compress_level)
+    from PIL import Image
+
     pil = Image.fromarray(img, mode="L" if img.ndim == 2 else "RGB")
     buf = io.BytesIO()
     if fmt == "jpeg":
