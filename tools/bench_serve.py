@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -344,6 +345,7 @@ def main() -> None:
             if p is not None:
                 p.stdin.close()
                 p.wait(120)
+        shutil.rmtree(tmp, ignore_errors=True)  # model, engines and the peer's files: 50+ MB a run
 
     backend = "ONNX Runtime engine" if args.device == "cpu" else "eager, CUDA"
     if per_row:

@@ -541,21 +541,23 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     print(f"rv2 gpu_check ({'dry-run' if args.dry_run else 'gpu'}): {len(steps)} steps, budget "
           f"{args.budget_s:.0f} s, output in {out}", flush=True)
-    with open(out / "gpu_check.log", "w") as log:
-        for step in steps:
-            if schedule(step, args.budget_s - (time.perf_counter() - t0), only) == "run":
-                run_step(step, log, env)
-            else:
-                msg = f"-- {step.name}: skipped ({step.note})"
-                print(msg, flush=True)
-                log.write(msg + "\n")
-        wall = time.perf_counter() - t0
-        summary = summarize(args, steps, work, started, wall)
-        (out / "gpu_check.json").write_text(json.dumps(summary, indent=2, default=str))
-        (out / "gpu_check.md").write_text(markdown(summary))
-        print("\n" + markdown(summary), flush=True)
-        log.write(f"\ntotal {wall:.1f} s\n")
-    shutil.rmtree(work, ignore_errors=True)
+    try:  # the work folder (site, inductor cache, engines) goes whatever happens: GBs on a GPU
+        with open(out / "gpu_check.log", "w") as log:
+            for step in steps:
+                if schedule(step, args.budget_s - (time.perf_counter() - t0), only) == "run":
+                    run_step(step, log, env)
+                else:
+                    msg = f"-- {step.name}: skipped ({step.note})"
+                    print(msg, flush=True)
+                    log.write(msg + "\n")
+            wall = time.perf_counter() - t0
+            summary = summarize(args, steps, work, started, wall)
+            (out / "gpu_check.json").write_text(json.dumps(summary, indent=2, default=str))
+            (out / "gpu_check.md").write_text(markdown(summary))
+            print("\n" + markdown(summary), flush=True)
+            log.write(f"\ntotal {wall:.1f} s\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return 0 if summary["ok"] else 1
 
 
