@@ -42,7 +42,7 @@ EXECUTORS: dict[str, str] = {
 
 
 def make_executor(name: str, kind: str = "generate", batch_size: int = 8, slots: int | None = None,
-                  **options):
+                  cuda_streams: bool = False, cuda_graph: bool = False, **options):
     """The executor called `name` for stage `kind` ("generate" or "predict"). The stage
     commands sit in layers below the executors, so this factory reaches them through the
     click context (`make_executor` in ctx.obj). None: the stage's in-process default."""
@@ -60,7 +60,7 @@ def make_executor(name: str, kind: str = "generate", batch_size: int = 8, slots:
         return None
     from rv2.runtime.executors import make_executor as make
 
-    return make(name, batch_size, slots)
+    return make(name, batch_size, slots, cuda_streams, cuda_graph)
 
 
 class LazyGroup(click.Group):

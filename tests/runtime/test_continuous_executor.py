@@ -1,5 +1,6 @@
 """The continuous-batching executors (native scheduler and its Python twin) against
-the in-process executor: same images (1e-5, fp32 CPU), same store records."""
+the in-process executor: same images (1e-5, fp32 CPU), same store records; on a GPU,
+with CUDA stage streams and the denoiser graph against without."""
 from __future__ import annotations
 
 import json
@@ -191,3 +192,116 @@ def test_fused_update_path_matches_inprocess(comp, tmp_path):
                          progress=False)
     for key, img in ref.images.items():
         torch.testing.assert_close(got.images[key], img, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("guidance", [3.0, 1.0], ids=["cfg", "no-cfg"])
+def test_fixed_batch_step_matches_inprocess(guidance, comp, tmp_path):
+    """Every slot runs every step (the free ones on zeros), as under the CUDA graph: the
+    busy slots' images equal the in-process ones, retries and the partial tail included."""
+    df = prompts_table(7, seed=2)
+    cfg = _cfg(guidance=guidance)
+    with _Spy() as ref:
+        generate_dataset(df, None, tmp_path / "in", cfg, qc_models=mean_qc(), components=comp,
+                         executor=InProcessExecutor(3), progress=False)
+    ex = ContinuousExecutor(capacity=3, batch_size=2, backend="python", fixed_batch=True)
+    calls = []
+    den_cls = type(comp.unet)
+    orig = den_cls.forward
+
+    def forward(self, sample, *a, **k):
+        calls.append(sample.shape[0])
+        return orig(self, sample, *a, **k)
+
+    den_cls.forward = forward
+    try:
+        with _Spy() as got:
+            s = generate_dataset(df, None, tmp_path / "fb", cfg, qc_models=mean_qc(), components=comp,
+                                 executor=ex, progress=False)
+    finally:
+        den_cls.forward = orig
+    assert set(calls) == {6 if guidance > 1 else 3}, "every step runs the full capacity"
+    assert s["this_run"]["scheduler"]["slot_occupancy"] < 1, "the test needs free slots"
+    assert got.images.keys() == ref.images.keys()
+    for key, img in ref.images.items():
+        torch.testing.assert_close(got.images[key], img, rtol=0, atol=1e-5)
+    _assert_same_records(_journal(tmp_path / "in"), _journal(tmp_path / "fb"))
+
+
+def test_cuda_options_name_what_they_need(comp, tmp_path):
+    from rv2.errors import UserError
+    from rv2.runtime.executors import make_executor
+
+    for opts, msg in (({"cuda_streams": True}, ("cuda_streams need the denoiser on a CUDA device; "
+                                                "it is on cpu")),
+                      ({"cuda_graph": True}, "cuda_graph need the denoiser on a CUDA device")):
+        with pytest.raises(UserError, match=msg):
+            generate_dataset(prompts_table(2), None, tmp_path / "x", _cfg(), qc_models=None,
+                             components=comp, executor=ContinuousExecutor(backend="python", **opts),
+                             progress=False)
+    with pytest.raises(UserError, match="options of the pipeline executors"):
+        make_executor("inprocess", 4, cuda_graph=True)
+
+
+# ----------------------------------------------------------------- on a GPU (tools/gpu_check.sh)
+# Stage streams and the denoiser's CUDA graph (rv2.runtime.cuda_overlap) give the same
+# images and records as the plain pipeline.
+
+def _cuda_cfg() -> GenerateConfig:
+    cfg = GenerateConfig()
+    cfg.sampler.steps, cfg.sampler.guidance, cfg.sampler.device = 4, 3.0, "cuda"
+    cfg.sampler.dtype = "fp32"
+    cfg.batch_size, cfg.max_attempts = 3, 3
+    return cfg
+
+
+@pytest.fixture()
+def no_tf32(monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("opts", [{"cuda_streams": True}, {"cuda_graph": True},
+                                  {"cuda_streams": True, "cuda_graph": True}],
+                         ids=["streams", "graph", "streams+graph"])
+def test_cuda_streams_and_graph_give_the_plain_pipelines_images(backend, opts, no_tf32, tmp_path):
+    df = prompts_table(7, seed=2)
+    with _Spy() as ref:
+        generate_dataset(df, None, tmp_path / "plain", _cuda_cfg(), qc_models=mean_qc(), components=tiny(0),
+                         executor=ContinuousExecutor(capacity=3, batch_size=2, backend=backend),
+                         progress=False)
+    assert any(a > 0 for _, a in ref.images), "the test needs retries"
+    with _Spy() as got:
+        s = generate_dataset(df, None, tmp_path / "opt", _cuda_cfg(), qc_models=mean_qc(), components=tiny(0),
+                             executor=ContinuousExecutor(capacity=3, batch_size=2, backend=backend,
+                                                         **opts), progress=False)
+    assert got.images.keys() == ref.images.keys()
+    for key, img in ref.images.items():
+        # the graph runs every slot: other batch sizes, other kernels (fp32, no TF32)
+        torch.testing.assert_close(got.images[key].cpu(), img.cpu(), rtol=0, atol=1e-4)
+    _assert_same_records(_journal(tmp_path / "plain"), _journal(tmp_path / "opt"))
+    assert s["accepted"] > 0
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replays_one_capture(no_tf32, tmp_path):
+    """One capture for the run; every later step is a replay of it."""
+    from rv2.runtime import cuda_overlap
+
+    captures = []
+    orig = cuda_overlap.DenoiserGraph._capture
+
+    def capture(self, *a):
+        captures.append(1)
+        return orig(self, *a)
+
+    cuda_overlap.DenoiserGraph._capture = capture
+    try:
+        ex = ContinuousExecutor(capacity=3, backend="python", cuda_graph=True)
+        generate_dataset(prompts_table(5, seed=1), None, tmp_path / "g", _cuda_cfg(), qc_models=mean_qc(),
+                         components=tiny(0), executor=ex, progress=False)
+    finally:
+        cuda_overlap.DenoiserGraph._capture = orig
+    assert captures == [1]
+    assert ex.bodies.graph.graph is not None

@@ -86,6 +86,12 @@ def load_engines(ctx, folder, device=None):
                    "inprocess: one batch at a time; auto (default): native where built.")
 @click.option("--slots", type=int, default=None,
               help="Denoiser slots of the native/python executors (default: --batch-size).")
+@click.option("--cuda-streams", is_flag=True, default=None,
+              help="Pipeline executors on CUDA: each stage on a CUDA stream of its own, so the "
+                   "VAE and QC of finished images overlap the denoiser on the GPU.")
+@click.option("--cuda-graph", is_flag=True, default=None,
+              help="Pipeline executors on CUDA: the denoiser's step (every slot) captured once in "
+                   "a CUDA graph and replayed (eager UNet).")
 @click.option("--allow-long-prompts", is_flag=True,
               help="Generate from prompts over 77 CLIP tokens (the text encoder cuts them; "
                    "warned) instead of refusing them.")
@@ -105,7 +111,7 @@ def load_engines(ctx, folder, device=None):
 @click.pass_context
 def generate(ctx, prompts_path, model_dir, out_dir, qc_weights_dir, qc_calibration, no_qc, batch_size,
              max_attempts, sampler, steps, early_reject, early_margin, guidance, device, dtype, limit,
-             config_path, overrides, executor, slots, allow_long_prompts, quota, budget_attempts,
+             config_path, overrides, executor, slots, cuda_streams, cuda_graph, allow_long_prompts, quota, budget_attempts,
              no_progress, engines_dir, address, workers, gpus_per_worker, cpus_per_worker):
     """Generate a QC'd synthetic dataset store from an expanded prompts table.
 
@@ -123,6 +129,7 @@ def generate(ctx, prompts_path, model_dir, out_dir, qc_weights_dir, qc_calibrati
              "qc.calibration": qc_calibration,
              "qc.enabled": False if no_qc else None,
              "executor": executor if executor != "ray" else None, "slots": slots,
+             "cuda_streams": cuda_streams, "cuda_graph": cuda_graph,
              "allow_long_prompts": True if allow_long_prompts else None,
              "quota.targets": quota, "quota.budget_attempts": budget_attempts}
     sets = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
@@ -142,7 +149,7 @@ def generate(ctx, prompts_path, model_dir, out_dir, qc_weights_dir, qc_calibrati
                                                   if c.get("dashboard_url") else ""), err=True)
     else:
         ex = make_executor(ctx, cfg.executor, "generate", batch_size=cfg.batch_size,
-                           slots=cfg.slots, **ray)
+                           slots=cfg.slots, cuda_streams=cfg.cuda_streams, cuda_graph=cfg.cuda_graph, **ray)
     stages = None
     if engines_dir:
         if executor == "ray":

@@ -83,6 +83,10 @@ class GenerateConfig(Config):
     # stages, continuous batching); python: its Python twin; auto: native where built.
     executor: Literal["auto", "native", "python", "inprocess"] = "auto"
     slots: Optional[int] = None     # denoiser slots of the pipeline executors (default batch_size)
+    # pipeline executors on CUDA (rv2.runtime.cuda_overlap): a stream per stage, the
+    # denoiser's step in a CUDA graph; off until a GPU run shows they pay
+    cuda_streams: bool = False
+    cuda_graph: bool = False
     limit: Optional[int] = None     # only the first N prompts (smoke runs)
     allow_long_prompts: bool = False  # generate from prompts over 77 CLIP tokens (cut; warned)
 

@@ -32,6 +32,8 @@ class EagerTextEncoder:
 class EagerDenoiser:
     """A diffusers UNet2DConditionModel as a noise predictor."""
 
+    graph_capturable = True   # no host syncs in its forward: a CUDA graph can replay it
+
     def __init__(self, unet, device, dtype):
         self.unet, self.device, self.dtype = unet, torch.device(device), dtype
         self.in_channels = int(unet.config.in_channels)

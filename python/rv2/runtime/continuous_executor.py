@@ -22,11 +22,15 @@ class ContinuousExecutor:
     """capacity: denoiser slots; batch_size: items per encode/decode/QC/write call;
     queue_capacity: items waiting between two stages at most (default 2 x capacity);
     write_threads: image encoders/writers; fused: the fused CFG + scheduler update kernel
-    (default: on CUDA where rv2._C has it)."""
+    (default: on CUDA where rv2._C has it); cuda_streams, cuda_graph: a CUDA stream per
+    stage, the denoiser step in a CUDA graph (`rv2.runtime.cuda_overlap`); fixed_batch:
+    the denoiser runs every slot each step (free ones on zeros), as the graph does, for
+    backends built for one batch size."""
 
     def __init__(self, capacity: int = 8, batch_size: int | None = None,
                  queue_capacity: int | None = None, write_threads: int | None = None,
-                 backend: str = "auto", fused: bool | None = None):
+                 backend: str = "auto", fused: bool | None = None, cuda_streams: bool = False,
+                 cuda_graph: bool = False, fixed_batch: bool = False):
         if backend not in ("auto", "native", "python"):
             raise ValueError(f"backend must be auto, native or python, got {backend!r}")
         if capacity < 1:
@@ -38,6 +42,7 @@ class ContinuousExecutor:
         self.queue_capacity = queue_capacity or 2 * capacity
         self.write_threads = write_threads or max(1, min(4, os.cpu_count() or 1))
         self.fused = fused            # fused CFG + update kernel (default: on CUDA where built)
+        self.cuda_streams, self.cuda_graph, self.fixed_batch = cuda_streams, cuda_graph, fixed_batch
         self.last_stats: dict | None = None
         self.bodies = None
 
@@ -52,7 +57,9 @@ class ContinuousExecutor:
 
         pids = sorted({p for p, _ in work})
         index = {p: i for i, p in enumerate(pids)}
-        self.bodies = GenerationBodies(runner, pids, self.capacity, on_result, fused=self.fused)
+        self.bodies = GenerationBodies(runner, pids, self.capacity, on_result, fused=self.fused,
+                                       cuda_streams=self.cuda_streams, cuda_graph=self.cuda_graph,
+                                       fixed_batch=self.fixed_batch)
         self.last_stats = run_pipeline(self.bodies, [(index[p], a) for p, a in work], max_attempts,
                                        self.capacity, self.batch_size, self.queue_capacity,
                                        self.write_threads, native=self.native)

@@ -20,6 +20,7 @@ from rv2 import _native
 from rv2.generate.sampler import latents_for
 from rv2.generate.slot_samplers import slot_sampler_for
 from rv2.generate.stages import StageRunner
+from rv2.runtime.cuda_overlap import DenoiserGraph, StageStreams, check_cuda_options
 
 
 def guided_update_tensors(eps_u, eps_c, guidance: float, A, B, W, sample, hist):
@@ -54,15 +55,18 @@ class _Item:
     verdict: dict | None = None
     record: dict | None = None
     u8: Any = None          # the accepted image as uint8, until written
+    event: Any = None       # CUDA event of the stage that made its payload (stage streams)
 
 
 class GenerationBodies:
     """Stage bodies over `runner` for `capacity` denoiser slots. `prompt_ids[i]` is
     prompt index i of the scheduler's items; `on_result(record, final)` is called
-    once per finished attempt."""
+    once per finished attempt. `cuda_streams`, `cuda_graph`: `rv2.runtime.cuda_overlap`;
+    `fixed_batch`: the graph's full-capacity step, without capturing it."""
 
     def __init__(self, runner: StageRunner, prompt_ids: Sequence[str], capacity: int,
-                 on_result: Callable[[dict, bool], None] | None = None, fused: bool | None = None):
+                 on_result: Callable[[dict, bool], None] | None = None, fused: bool | None = None,
+                 cuda_streams: bool = False, cuda_graph: bool = False, fixed_batch: bool = False):
         self.runner, self.prompt_ids, self.capacity = runner, list(prompt_ids), capacity
         self.on_result = on_result
         # The fused CFG + update kernel: by default on CUDA where rv2._C has it. Not
@@ -82,28 +86,44 @@ class GenerationBodies:
         self.live: dict = {}
         writer = runner.writer
         self.direct = hasattr(writer, "reserve_path") and hasattr(writer, "encode") and hasattr(writer, "append")
+        check_cuda_options(self.device, d, cuda_streams, cuda_graph)
+        self.streams = StageStreams(torch.device(self.device), cuda_streams)
+        self.graph = DenoiserGraph(d, capture=True) if cuda_graph else (
+            DenoiserGraph(d, capture=False) if fixed_batch else None)
 
     # ---------------------------------------------------------------- stages
     def encode(self, batch: Sequence[tuple[int, int, int]]) -> None:
         work = [(self.prompt_ids[p], int(a)) for _, p, a in batch]
-        cond, uncond = self.runner.encode_text(work)
-        if self.cfg and self.uncond is None:
-            self.uncond = uncond
-        plan = self.runner.plan
-        lat, seeds = latents_for([p for p, _ in work], [a for _, a in work], plan.latent_shape,
-                                 plan.base_seed, self.device, self.dtype)
-        if self.ctx is None:
-            self.ctx = torch.zeros((self.capacity, *cond.shape[1:]), device=self.device, dtype=cond.dtype)
+        with self.streams.stage("encode"):
+            cond, uncond = self.runner.encode_text(work)
+            if self.cfg and self.uncond is None:
+                self.uncond = uncond
+            plan = self.runner.plan
+            lat, seeds = latents_for([p for p, _ in work], [a for _, a in work], plan.latent_shape,
+                                     plan.base_seed, self.device, self.dtype)
+            if self.ctx is None:
+                self.ctx = torch.zeros((self.capacity, *cond.shape[1:]), device=self.device, dtype=cond.dtype)
+        made = []
         for i, (tok, _, _) in enumerate(batch):
             pid, a = work[i]
             self.items[tok] = _Item(pid, a, seeds[i], cond[i], lat[i:i + 1])
+            made.append(self.items[tok])
+        self.streams.mark("encode", made)
 
     @torch.inference_mode()
     def step(self, joins: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
         t0 = time.perf_counter()
+        with self.streams.stage("denoise", [self.items[tok] for _, tok in joins]):
+            finished = self._step(joins)
+        self.streams.mark("denoise", [self.items[tok] for _, tok in finished])
+        self.runner.add_time("denoise", time.perf_counter() - t0)
+        return finished
+
+    def _step(self, joins: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
         s = self.sampler
         for slot, tok in joins:
             it = self.items[tok]
+            self.streams.take(it.latents, it.cond, self.uncond)
             self.x[slot] = s.start(slot, it.latents)[0]
             self.ctx[slot] = it.cond
             it.cond = it.latents = None
@@ -116,10 +136,7 @@ class GenerationBodies:
         den = self.runner.stages.denoiser
         terms = s.fused_terms(slots, rows) if (self.fused and self.cfg) else None
         if self.cfg:
-            n = len(slots)
-            context = torch.cat([self.uncond.expand(n, -1, -1).to(self.ctx.dtype), self.ctx[slots]])
-            eps = den.predict_noise(torch.cat([inp, inp]), torch.cat([t, t]), context)
-            eps_u, eps_c = eps.chunk(2)
+            eps_u, eps_c = self._predict(den, slots, inp, t)
             if terms is not None:
                 new, e = guided_update_tensors(eps_u, eps_c, self.runner.plan.guidance, *terms)
                 s.advance(slots, e, rows)
@@ -128,7 +145,7 @@ class GenerationBodies:
             else:
                 eps = guided = eps_u + self.runner.plan.guidance * (eps_c - eps_u)
         else:
-            eps = guided = den.predict_noise(inp, t, self.ctx[slots])
+            eps = guided = self._predict(den, slots, inp, t)[0]
         stopped = self._early_checks(slots, ks, inp, guided, t)
         if terms is None:
             new = s.step(slots, eps, rows)
@@ -144,8 +161,29 @@ class GenerationBodies:
                 tok = self.slot_token.pop(slot)
                 self.items[tok].latents = new[j:j + 1].clone()
                 finished.append((slot, tok))
-        self.runner.add_time("denoise", time.perf_counter() - t0)
         return finished
+
+    def _predict(self, den, slots: list[int], inp, t) -> tuple:
+        """(eps_uncond, eps_cond) of the busy slots with CFG, else (eps,). With the
+        denoiser graph every slot runs (the free ones on zeros) and the busy rows are taken."""
+        cfg = self.cfg
+        if self.graph is None:
+            if not cfg:
+                return (den.predict_noise(inp, t, self.ctx[slots]),)
+            n = len(slots)
+            context = torch.cat([self.uncond.expand(n, -1, -1).to(self.ctx.dtype), self.ctx[slots]])
+            return den.predict_noise(torch.cat([inp, inp]), torch.cat([t, t]), context).chunk(2)
+        cap = self.capacity
+        x = inp.new_zeros((cap, *inp.shape[1:]))
+        x[slots] = inp
+        tt = t.new_zeros((cap, *t.shape[1:]))
+        tt[slots] = t
+        idx = torch.tensor(slots, device=inp.device)
+        if not cfg:
+            return (self.graph(x, tt, self.ctx)[idx],)   # indexing copies out of the graph's output
+        context = torch.cat([self.uncond.expand(cap, -1, -1).to(self.ctx.dtype), self.ctx])
+        out = self.graph(torch.cat([x, x]), torch.cat([tt, tt]), context)
+        return out[idx], out[cap + idx]
 
     def _early_checks(self, slots, ks, inp, eps, t) -> dict:
         """Early QC checks of the slots due one after this call: {slot: Check} of those
@@ -165,27 +203,35 @@ class GenerationBodies:
         its = [self.items[t] for t in tokens if self.items[t].image is None]  # not stopped early
         if not its:
             return
-        images = self.runner.decode(torch.cat([it.latents for it in its]))
+        with self.streams.stage("decode", its):
+            self.streams.take(*(it.latents for it in its))
+            images = self.runner.decode(torch.cat([it.latents for it in its]))
         for i, it in enumerate(its):
             it.latents, it.image = None, images[i:i + 1]
+        self.streams.mark("decode", its)
 
     def judge(self, tokens: Sequence[int]) -> None:
         its = [self.items[t] for t in tokens if self.items[t].verdict is None]
         if not its:
             return
-        verdicts = self.runner.judge([(it.prompt_id, it.attempt) for it in its],
-                                     torch.cat([it.image for it in its]))
+        with self.streams.stage("qc", its):
+            self.streams.take(*(it.image for it in its))
+            verdicts = self.runner.judge([(it.prompt_id, it.attempt) for it in its],
+                                         torch.cat([it.image for it in its]))
         for it, v in zip(its, verdicts):
             it.verdict = v
+        self.streams.mark("qc", its)
 
     def prepare_write(self, tokens: Sequence[int]) -> list[str | None]:
         """Records (and, for a store that lets others write its files, their paths)."""
         t0 = time.perf_counter()
         its = [self.items[t] for t in tokens]
-        records, u8 = self.runner.records_for([(it.prompt_id, it.attempt) for it in its],
-                                              [it.seed for it in its],
-                                              torch.cat([it.image for it in its]),
-                                              [it.verdict for it in its])
+        with self.streams.stage("write", its):   # the uint8 copy to the host ends the GPU's part
+            self.streams.take(*(it.image for it in its))
+            records, u8 = self.runner.records_for([(it.prompt_id, it.attempt) for it in its],
+                                                  [it.seed for it in its],
+                                                  torch.cat([it.image for it in its]),
+                                                  [it.verdict for it in its])
         paths: list[str | None] = []
         w = self.runner.writer
         for it, rec, img in zip(its, records, u8):
