@@ -109,7 +109,9 @@ class DenoiserGraph:
                 self.den.predict_noise(*self.static)
         here.wait_stream(side)
         g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
+        # thread_local: the other stages' threads keep launching (and syncing) on their
+        # streams while this one captures; "global" would fail their calls
+        with torch.cuda.graph(g, capture_error_mode="thread_local"):
             self.out = self.den.predict_noise(*self.static)
         self.graph = g
 
