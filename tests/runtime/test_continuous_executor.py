@@ -3,6 +3,7 @@ the in-process executor: same images (1e-5, fp32 CPU), same store records; on a 
 with CUDA stage streams and the denoiser graph against without."""
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -225,6 +226,53 @@ def test_fixed_batch_step_matches_inprocess(guidance, comp, tmp_path):
     for key, img in ref.images.items():
         torch.testing.assert_close(got.images[key], img, rtol=0, atol=1e-5)
     _assert_same_records(_journal(tmp_path / "in"), _journal(tmp_path / "fb"))
+
+
+class _StreamOrder:
+    """StageStreams' interface, recording instead of synchronising: each stage must wait
+    only on items its predecessor marked, and take the tensors it reads."""
+
+    AFTER = {"denoise": {"encode"}, "decode": {"denoise"}, "qc": {"decode"},
+             "write": {"qc", "denoise"}}   # early-stopped items skip decode and QC
+    seen: list = []
+    taken = 0
+
+    def __init__(self, device, enabled):
+        pass
+
+    @contextlib.contextmanager
+    def stage(self, name, waits=()):
+        for it in waits:
+            assert it.event in self.AFTER[name], (name, it.event)
+            _StreamOrder.seen.append((name, it.prompt_id, it.attempt))
+        yield
+
+    def mark(self, name, items):
+        for it in items:
+            it.event = name
+
+    def take(self, *tensors):
+        _StreamOrder.taken += sum(isinstance(t, torch.Tensor) for t in tensors)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stage_streams_wait_on_each_items_previous_stage(backend, comp, tmp_path, monkeypatch):
+    """The bodies' stream protocol, checked on the CPU: denoise waits on encode, decode
+    on denoise, QC on decode, write on QC; every attempt reaches the write stage once."""
+    from rv2.runtime import generation_bodies
+
+    monkeypatch.setattr(generation_bodies, "StageStreams", _StreamOrder)
+    _StreamOrder.seen, _StreamOrder.taken = [], 0
+    s = generate_dataset(prompts_table(6, seed=3), None, tmp_path / "s", _cfg(), qc_models=mean_qc(),
+                         components=comp, executor=ContinuousExecutor(capacity=2, backend=backend),
+                         progress=False)
+    writes = [(p, a) for st, p, a in _StreamOrder.seen if st == "write"]
+    assert sorted(writes) == sorted(_journal(tmp_path / "s")) and len(writes) == s["this_run"]["attempts"]
+    for stage in ("denoise", "decode", "qc"):
+        assert sorted((p, a) for st, p, a in _StreamOrder.seen if st == stage) == sorted(writes), stage
+    # each attempt's tensors are taken where read: latents and text embedding on joining the
+    # denoiser, latents by decode, the image by QC and by write
+    assert _StreamOrder.taken >= 5 * len(writes)
 
 
 def test_cuda_options_name_what_they_need(comp, tmp_path):
