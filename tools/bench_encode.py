@@ -11,6 +11,10 @@ threads), with images per second, the ratio to Pillow on as many threads in the 
 run, and the file size against Pillow's. The images are the folder's PNG and JPEG
 radiographs as grayscale at --size x --size, repeated to --images; every native file is
 decoded back and checked equal to its pixels.
+
+A second table times the step before it, float images in [0, 1] to uint8
+(`rv2._C.to_uint8`, clamp and round half to even, NaN -> 0) against its numpy twin, on
+the same radiographs as floats, with the outputs checked equal.
 """
 from __future__ import annotations
 
@@ -92,6 +96,16 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|")
     for name, threads, r, ratio, kib, sratio in rows:
         print(f"| {name} | {threads} | {r:.1f} | {ratio:.2f}x | {kib:.1f} | {sratio:.3f} |")
+
+    floats = [im.astype(np.float32) / np.float32(255.0) for im in images]
+    for f, im in zip(floats, images):   # the float -> uint8 round trip gives the pixels back
+        assert np.array_equal(C.to_uint8(f), im) and np.array_equal(_native.to_uint8_py(f), im)
+    twin, _ = rate(_native.to_uint8_py, floats, 1)
+    native, _ = rate(C.to_uint8, floats, 1)
+    print(f"\nfloat -> uint8, the same {args.images} images, one call per image\n")
+    print("| conversion | images/s | us per image | vs numpy |\n|---|---:|---:|---:|")
+    for name, r in (("numpy twin (clip, round)", twin), ("rv2._C.to_uint8", native)):
+        print(f"| {name} | {r:.0f} | {1e6 / r:.0f} | {r / twin:.2f}x |")
 
 
 if __name__ == "__main__":
