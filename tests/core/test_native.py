@@ -35,6 +35,22 @@ def test_to_uint8_matches_twin_on_edges_and_random():
 
 
 @needs_native
+def test_to_uint8_rounds_every_tie_and_its_neighbours_like_the_twin():
+    """The kernel's vector loop (long arrays): each x.5 / 255 and the 4 floats on either
+    side of it, each integer / 255, and the clamping edges."""
+    ties = (np.arange(256, dtype=np.float32) + np.float32(0.5)) / np.float32(255)
+    exact = np.arange(256, dtype=np.float32) / np.float32(255)
+    vals = [ties, exact, np.array([-1e-7, 1 - 1e-7, 1 + 1e-7, np.nan, -np.nan], np.float32)]
+    up = down = ties
+    for _ in range(4):
+        up, down = np.nextafter(up, np.float32(2)), np.nextafter(down, np.float32(-1))
+        vals += [up, down]
+    x = np.concatenate(vals)
+    for arr in (x, x[::-1].copy(), np.tile(x, 7)[3:]):   # other alignments of the vector loop
+        np.testing.assert_array_equal(_native.native_module().to_uint8(arr), _native.to_uint8_py(arr))
+
+
+@needs_native
 def test_to_uint8_threads_give_same_result():
     m = _native.native_module()
     x = np.random.default_rng(1).random((4, 512, 512), dtype=np.float32)
