@@ -111,8 +111,8 @@ def load_engines(ctx, folder, device=None):
 @click.pass_context
 def generate(ctx, prompts_path, model_dir, out_dir, qc_weights_dir, qc_calibration, no_qc, batch_size,
              max_attempts, sampler, steps, early_reject, early_margin, guidance, device, dtype, limit,
-             config_path, overrides, executor, slots, cuda_streams, cuda_graph, allow_long_prompts, quota, budget_attempts,
-             no_progress, engines_dir, address, workers, gpus_per_worker, cpus_per_worker):
+             config_path, overrides, executor, slots, cuda_streams, cuda_graph, allow_long_prompts, quota,
+             budget_attempts, no_progress, engines_dir, address, workers, gpus_per_worker, cpus_per_worker):
     """Generate a QC'd synthetic dataset store from an expanded prompts table.
 
     Failed images are regenerated with the prompt's next seed up to --max-attempts.
@@ -149,7 +149,8 @@ def generate(ctx, prompts_path, model_dir, out_dir, qc_weights_dir, qc_calibrati
                                                   if c.get("dashboard_url") else ""), err=True)
     else:
         ex = make_executor(ctx, cfg.executor, "generate", batch_size=cfg.batch_size,
-                           slots=cfg.slots, cuda_streams=cfg.cuda_streams, cuda_graph=cfg.cuda_graph, **ray)
+                           slots=cfg.slots, cuda_streams=cfg.cuda_streams, cuda_graph=cfg.cuda_graph,
+                           **ray)
     stages = None
     if engines_dir:
         if executor == "ray":
