@@ -86,3 +86,23 @@ def test_sampler_choice_unknown_names_and_resume_guard(tmp_path):
     assert r.exit_code == 0, r.output
     summary = json.loads((tmp_path / "u" / "summary.json").read_text())
     assert summary["executor"] == "inprocess" and summary["attempts"]["attempts"] == 3
+
+
+def test_cuda_options_are_refused_where_they_cannot_apply(tmp_path):
+    """--cuda-streams / --cuda-graph: one line naming what they need, before any image."""
+    from rv2.models.sd import save_pipeline
+
+    model = save_pipeline(tiny(0), tmp_path / "m")
+    prompts_table(2).to_parquet(tmp_path / "p.parquet")
+    base = ["generate", "--prompts", str(tmp_path / "p.parquet"), "--model", str(model), "--no-qc",
+            "--steps", "1", "--device", "cpu", "--no-progress"]
+    cases = [(["--executor", "python", "--cuda-streams"], "cuda_streams need the denoiser on a CUDA device"),
+             (["--executor", "python", "--cuda-graph"], "cuda_graph need the denoiser on a CUDA device"),
+             (["--executor", "inprocess", "--cuda-graph"], "options of the pipeline executors"),
+             (["--executor", "ray", "--cuda-streams"], "not of Ray's workers")]
+    for i, (extra, msg) in enumerate(cases):
+        out = tmp_path / f"o{i}"
+        r = CliRunner().invoke(main, [*base, "--out", str(out), *extra])
+        assert r.exit_code != 0 and msg in r.output, (extra, r.output)
+        assert "Traceback" not in r.output
+        assert not list(out.glob("images/**/*.png"))

@@ -141,6 +141,9 @@ def generate(ctx, prompts_path, model_dir, out_dir, qc_weights_dir, qc_calibrati
     ray = {"address": address, "workers": workers, "gpus_per_worker": gpus_per_worker,
            "cpus_per_worker": cpus_per_worker}
     if executor == "ray":
+        if cfg.cuda_streams or cfg.cuda_graph:
+            raise UserError("--cuda-streams and --cuda-graph are options of the pipeline executors "
+                            "(--executor native or python), not of Ray's workers")
         ex = make_executor(ctx, "ray", "generate", batch_size=cfg.batch_size, **ray)
         if callable(getattr(ex, "connect", None)):
             c = ex.connect()
