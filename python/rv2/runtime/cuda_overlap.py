@@ -23,6 +23,8 @@ from typing import Any, Iterable
 
 import torch
 
+from rv2.errors import UserError
+
 STREAM_STAGES = ("encode", "denoise", "decode", "qc", "write")
 
 
@@ -118,8 +120,6 @@ class DenoiserGraph:
 
 def check_cuda_options(device, denoiser, cuda_streams: bool, cuda_graph: bool) -> None:
     """A clear error for an option the run cannot honour."""
-    from rv2.errors import UserError
-
     asked = [n for n, on in (("cuda_streams", cuda_streams), ("cuda_graph", cuda_graph)) if on]
     if asked and torch.device(device).type != "cuda":
         raise UserError(f"{' and '.join(asked)} need the denoiser on a CUDA device; it is on "
