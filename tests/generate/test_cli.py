@@ -96,8 +96,8 @@ def test_cuda_options_are_refused_where_they_cannot_apply(tmp_path):
     prompts_table(2).to_parquet(tmp_path / "p.parquet")
     base = ["generate", "--prompts", str(tmp_path / "p.parquet"), "--model", str(model), "--no-qc",
             "--steps", "1", "--device", "cpu", "--no-progress"]
-    cases = [(["--executor", "python", "--cuda-streams"], "cuda_streams need the denoiser on a CUDA device"),
-             (["--executor", "python", "--cuda-graph"], "cuda_graph need the denoiser on a CUDA device"),
+    cases = [(["--executor", "python", "--cuda-streams"], "cuda_streams needs the denoiser on a CUDA device"),
+             (["--executor", "python", "--cuda-graph"], "cuda_graph needs the denoiser on a CUDA device"),
              (["--executor", "inprocess", "--cuda-graph"], "options of the pipeline executors"),
              (["--executor", "ray", "--cuda-streams"], "not of Ray's workers")]
     for i, (extra, msg) in enumerate(cases):

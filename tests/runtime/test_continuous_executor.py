@@ -279,9 +279,11 @@ def test_cuda_options_name_what_they_need(comp, tmp_path):
     from rv2.errors import UserError
     from rv2.runtime.executors import make_executor
 
-    for opts, msg in (({"cuda_streams": True}, ("cuda_streams need the denoiser on a CUDA device; "
+    for opts, msg in (({"cuda_streams": True}, ("cuda_streams needs the denoiser on a CUDA device; "
                                                 "it is on cpu")),
-                      ({"cuda_graph": True}, "cuda_graph need the denoiser on a CUDA device")):
+                      ({"cuda_graph": True}, "cuda_graph needs the denoiser on a CUDA device.*drop it"),
+                      ({"cuda_streams": True, "cuda_graph": True},
+                       "cuda_streams and cuda_graph need the denoiser on a CUDA device.*drop them")):
         with pytest.raises(UserError, match=msg):
             generate_dataset(prompts_table(2), None, tmp_path / "x", _cfg(), qc_models=None,
                              components=comp, executor=ContinuousExecutor(backend="python", **opts),

@@ -122,8 +122,9 @@ def check_cuda_options(device, denoiser, cuda_streams: bool, cuda_graph: bool) -
     """A clear error for an option the run cannot honour."""
     asked = [n for n, on in (("cuda_streams", cuda_streams), ("cuda_graph", cuda_graph)) if on]
     if asked and torch.device(device).type != "cuda":
-        raise UserError(f"{' and '.join(asked)} need the denoiser on a CUDA device; it is on "
-                        f"{device}: drop them or run with --device cuda")
+        verb, them = ("need", "them") if len(asked) > 1 else ("needs", "it")
+        raise UserError(f"{' and '.join(asked)} {verb} the denoiser on a CUDA device; it is on "
+                        f"{device}: drop {them} or run with --device cuda")
     if cuda_graph and not getattr(denoiser, "graph_capturable", False):
         raise UserError(f"cuda_graph: the {type(denoiser).__name__} denoiser cannot be captured in a "
                         "CUDA graph (the eager UNet can); drop cuda_graph for this backend")
