@@ -241,7 +241,10 @@ def start_peer(python: str, onnx: Path, threads: int, tmp: Path):
             pass
         time.sleep(1.0)
     proc.kill()
-    print(f"PyTriton peer did not start (log: {tmp / 'peer.log'})", file=sys.stderr)
+    proc.wait()
+    # the log goes with the run's temp folder: show its end now
+    tail = (tmp / "peer.log").read_text(errors="replace").splitlines()[-25:]
+    print("PyTriton peer did not start; the end of its log:", *tail, sep="\n  ", file=sys.stderr)
     return None, None
 
 
@@ -281,7 +284,13 @@ def main() -> None:
         raise SystemExit("--pytriton-python serves the CPU engine: measure Triton with --device cpu")
     need_engine = args.device == "cpu" and (dense or args.pytriton_python)
     engines = build_engine(folder, tmp / "engines") if need_engine else None
-    onnx = engines / "classifier" / "onnxruntime" / "model.onnx" if engines else None
+    onnx = None
+    if engines:
+        from rv2.engines.build import ONNX_FILE
+
+        onnx = engines / "classifier" / ONNX_FILE  # the graph that both rv2's engine and the peer run
+        if not onnx.is_file():
+            raise SystemExit(f"the engine build left no ONNX graph at {onnx}: the engine layout changed?")
     # one process per server, as deployed: grpc.aio servers sharing a process slow each
     # other's requests (0.5-0.9 ms p50 with five in one process)
     procs = {n: subprocess.Popen([sys.executable, __file__, "--threads", str(args.threads), "--device", args.device,
