@@ -91,6 +91,18 @@ def build_engine(folder: Path, out: Path) -> Path:
     return out
 
 
+def peer_graph(engines: Path) -> Path:
+    """The ONNX graph that rv2's ONNX Runtime engine of the classifier loads (its manifest's
+    engine file), for the Triton peer to serve the very same graph."""
+    from rv2.engines.manifest import read_manifest
+
+    folder = engines / "classifier" / "onnxruntime"
+    graph = (folder / read_manifest(folder)["engine_file"]).resolve()
+    if not graph.is_file():
+        raise SystemExit(f"the classifier's ONNX Runtime manifest names {graph}, which is missing")
+    return graph
+
+
 def densenet(folder: Path, engines: Path | None, threads: int, device: str = "cpu"):
     """On the CPU the engine's Predictor, its ONNX Runtime session on `threads` intra-op
     threads; on a GPU the eager network on CUDA (autocast), which needs no engine build."""
@@ -285,13 +297,7 @@ def main() -> None:
         raise SystemExit("--pytriton-python serves the CPU engine: measure Triton with --device cpu")
     need_engine = args.device == "cpu" and (dense or args.pytriton_python)
     engines = build_engine(folder, tmp / "engines") if need_engine else None
-    onnx = None
-    if engines:
-        from rv2.engines.build import ONNX_FILE
-
-        onnx = engines / "classifier" / ONNX_FILE  # the graph that both rv2's engine and the peer run
-        if not onnx.is_file():
-            raise SystemExit(f"the engine build left no ONNX graph at {onnx}: the engine layout changed?")
+    onnx = peer_graph(engines) if engines else None
     # one process per server, as deployed: grpc.aio servers sharing a process slow each
     # other's requests (0.5-0.9 ms p50 with five in one process)
     procs = {n: subprocess.Popen([sys.executable, __file__, "--threads", str(args.threads), "--device", args.device,

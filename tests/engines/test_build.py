@@ -125,6 +125,27 @@ def test_predict_runs_from_the_classifier_engine(demo_engines):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_bench_serve_peer_serves_the_graph_rv2s_engine_loads(demo_engines):
+    """tools/bench_serve.py gives the Triton peer the classifier engine's own ONNX file
+    (once it looked where the build no longer writes, and Triton silently dropped out)."""
+    import hashlib
+    import importlib.util
+    from pathlib import Path
+
+    import onnxruntime as ort
+
+    tool = Path(__file__).resolve().parents[2] / "tools" / "bench_serve.py"
+    spec = importlib.util.spec_from_file_location("bench_serve_for_test", tool)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    graph = bench.peer_graph(demo_engines["out"])
+    m = mf.read_manifest(demo_engines["out"] / "classifier" / "onnxruntime")
+    assert hashlib.sha256(graph.read_bytes()).hexdigest() == m["onnx"]["sha256"]
+    sess = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((2, *m["inputs"][0]["shape"][1:])).astype(np.float32)
+    assert sess.run(None, {sess.get_inputs()[0].name: x})[0].shape == (2, 14)
+
+
 def test_rv2_predict_and_generate_cli_with_engines(demo_engines, tmp_path):
     from click.testing import CliRunner
     from PIL import Image
