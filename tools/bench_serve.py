@@ -20,8 +20,10 @@ and server nor two servers share a GIL or grpc's poller:
 best-to-batch-1 ratio bounds what any batching can gain on this machine. "bare" is `Predictor.predict_tensor` on the same batch-1 tensor in this
 process (what the server's batcher calls); overhead = client p50 - bare p50.
 Batching ratio = inferences / executions from the server's Prometheus metrics; the
-in-server column is the server's own time per request outside the backend call
-(parse, checks, queue, hand-offs), from the same metrics. Server CPU per request is
+in-server compute column is the backend call's time inside the server (the batch a
+request ran in), to set beside the bare call's; the in-server non-compute column is the
+server's own time per request outside the backend call (parse, checks, queue,
+hand-offs), from the same metrics. Server CPU per request is
 the server process's user + system time over the row (Linux /proc) divided by its
 answered requests: steadier than latency on a shared machine.
 Ratios are against rows measured in the same run.

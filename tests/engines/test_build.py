@@ -127,7 +127,7 @@ def test_predict_runs_from_the_classifier_engine(demo_engines):
 
 def test_bench_serve_peer_serves_the_graph_rv2s_engine_loads(demo_engines):
     """tools/bench_serve.py gives the Triton peer the classifier engine's own ONNX file
-    (once it looked where the build no longer writes, and Triton silently dropped out)."""
+    (it once looked for a file the build never writes, and Triton silently dropped out)."""
     import hashlib
     import importlib.util
     from pathlib import Path
