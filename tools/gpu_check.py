@@ -521,6 +521,14 @@ def main(argv=None) -> int:
     for stale in ("gpu_check.json", "gpu_check.md", "gpu_check.log", *JUNITS):
         (out / stale).unlink(missing_ok=True)
     work = Path(tempfile.mkdtemp(prefix="rv2-gpu-check-"))
+    try:  # the work folder (site, inductor cache, engines) goes whatever happens: GBs on a GPU
+        return check(args, out, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def check(args, out: Path, work: Path) -> int:
+    """Run the planned steps with `work` as the scratch folder; 0 if every step passed."""
     site = Path("/tmp/rv2-site") if not args.dry_run else work / "site"
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_WAIT_POLICY="PASSIVE", MPLBACKEND="Agg",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
@@ -541,23 +549,20 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     print(f"rv2 gpu_check ({'dry-run' if args.dry_run else 'gpu'}): {len(steps)} steps, budget "
           f"{args.budget_s:.0f} s, output in {out}", flush=True)
-    try:  # the work folder (site, inductor cache, engines) goes whatever happens: GBs on a GPU
-        with open(out / "gpu_check.log", "w") as log:
-            for step in steps:
-                if schedule(step, args.budget_s - (time.perf_counter() - t0), only) == "run":
-                    run_step(step, log, env)
-                else:
-                    msg = f"-- {step.name}: skipped ({step.note})"
-                    print(msg, flush=True)
-                    log.write(msg + "\n")
-            wall = time.perf_counter() - t0
-            summary = summarize(args, steps, work, started, wall)
-            (out / "gpu_check.json").write_text(json.dumps(summary, indent=2, default=str))
-            (out / "gpu_check.md").write_text(markdown(summary))
-            print("\n" + markdown(summary), flush=True)
-            log.write(f"\ntotal {wall:.1f} s\n")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with open(out / "gpu_check.log", "w") as log:
+        for step in steps:
+            if schedule(step, args.budget_s - (time.perf_counter() - t0), only) == "run":
+                run_step(step, log, env)
+            else:
+                msg = f"-- {step.name}: skipped ({step.note})"
+                print(msg, flush=True)
+                log.write(msg + "\n")
+        wall = time.perf_counter() - t0
+        summary = summarize(args, steps, work, started, wall)
+        (out / "gpu_check.json").write_text(json.dumps(summary, indent=2, default=str))
+        (out / "gpu_check.md").write_text(markdown(summary))
+        print("\n" + markdown(summary), flush=True)
+        log.write(f"\ntotal {wall:.1f} s\n")
     return 0 if summary["ok"] else 1
 
 

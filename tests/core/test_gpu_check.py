@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -145,10 +146,14 @@ def test_limits_are_cut_to_the_budget_left():
     assert gc.schedule(card, left=500, only={"tests"}) == "run"  # a fresh machine needs it
 
 
-def test_unknown_only_step_is_refused(tmp_path, capsys):
+def test_unknown_only_step_is_refused(tmp_path, capsys, monkeypatch):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the work folder is made
     assert gc.main(["--dry-run", "--skip-wheelhouse", "--out", str(tmp_path), "--only", "nope"]) == 2
     err = capsys.readouterr().err
     assert "--only nope: no such step" in err and "bench_generate" in err
+    assert list(scratch.iterdir()) == []  # the refusal leaves no work folder behind
 
 
 def test_benchmarks_declare_how_the_check_runs_them(tmp_path):
