@@ -352,6 +352,8 @@ def main(argv=None) -> int:
         # alternate the two, keep each one's fastest run (a shared machine's load drifts)
         a = o = nat = opt = opt_error = None
         cuda_opts = args.with_native and args.with_cuda_options and device.startswith("cuda")
+        if args.with_cuda_options and not cuda_opts:
+            print("--with-cuda-options: no row, it needs --with-native and --device cuda", file=sys.stderr)
         for rep in range(args.repeats):
             ra = authors_approach(comp, df, qc_dir, cfg, device, tmp / f"a{rep}")
             ro = ours(comp, df, qc_dir, cfg, device, tmp / f"o{rep}")
