@@ -25,6 +25,7 @@
 #include <cstring>
 #include <exception>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <string>
 #include <system_error>
@@ -179,13 +180,14 @@ struct Options {
   int batch = 8;
   int queue_capacity = 16;
   int write_threads = 2;
+  bool speculate = false;
 };
 
 class Pipeline {
  public:
   Pipeline(py::object bodies, std::vector<WorkItem> items, Options opt)
       : opt_(opt),
-        work_(std::move(items)),
+        work_(std::move(items), opt.max_attempts),
         ready_(opt.queue_capacity),
         decoded_(opt.queue_capacity),
         judged_(opt.queue_capacity),
@@ -197,7 +199,8 @@ class Pipeline {
         prepare_write_(bodies.attr("prepare_write")),
         encode_image_(bodies.attr("encode_image")),
         commit_(bodies.attr("commit")),
-        done_(bodies.attr("done")) {}
+        done_(bodies.attr("done")),
+        drop_(opt.speculate ? py::object(bodies.attr("drop")) : py::object(py::none())) {}
 
   // Called with the GIL held; releases it while the stages run.
   py::dict run(bool empty) {
@@ -301,6 +304,7 @@ class Pipeline {
     std::vector<WorkItem> slot_item(cap);
     std::vector<bool> used(cap, false);
     int active = 0;
+    int64_t joined = 0;
     for (;;) {
       std::vector<WorkItem> joining;
       const size_t free_slots = static_cast<size_t>(cap - active);
@@ -313,6 +317,20 @@ class Pipeline {
         joining = ready_.pop_batch(free_slots, false);
       }
       if (failed()) return;
+      joined += static_cast<int64_t>(joining.size());
+      if (opt_.speculate) {  // cancelled attempts leave (or never take) their slots
+        std::vector<WorkItem> gone, keep;
+        for (const auto& it : joining) (work_.cancelled(it.prompt, it.attempt) ? gone : keep).push_back(it);
+        joining.swap(keep);
+        for (int s = 0; s < cap; ++s) {
+          if (used[s] && work_.cancelled(slot_item[s].prompt, slot_item[s].attempt)) {
+            gone.push_back(slot_item[s]);
+            used[s] = false;
+            --active;
+          }
+        }
+        drop(gone);
+      }
       std::vector<std::pair<int, int64_t>> joins;
       for (const auto& it : joining) {
         int s = 0;
@@ -322,6 +340,8 @@ class Pipeline {
         ++active;
         joins.emplace_back(s, it.token);
       }
+      if (opt_.speculate) work_.set_want(cap - active - (work_.popped() - joined));
+      if (active == 0) continue;
       std::vector<std::pair<int, int64_t>> finished;
       {
         py::gil_scoped_acquire gil;
@@ -334,6 +354,8 @@ class Pipeline {
         ++steps_;
         slot_steps_ += active;
       }
+      for (int s = 0; s < cap; ++s)
+        if (used[s]) ++slot_item[s].steps;
       for (const auto& f : finished) {
         const int s = f.first;
         if (s < 0 || s >= cap || !used[s] || slot_item[s].token != f.second)
@@ -346,8 +368,23 @@ class Pipeline {
         add_wait(seconds_since(t0));
         if (!ok) return;
       }
+      // slots that nothing on its way will fill
+      if (opt_.speculate) work_.set_want(cap - active - (work_.popped() - joined));
     }
     decoded_.close();
+  }
+
+  // Forget cancelled speculative attempts (called by the stage holding them).
+  void drop(const std::vector<WorkItem>& items) {
+    if (items.empty()) return;
+    {
+      py::gil_scoped_acquire gil;
+      drop_(tokens_of(items));
+    }
+    for (const auto& it : items) work_.forget(it.prompt, it.attempt);
+    std::lock_guard<std::mutex> lk(stat_mu_);
+    dropped_ += static_cast<int64_t>(items.size());
+    for (const auto& it : items) wasted_ += it.steps;
   }
 
   void add_wait(double s) {
@@ -359,10 +396,13 @@ class Pipeline {
     for (;;) {
       auto batch = in.pop_batch(static_cast<size_t>(opt_.batch), true);
       if (batch.empty()) break;
-      {
+      std::vector<WorkItem> live_items;
+      for (const auto& it : batch)
+        if (!opt_.speculate || !work_.cancelled(it.prompt, it.attempt)) live_items.push_back(it);
+      if (!live_items.empty()) {
         py::gil_scoped_acquire gil;
         const auto t0 = Clock::now();
-        body(tokens_of(batch));
+        body(tokens_of(live_items));
         add_busy(stage, seconds_since(t0));
       }
       for (const auto& it : batch)
@@ -371,63 +411,83 @@ class Pipeline {
     if (!failed()) out.close();
   }
 
-  void write_loop() {
-    for (;;) {
-      auto batch = written_.pop_batch(static_cast<size_t>(opt_.batch), true);
-      if (batch.empty()) break;
-      const auto t0 = Clock::now();
-      std::vector<py::object> paths_py;
-      std::vector<std::pair<int64_t, std::string>> files;
-      {
-        py::gil_scoped_acquire gil;
-        py::list paths = prepare_write_(tokens_of(batch));
-        if (static_cast<size_t>(py::len(paths)) != batch.size())
-          throw std::runtime_error("prepare_write() must return one path (or None) per token");
-        for (size_t i = 0; i < batch.size(); ++i)
-          if (!paths[i].is_none()) files.emplace_back(batch[i].token, paths[i].cast<std::string>());
-      }
-      std::vector<std::function<void()>> jobs;
-      for (const auto& f : files) {
-        jobs.push_back([this, f] {
-          std::string data;
-          {
-            py::gil_scoped_acquire gil;  // the encoder (Pillow) releases it while compressing
-            py::bytes b = encode_image_(f.first);
-            data = static_cast<std::string>(b);
-          }
-          atomic_write_file(f.second, data);
-        });
-      }
-      pool_->run_all(std::move(jobs));
-      std::vector<int> finals;
-      bool all_settled = false;
-      {
-        py::gil_scoped_acquire gil;
-        auto passed = commit_(tokens_of(batch)).cast<std::vector<bool>>();
-        if (passed.size() != batch.size())
-          throw std::runtime_error("commit() must return one verdict per token");
-        for (size_t i = 0; i < batch.size(); ++i) {
-          const int nxt = next_attempt(passed[i], batch[i].attempt, opt_.max_attempts);
-          if (nxt >= 0) {
-            work_.retry(WorkItem{-1, batch[i].prompt, nxt});
-            finals.push_back(0);
-          } else {
-            finals.push_back(1);
-            all_settled = work_.settle();
-          }
-        }
-        add_busy(4, seconds_since(t0));
-        {
-          std::lock_guard<std::mutex> lk(stat_mu_);
-          attempts_ += static_cast<int64_t>(batch.size());
-        }
-        py::list fin;
-        for (int f : finals) fin.append(py::bool_(f != 0));
-        done_(tokens_of(batch), fin, live());
-      }
-      if (all_settled) break;
+  // Write and journal `batch` (real attempts, in order); whether no prompt is left.
+  bool journal(const std::vector<WorkItem>& batch) {
+    const auto t0 = Clock::now();
+    std::vector<std::pair<int64_t, std::string>> files;
+    {
+      py::gil_scoped_acquire gil;
+      py::list paths = prepare_write_(tokens_of(batch));
+      if (static_cast<size_t>(py::len(paths)) != batch.size())
+        throw std::runtime_error("prepare_write() must return one path (or None) per token");
+      for (size_t i = 0; i < batch.size(); ++i)
+        if (!paths[i].is_none()) files.emplace_back(batch[i].token, paths[i].cast<std::string>());
     }
-    if (!failed()) work_.abort();  // wakes the encoder: nothing is left to do
+    std::vector<std::function<void()>> jobs;
+    for (const auto& f : files) {
+      jobs.push_back([this, f] {
+        std::string data;
+        {
+          py::gil_scoped_acquire gil;  // the encoder (Pillow) releases it while compressing
+          py::bytes b = encode_image_(f.first);
+          data = static_cast<std::string>(b);
+        }
+        atomic_write_file(f.second, data);
+      });
+    }
+    pool_->run_all(std::move(jobs));
+    bool all_settled = false;
+    py::gil_scoped_acquire gil;
+    auto passed = commit_(tokens_of(batch)).cast<std::vector<bool>>();
+    if (passed.size() != batch.size())
+      throw std::runtime_error("commit() must return one verdict per token");
+    py::list fin;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      bool last = false;
+      fin.append(py::bool_(work_.resolve(batch[i].prompt, batch[i].attempt, passed[i], &last)));
+      all_settled = all_settled || last;
+    }
+    add_busy(4, seconds_since(t0));
+    {
+      std::lock_guard<std::mutex> lk(stat_mu_);
+      attempts_ += static_cast<int64_t>(batch.size());
+    }
+    done_(tokens_of(batch), fin, live());
+    return all_settled;
+  }
+
+  void write_loop() {
+    // speculative attempts whose predecessor is not journaled yet, by (prompt, attempt)
+    std::map<std::pair<int64_t, int>, WorkItem> held;
+    for (;;) {
+      auto got = written_.pop_batch(static_cast<size_t>(opt_.batch), true);
+      if (got.empty()) break;
+      bool settled = false;
+      while (!got.empty()) {
+        std::vector<WorkItem> real, gone;
+        for (const auto& it : got) {
+          const auto st = opt_.speculate ? work_.status(it.prompt, it.attempt) : WorkQueue::Status::kCommit;
+          if (st == WorkQueue::Status::kHold)
+            held.emplace(std::make_pair(it.prompt, it.attempt), it);
+          else
+            (st == WorkQueue::Status::kCommit ? real : gone).push_back(it);
+        }
+        drop(gone);
+        if (!real.empty()) settled = journal(real) || settled;
+        // the verdicts just journaled made held attempts real, or cancelled them
+        got.clear();
+        for (auto h = held.begin(); h != held.end();) {
+          if (work_.status(h->first.first, h->first.second) != WorkQueue::Status::kHold) {
+            got.push_back(h->second);
+            h = held.erase(h);
+          } else {
+            ++h;
+          }
+        }
+      }
+      if (settled) work_.abort();  // wakes the encoder: nothing is left to start
+    }
+    if (!failed()) work_.abort();
   }
 
   // Queue depths and occupancy so far (progress bar); GIL held.
@@ -467,13 +527,19 @@ class Pipeline {
     out["busy_s"] = busy;
     out["queue_depth_max"] = depth_max;
     out["queue_depth_mean"] = depth_mean;
+    out["speculated"] = work_.speculated();
+    out["speculation_kept"] = work_.kept();
+    out["speculation_dropped"] = dropped_;
+    out["wasted_slot_steps"] = wasted_;
+    out["useful_occupancy"] =
+        steps_ ? static_cast<double>(slot_steps_ - wasted_) / (static_cast<double>(steps_) * opt_.capacity) : 0.0;
     return out;
   }
 
   Options opt_;
   WorkQueue work_;
   BoundedQueue ready_, decoded_, judged_, written_;
-  py::object encode_, step_, decode_, judge_, prepare_write_, encode_image_, commit_, done_;
+  py::object encode_, step_, decode_, judge_, prepare_write_, encode_image_, commit_, done_, drop_;
   WritePool* pool_ = nullptr;
   int64_t next_token_ = 0;
 
@@ -486,18 +552,20 @@ class Pipeline {
   std::mutex stat_mu_;
   double busy_[kStages] = {0, 0, 0, 0, 0};
   double denoise_wait_ = 0;
-  int64_t steps_ = 0, slot_steps_ = 0, attempts_ = 0;
+  int64_t steps_ = 0, slot_steps_ = 0, attempts_ = 0, dropped_ = 0, wasted_ = 0;
 };
 
 py::dict run_pipeline(py::object bodies, const std::vector<std::pair<int64_t, int>>& items,
                       int max_attempts, int capacity, int batch, int queue_capacity,
-                      int write_threads) {
+                      int write_threads, bool speculate) {
   if (max_attempts < 1 || capacity < 1 || batch < 1 || queue_capacity < 1 || write_threads < 1)
     throw py::value_error("max_attempts, capacity, batch, queue_capacity and write_threads must be >= 1");
+  if (speculate && !PyCallable_Check(py::getattr(bodies, "drop", py::none()).ptr()))
+    throw py::value_error("speculate needs a drop() stage body");
   std::vector<WorkItem> work;
   work.reserve(items.size());
   for (const auto& it : items) work.push_back(WorkItem{-1, it.first, it.second});
-  Options opt{max_attempts, capacity, batch, queue_capacity, write_threads};
+  Options opt{max_attempts, capacity, batch, queue_capacity, write_threads, speculate};
   Pipeline p(std::move(bodies), std::move(work), opt);
   return p.run(items.empty());
 }
@@ -519,7 +587,7 @@ void register_scheduler(py::module_& m) {
         "The retry rule: the next attempt, or -1 when the prompt is settled.");
   m.def("run_pipeline", &run_pipeline, py::arg("bodies"), py::arg("items"),
         py::arg("max_attempts"), py::arg("capacity"), py::arg("batch"),
-        py::arg("queue_capacity"), py::arg("write_threads"),
+        py::arg("queue_capacity"), py::arg("write_threads"), py::arg("speculate") = false,
         "Run (prompt, attempt) items through the stage bodies with continuous batching; "
         "returns the run's stage, queue and slot statistics.");
   m.def("atomic_write_file", [](const std::string& path, py::bytes data) {

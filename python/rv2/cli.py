@@ -42,7 +42,8 @@ EXECUTORS: dict[str, str] = {
 
 
 def make_executor(name: str, kind: str = "generate", batch_size: int = 8, slots: int | None = None,
-                  cuda_streams: bool = False, cuda_graph: bool = False, **options):
+                  cuda_streams: bool = False, cuda_graph: bool = False, speculate: bool = False,
+                  **options):
     """The executor called `name` for stage `kind` ("generate" or "predict"). The stage
     commands sit in layers below the executors, so this factory reaches them through the
     click context (`make_executor` in ctx.obj). None: the stage's in-process default."""
@@ -60,7 +61,7 @@ def make_executor(name: str, kind: str = "generate", batch_size: int = 8, slots:
         return None
     from rv2.runtime.executors import make_executor as make
 
-    return make(name, batch_size, slots, cuda_streams, cuda_graph)
+    return make(name, batch_size, slots, cuda_streams, cuda_graph, speculate)
 
 
 class LazyGroup(click.Group):

@@ -89,7 +89,8 @@ def test_sampler_choice_unknown_names_and_resume_guard(tmp_path):
 
 
 def test_cuda_options_are_refused_where_they_cannot_apply(tmp_path):
-    """--cuda-streams / --cuda-graph: one line naming what they need, before any image."""
+    """--cuda-streams / --cuda-graph / --speculate: one line naming what they need, before
+    any image."""
     from rv2.models.sd import save_pipeline
 
     model = save_pipeline(tiny(0), tmp_path / "m")
@@ -99,7 +100,9 @@ def test_cuda_options_are_refused_where_they_cannot_apply(tmp_path):
     cases = [(["--executor", "python", "--cuda-streams"], "cuda_streams needs the denoiser on a CUDA device"),
              (["--executor", "python", "--cuda-graph"], "cuda_graph needs the denoiser on a CUDA device"),
              (["--executor", "inprocess", "--cuda-graph"], "options of the pipeline executors"),
-             (["--executor", "ray", "--cuda-streams"], "not of Ray's workers")]
+             (["--executor", "inprocess", "--speculate"], "options of the pipeline executors"),
+             (["--executor", "ray", "--cuda-streams"], "not of Ray's workers"),
+             (["--executor", "ray", "--speculate"], "not of Ray's workers")]
     for i, (extra, msg) in enumerate(cases):
         out = tmp_path / f"o{i}"
         r = CliRunner().invoke(main, [*base, "--out", str(out), *extra])

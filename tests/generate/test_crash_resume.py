@@ -29,9 +29,16 @@ def _native_scheduler_built() -> bool:
     return _native.features()["run_pipeline"]
 
 
-@pytest.mark.parametrize("executor", ["inprocess", pytest.param("native", marks=pytest.mark.skipif(
-    not _native_scheduler_built(), reason="rv2._C has no pipeline scheduler"))])
+_NATIVE = pytest.mark.skipif(not _native_scheduler_built(), reason="rv2._C has no pipeline scheduler")
+
+
+@pytest.mark.parametrize("executor", ["inprocess", pytest.param("native", marks=_NATIVE),
+                                      pytest.param("native --speculate --slots 16", marks=_NATIVE)])
 def test_kill_9_then_resume(tmp_path, executor):
+    """Killed mid-run and resumed: nothing lost, nothing journaled twice. With speculation
+    (more slots than prompts, so the idle ones start second attempts at once) the passing
+    prompts' second attempts are started and then dropped: none may reach the journal,
+    before the kill or after."""
     from rv2.models.sd import save_pipeline
 
     model = save_pipeline(tiny(0), tmp_path / "model")
@@ -42,7 +49,7 @@ def test_kill_9_then_resume(tmp_path, executor):
     cmd = [sys.executable, "-m", "rv2.cli", "generate", "--prompts", str(tmp_path / "prompts.parquet"),
            "--model", str(model), "--out", str(out), "--qc-weights-dir", str(bundle),
            "--batch-size", "2", "--max-attempts", "2", "--steps", "5", "--device", "cpu",
-           "--no-progress", "--set", "store.shard_size=4", "--executor", executor]
+           "--no-progress", "--set", "store.shard_size=4", "--executor", *executor.split()]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "python")}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -85,3 +92,7 @@ def test_kill_9_then_resume(tmp_path, executor):
     assert len(journal) == len(log)
     # the second run resumed: it did not redo the attempts journaled before the kill
     assert summary["this_run"]["attempts"] <= len(journal) - killed_at
+    if "--speculate" in executor:
+        sch = summary["this_run"]["scheduler"]
+        assert sch["speculated"] > 0
+        assert sch["speculated"] == sch["speculation_kept"] + sch["speculation_dropped"]

@@ -57,6 +57,30 @@ class _Spy:
         StageRunner.judge = self._orig
 
 
+class _PassSome:
+    """QC passes prompt i's attempt i % 3 (prompts 0, 3, 6 at once, 1 and 4 on their
+    first retry, ...), so runs mix passes and retries; the toy QC alone rejects all."""
+
+    def __init__(self):
+        self._orig = StageRunner.judge
+
+    def __enter__(self):
+        orig = self._orig
+
+        def judge(runner, items, images):
+            verdicts = orig(runner, items, images)
+            for (pid, a), v in zip(items, verdicts):
+                if a == int(pid[1:5]) % 3:
+                    v["qc_pass"], v["qc_fail_reasons"] = True, ""
+            return verdicts
+
+        StageRunner.judge = judge
+        return self
+
+    def __exit__(self, *exc):
+        StageRunner.judge = self._orig
+
+
 def _journal(store):
     return {(r["prompt_id"], r["attempt"]): r for r in
             (json.loads(x) for x in (store / "journal.jsonl").read_text().splitlines())}
@@ -81,17 +105,33 @@ def _assert_same_records(a: dict, b: dict):
                 assert ra[k] == rb[k], (key, k, ra[k], rb[k])
 
 
+@pytest.mark.parametrize("speculate", [False, True], ids=["plain", "speculate"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_images_and_records_equal_inprocess(backend, comp, tmp_path):
+def test_images_and_records_equal_inprocess(backend, speculate, comp, tmp_path):
+    """With speculation too: the attempts it dropped were judged (so the spy saw them),
+    but the journal and the image files hold exactly what the in-process run wrote."""
     df = prompts_table(7, seed=2)
     cfg = _cfg()
-    with _Spy() as ref:
+    with _PassSome(), _Spy() as ref:
         generate_dataset(df, None, tmp_path / "in", cfg, qc_models=mean_qc(), components=comp,
                          executor=InProcessExecutor(3), progress=False)
-    ex = ContinuousExecutor(capacity=2, batch_size=2, backend=backend)
-    with _Spy() as got:
+    # speculation fills slots that would idle: more slots than prompts make some
+    ex = ContinuousExecutor(capacity=10 if speculate else 2, batch_size=2, backend=backend,
+                            speculate=speculate)
+    with _PassSome(), _Spy() as got:
         s = generate_dataset(df, None, tmp_path / "cb", cfg, qc_models=mean_qc(), components=comp,
                              executor=ex, progress=False)
+    sch = s["this_run"]["scheduler"]
+    dropped = set(got.images) - set(ref.images)
+    assert len(dropped) <= sch["speculation_dropped"]
+    assert all(a > 0 for _, a in dropped)
+    if speculate:
+        assert sch["speculation_kept"] > 0 and sch["speculation_dropped"] > 0
+        assert sch["speculated"] == sch["speculation_kept"] + sch["speculation_dropped"]
+        assert sch["useful_slot_occupancy"] <= sch["slot_occupancy"]
+        got.images = {k: v for k, v in got.images.items() if k not in dropped}
+    else:
+        assert not dropped and sch["speculated"] == 0
     assert got.images.keys() == ref.images.keys()
     assert any(a > 0 for _, a in ref.images), "the test needs retries"
     for key, img in ref.images.items():
@@ -105,9 +145,8 @@ def test_images_and_records_equal_inprocess(backend, comp, tmp_path):
             a = np.asarray(Image.open(tmp_path / "in" / r["path"]))
             b = np.asarray(Image.open(tmp_path / "cb" / _journal(tmp_path / "cb")[key]["path"]))
             assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
-    sch = s["this_run"]["scheduler"]
     assert s["executor"] == backend and sch["scheduler"] == backend
-    assert sch["slots"] == 2 and 0 < sch["slot_occupancy"] <= 1
+    assert sch["slots"] == ex.capacity and 0 < sch["slot_occupancy"] <= 1
     assert set(sch["stage_busy_s"]) == {"encode_text", "denoise", "decode", "qc", "write"}
     assert sch["retries"] == sum(1 for _, a in ref.images if a > 0)
 
@@ -159,21 +198,29 @@ class _FlakyQC:
         return self.inner.predict(images)
 
 
+@pytest.mark.parametrize("speculate", [False, True], ids=["plain", "speculate"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_stage_raising_leaves_a_store_that_resumes(backend, comp, tmp_path):
+def test_a_stage_raising_leaves_a_store_that_resumes(backend, speculate, comp, tmp_path):
     df = prompts_table(6, seed=4)
-    cfg = _cfg(steps=2, max_attempts=2, batch=2)
-    generate_dataset(df, None, tmp_path / "ref", cfg, qc_models=mean_qc(), components=comp,
-                     executor=InProcessExecutor(2), progress=False)
-    with pytest.raises(RuntimeError, match="QC crashed"):
-        generate_dataset(df, None, tmp_path / "cb", cfg, qc_models=_FlakyQC(3), components=comp,
-                         executor=ContinuousExecutor(capacity=2, backend=backend), progress=False)
-    partial = _journal(tmp_path / "cb")
-    assert 0 < len(partial) < len(_journal(tmp_path / "ref"))
-    s = generate_dataset(df, None, tmp_path / "cb", cfg, qc_models=mean_qc(), components=comp,
-                         executor=ContinuousExecutor(capacity=2, backend=backend), progress=False)
+    cfg = _cfg(steps=2, max_attempts=3, batch=2)
+    cap = 8 if speculate else 2     # more slots than prompts: speculative attempts at once
+
+    def ex():
+        return ContinuousExecutor(capacity=cap, batch_size=2, backend=backend, speculate=speculate)
+
+    with _PassSome():
+        generate_dataset(df, None, tmp_path / "ref", cfg, qc_models=mean_qc(), components=comp,
+                         executor=InProcessExecutor(2), progress=False)
+        with pytest.raises(RuntimeError, match="QC crashed"):
+            generate_dataset(df, None, tmp_path / "cb", cfg, qc_models=_FlakyQC(3), components=comp,
+                             executor=ex(), progress=False)
+        partial = _journal(tmp_path / "cb")
+        assert 0 < len(partial) < len(_journal(tmp_path / "ref"))
+        s = generate_dataset(df, None, tmp_path / "cb", cfg, qc_models=mean_qc(), components=comp,
+                             executor=ex(), progress=False)
     _assert_same_records(_journal(tmp_path / "ref"), _journal(tmp_path / "cb"))
     assert s["this_run"]["attempts"] == len(_journal(tmp_path / "ref")) - len(partial)
+    assert (s["this_run"]["scheduler"]["speculated"] > 0) == speculate
     files = {p.relative_to(tmp_path / "cb").as_posix() for p in (tmp_path / "cb" / "images").rglob("*")
              if p.is_file()}
     assert files == {r["path"] for r in _journal(tmp_path / "cb").values() if r["qc_pass"]}

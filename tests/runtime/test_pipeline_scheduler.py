@@ -23,7 +23,7 @@ class SimBodies:
         self.fails, self.raise_in, self.raise_at, self.out_dir = set(fails), raise_in, raise_at, out_dir
         self.items, self.slots = {}, {}
         self.calls = {}
-        self.encoded, self.committed, self.step_log = [], [], []
+        self.encoded, self.committed, self.step_log, self.dropped = [], [], [], []
         self.max_live = 0
         self.lock = threading.Lock()
 
@@ -81,10 +81,19 @@ class SimBodies:
         for t in tokens:
             del self.items[t]
 
+    def drop(self, tokens):
+        self._enter("drop")
+        for t in tokens:
+            self.dropped.append(self.items.pop(t))
+            for slot, (tok, _) in list(self.slots.items()):
+                if tok == t:
+                    del self.slots[slot]
 
-def _run(bodies, n, native, max_attempts=1, capacity=1, batch=1, queue=2, threads=1):
+
+def _run(bodies, n, native, max_attempts=1, capacity=1, batch=1, queue=2, threads=1,
+         speculate=False):
     return run_pipeline(bodies, [(p, 0) for p in range(n)], max_attempts, capacity, batch, queue,
-                        threads, native=native)
+                        threads, native=native, speculate=speculate)
 
 
 @pytest.mark.parametrize("native", BACKENDS, ids=IDS)
@@ -187,3 +196,63 @@ def test_a_failed_write_is_an_oserror_with_its_errno_and_file(native, tmp_path):
         _run(b, 3, native)
     assert info.value.errno in (errno.ENOTDIR, errno.EEXIST)
     assert str(blocker) in str(info.value.filename)
+
+
+def _attempts(committed):
+    out = {}
+    for p, a in committed:
+        out.setdefault(p, []).append(a)
+    return out
+
+
+@pytest.mark.parametrize("native", BACKENDS, ids=IDS)
+def test_speculation_fills_idle_slots_and_journals_what_a_plain_run_does(native):
+    """Prompt 0 fails three times, prompt 1 once: without speculation their retries run in
+    a nearly empty batch, one after another; with it, idle slots start the next attempts
+    early. The journal gets the same attempts in the same per-prompt order, the attempts
+    a pass made needless are dropped, and every payload is released."""
+    fails = {(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)}
+    sleeps = {"step": 0.004, "decode": 0.01, "judge": 0.01}
+    runs = {}
+    for spec in (False, True):
+        b = SimBodies(n_steps=4, fails=fails, sleeps=sleeps)
+        runs[spec] = (b, _run(b, 6, native, max_attempts=4, capacity=4, batch=2, queue=4,
+                              speculate=spec))
+    (b0, st0), (b1, st1) = runs[False], runs[True]
+    want = {0: [0, 1, 2, 3], 1: [0, 1, 2], 2: [0], 3: [0], 4: [0], 5: [0]}
+    assert _attempts(b0.committed) == _attempts(b1.committed) == want
+    assert st0["retries"] == st1["retries"] == 5 and st0["attempts"] == st1["attempts"] == 11
+    assert st0["speculated"] == st0["wasted_slot_steps"] == 0 and not b0.dropped
+    assert st1["speculated"] > 0 and st1["speculated"] == st1["speculation_kept"] + st1["speculation_dropped"]
+    assert st1["speculation_kept"] >= 3 and len(b1.dropped) == st1["speculation_dropped"]
+    assert all(a > 0 for _, a in b1.dropped)
+    # the dropped attempts come after the attempt that passed, for prompts 1-5 only
+    assert all(a > want[p][-1] for p, a in b1.dropped)
+    assert b1.items == {} and b1.slots == {}
+    # the committed attempts took n_steps each; the rest of the slot steps were dropped work
+    assert st1["slot_steps"] - st1["wasted_slot_steps"] == 11 * 4
+    assert st1["useful_occupancy"] == pytest.approx(44 / (st1["steps"] * 4))
+    assert st1["occupancy"] > st0["occupancy"] and st1["steps"] < st0["steps"]
+    # a speculative attempt never started before the prompt's attempt it follows
+    order = b1.encoded.index
+    assert all(order((p, a - 1)) < order((p, a)) for p, a in b1.encoded if a > 0)
+
+
+@pytest.mark.parametrize("native", BACKENDS, ids=IDS)
+def test_speculation_needs_a_drop_body(native):
+    class NoDrop(SimBodies):
+        drop = None
+    with pytest.raises(ValueError, match="drop"):
+        _run(NoDrop(), 2, native, max_attempts=2, speculate=True)
+
+
+@pytest.mark.parametrize("native", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("stage", ["step", "judge", "drop", "commit"])
+def test_a_stage_raising_under_speculation_stops_the_run(native, stage):
+    before = threading.active_count()
+    fails = {(p, a) for p in range(8) for a in range(3)}
+    b = SimBodies(n_steps=2, fails=fails - {(p, 1) for p in range(8)}, raise_in=stage, raise_at=2,
+                  sleeps={"judge": 0.003})
+    with pytest.raises(RuntimeError, match=f"{stage} failed"):
+        _run(b, 8, native, max_attempts=4, capacity=4, batch=2, speculate=True)
+    assert threading.active_count() == before

@@ -92,6 +92,10 @@ def load_engines(ctx, folder, device=None):
 @click.option("--cuda-graph", is_flag=True, default=None,
               help="Pipeline executors on CUDA: the denoiser's step (every slot) captured once in "
                    "a CUDA graph and replayed (eager UNet).")
+@click.option("--speculate", is_flag=True, default=None,
+              help="Pipeline executors: denoiser slots that would idle start a prompt's next "
+                   "attempt before its current one is judged; kept if that one fails, dropped if "
+                   "it passes. The store is the same; pays where a free slot is nearly free.")
 @click.option("--allow-long-prompts", is_flag=True,
               help="Generate from prompts over 77 CLIP tokens (the text encoder cuts them; "
                    "warned) instead of refusing them.")
@@ -111,7 +115,7 @@ def load_engines(ctx, folder, device=None):
 @click.pass_context
 def generate(ctx, prompts_path, model_dir, out_dir, qc_weights_dir, qc_calibration, no_qc, batch_size,
              max_attempts, sampler, steps, early_reject, early_margin, guidance, device, dtype, limit,
-             config_path, overrides, executor, slots, cuda_streams, cuda_graph, allow_long_prompts, quota,
+             config_path, overrides, executor, slots, cuda_streams, cuda_graph, speculate, allow_long_prompts, quota,
              budget_attempts, no_progress, engines_dir, address, workers, gpus_per_worker, cpus_per_worker):
     """Generate a QC'd synthetic dataset store from an expanded prompts table.
 
@@ -129,7 +133,7 @@ def generate(ctx, prompts_path, model_dir, out_dir, qc_weights_dir, qc_calibrati
              "qc.calibration": qc_calibration,
              "qc.enabled": False if no_qc else None,
              "executor": executor if executor != "ray" else None, "slots": slots,
-             "cuda_streams": cuda_streams, "cuda_graph": cuda_graph,
+             "cuda_streams": cuda_streams, "cuda_graph": cuda_graph, "speculate": speculate,
              "allow_long_prompts": True if allow_long_prompts else None,
              "quota.targets": quota, "quota.budget_attempts": budget_attempts}
     sets = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
@@ -141,9 +145,9 @@ def generate(ctx, prompts_path, model_dir, out_dir, qc_weights_dir, qc_calibrati
     ray = {"address": address, "workers": workers, "gpus_per_worker": gpus_per_worker,
            "cpus_per_worker": cpus_per_worker}
     if executor == "ray":
-        if cfg.cuda_streams or cfg.cuda_graph:
-            raise UserError("--cuda-streams and --cuda-graph are options of the pipeline executors "
-                            "(--executor native or python), not of Ray's workers")
+        if cfg.cuda_streams or cfg.cuda_graph or cfg.speculate:
+            raise UserError("--cuda-streams, --cuda-graph and --speculate are options of the "
+                            "pipeline executors (--executor native or python), not of Ray's workers")
         ex = make_executor(ctx, "ray", "generate", batch_size=cfg.batch_size, **ray)
         if callable(getattr(ex, "connect", None)):
             c = ex.connect()
@@ -153,6 +157,7 @@ def generate(ctx, prompts_path, model_dir, out_dir, qc_weights_dir, qc_calibrati
     else:
         ex = make_executor(ctx, cfg.executor, "generate", batch_size=cfg.batch_size,
                            slots=cfg.slots, cuda_streams=cfg.cuda_streams, cuda_graph=cfg.cuda_graph,
+                           speculate=cfg.speculate,
                            **ray)
     stages = None
     if engines_dir:

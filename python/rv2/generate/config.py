@@ -87,6 +87,10 @@ class GenerateConfig(Config):
     # denoiser's step in a CUDA graph; off until a GPU run shows they pay
     cuda_streams: bool = False
     cuda_graph: bool = False
+    # pipeline executors: slots that would idle start a prompt's next attempt before its
+    # current one is judged (kept if that fails, dropped if it passes); pays where a free
+    # slot costs little (a CUDA graph's fixed batch, a small model)
+    speculate: bool = False
     limit: Optional[int] = None     # only the first N prompts (smoke runs)
     allow_long_prompts: bool = False  # generate from prompts over 77 CLIP tokens (cut; warned)
 

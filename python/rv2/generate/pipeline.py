@@ -367,7 +367,12 @@ def _scheduler_summary(st: dict) -> dict:
             "queue_capacity": st.get("queue_capacity"),
             "queue_depth_max": st.get("queue_depth_max"),
             "queue_depth_mean": {k: round(v, 2) for k, v in st.get("queue_depth_mean", {}).items()},
-            "retries": st.get("retries")}
+            "retries": st.get("retries"),
+            # speculation: attempts started before their predecessor's verdict, kept or
+            # dropped, and the slot occupancy of the work that was kept
+            "speculated": st.get("speculated", 0), "speculation_kept": st.get("speculation_kept", 0),
+            "speculation_dropped": st.get("speculation_dropped", 0),
+            "useful_slot_occupancy": round(st.get("useful_occupancy", st.get("occupancy", 0.0)), 4)}
 
 
 class _Progress:

@@ -25,12 +25,13 @@ class ContinuousExecutor:
     (default: on CUDA where rv2._C has it); cuda_streams, cuda_graph: a CUDA stream per
     stage, the denoiser step in a CUDA graph (`rv2.runtime.cuda_overlap`); fixed_batch:
     the denoiser runs every slot each step (free ones on zeros), as the graph does, for
-    backends built for one batch size."""
+    backends built for one batch size; speculate: idle slots start a prompt's next attempt
+    before its current one is judged (`rv2.runtime.pipeline_scheduler`)."""
 
     def __init__(self, capacity: int = 8, batch_size: int | None = None,
                  queue_capacity: int | None = None, write_threads: int | None = None,
                  backend: str = "auto", fused: bool | None = None, cuda_streams: bool = False,
-                 cuda_graph: bool = False, fixed_batch: bool = False):
+                 cuda_graph: bool = False, fixed_batch: bool = False, speculate: bool = False):
         if backend not in ("auto", "native", "python"):
             raise ValueError(f"backend must be auto, native or python, got {backend!r}")
         if capacity < 1:
@@ -43,6 +44,7 @@ class ContinuousExecutor:
         self.write_threads = write_threads or max(1, min(4, os.cpu_count() or 1))
         self.fused = fused            # fused CFG + update kernel (default: on CUDA where built)
         self.cuda_streams, self.cuda_graph, self.fixed_batch = cuda_streams, cuda_graph, fixed_batch
+        self.speculate = speculate
         self.last_stats: dict | None = None
         self.bodies = None
 
@@ -62,7 +64,8 @@ class ContinuousExecutor:
                                        fixed_batch=self.fixed_batch)
         self.last_stats = run_pipeline(self.bodies, [(index[p], a) for p, a in work], max_attempts,
                                        self.capacity, self.batch_size, self.queue_capacity,
-                                       self.write_threads, native=self.native)
+                                       self.write_threads, native=self.native,
+                                       speculate=self.speculate)
 
 
 __all__ = ["ContinuousExecutor"]

@@ -56,6 +56,7 @@ class _Item:
     record: dict | None = None
     u8: Any = None          # the accepted image as uint8, until written
     event: Any = None       # CUDA event of the stage that made its payload (stage streams)
+    slot: int | None = None  # its denoiser slot, while it holds one
 
 
 class GenerationBodies:
@@ -127,6 +128,7 @@ class GenerationBodies:
             self.x[slot] = s.start(slot, it.latents)[0]
             self.ctx[slot] = it.cond
             it.cond = it.latents = None
+            it.slot = slot
             self.slot_token[slot] = tok
         slots = sorted(self.slot_token)
         ks = [s.k[slot] for slot in slots]      # each slot's call, before this step
@@ -155,11 +157,12 @@ class GenerationBodies:
             if slot in stopped:     # early rejection: the slot is free from the next step
                 tok = self.slot_token.pop(slot)
                 it, c = self.items[tok], stopped[slot]
-                it.image, it.verdict = c.image, c.verdict
+                it.image, it.verdict, it.slot = c.image, c.verdict, None
                 finished.append((slot, tok))
             elif s.done(slot):
                 tok = self.slot_token.pop(slot)
-                self.items[tok].latents = new[j:j + 1].clone()
+                it = self.items[tok]
+                it.latents, it.slot = new[j:j + 1].clone(), None
                 finished.append((slot, tok))
         return finished
 
@@ -262,6 +265,14 @@ class GenerationBodies:
                 it.record, it.u8 = rec, None
         self.runner.add_time("write", time.perf_counter() - t0)
         return [bool(it.record["qc_pass"]) for it in its]
+
+    def drop(self, tokens: Sequence[int]) -> None:
+        """Forget speculative attempts that a pass made needless; a slot one held is free
+        (the scheduler calls this for slotted tokens from the denoiser's thread only)."""
+        for tok in tokens:
+            it = self.items.pop(tok)
+            if it.slot is not None:
+                del self.slot_token[it.slot]
 
     def done(self, tokens: Sequence[int], finals: Sequence[bool], live: dict) -> None:
         self.live = dict(live)
