@@ -155,7 +155,7 @@ def authors_approach(comp, df, qc_dir, cfg, device, tmp: Path) -> dict:
 
 
 def ours(comp, df, qc_dir, cfg, device, tmp: Path, model_dir=None, executor: str = "inprocess",
-         cuda: bool = False) -> dict:
+         cuda: bool = False, speculate: bool = False) -> dict:
     import torch
     from rv2.generate.pipeline import generate_dataset
     from rv2.models.qc_networks import load_qc_models
@@ -163,7 +163,8 @@ def ours(comp, df, qc_dir, cfg, device, tmp: Path, model_dir=None, executor: str
 
     t0 = time.perf_counter()
     qc = load_qc_models(qc_dir, device, "authors", cfg.qc.batch_size)  # once per process
-    ex = make_executor(executor, cfg.batch_size, cfg.slots, cuda_streams=cuda, cuda_graph=cuda)
+    ex = make_executor(executor, cfg.batch_size, cfg.slots, cuda_streams=cuda, cuda_graph=cuda,
+                       speculate=speculate)
     s = generate_dataset(df, model_dir, tmp / "ours", cfg, qc_models=qc, components=comp,
                          executor=ex, progress=False)
     if device.startswith("cuda"):
@@ -172,13 +173,16 @@ def ours(comp, df, qc_dir, cfg, device, tmp: Path, model_dir=None, executor: str
     sch = s["this_run"].get("scheduler") or {}
     return {"images": s["this_run"]["attempts"], "wall_s": wall, "passed": s["accepted"],
             "stages": s["this_run"]["stage_seconds"], "occupancy": sch.get("slot_occupancy"),
+            "useful_occupancy": sch.get("useful_slot_occupancy"), "speculated": sch.get("speculated"),
+            "speculation_dropped": sch.get("speculation_dropped"),
             "wait_share": sch.get("denoiser_wait_share"), "pass_rate": s["attempt_pass_rate"]["overall"]}
 
 
 def executors_bench(args) -> int:
     """In-process vs the pipeline executors on the bundled demo generator and QC bundle,
-    retries on (max_attempts 4): attempts/s, denoiser slot occupancy (tail included) and
-    the share of wall time the denoiser waited for work."""
+    retries on (max_attempts 4): attempts/s, denoiser slot occupancy (tail included), the
+    occupancy of the kept work (speculation's dropped attempts out) and the share of wall
+    time the denoiser waited for work. "+spec" rows: the same executor with --speculate."""
     import torch
     from rv2.generate.config import GenerateConfig
     from rv2.models.sd import load_components
@@ -194,14 +198,16 @@ def executors_bench(args) -> int:
     cfg.sampler.steps, cfg.sampler.guidance = args.steps, args.guidance
     cfg.sampler.device, cfg.sampler.dtype = args.device, args.dtype
     cfg.batch_size, cfg.max_attempts, cfg.slots = args.batch_size, 4, args.batch_size
-    names = ["inprocess", "python"] + (["native"] if default_executor() == "native" else [])
+    pipe = "native" if default_executor() == "native" else "python"
+    names = ["inprocess", "python"] + (["native"] if pipe == "native" else []) + [f"{pipe}+spec"]
     best: dict = {}
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         ours(comp, df.iloc[: args.batch_size], demo / "qc", cfg, args.device, tmp / "warm")
         for rep in range(args.repeats):
             for name in names:
-                r = ours(comp, df, demo / "qc", cfg, args.device, tmp / f"{name}{rep}", executor=name)
+                r = ours(comp, df, demo / "qc", cfg, args.device, tmp / f"{name}{rep}",
+                         executor=name.split("+")[0], speculate=name.endswith("+spec"))
                 if name not in best or r["wall_s"] < best[name]["wall_s"]:
                     best[name] = r
     base = best["inprocess"]["images"] / best["inprocess"]["wall_s"]
@@ -209,15 +215,19 @@ def executors_bench(args) -> int:
           f"steps={args.steps} guidance={args.guidance} prompts={args.n} batch/slots={args.batch_size} "
           f"max_attempts=4 threads={torch.get_num_threads()} repeats={args.repeats} (best of each)")
     print(f"{'executor':<12} {'attempts':>8} {'pass':>6} {'wall s':>8} {'att/s':>8} {'ratio':>6} "
-          f"{'slot occ':>9} {'den. wait':>9}")
+          f"{'slot occ':>9} {'kept occ':>9} {'den. wait':>9} {'spec/dropped':>12}")
     rows = []
+
+    def pct(v):
+        return "-" if v is None else f"{v:.1%}"
+
     for name in names:
         r = best[name]
         ips = r["images"] / r["wall_s"]
-        occ = "-" if r["occupancy"] is None else f"{r['occupancy']:.1%}"
-        wait = "-" if r["wait_share"] is None else f"{r['wait_share']:.1%}"
+        spec = f"{r['speculated']}/{r['speculation_dropped']}" if r["speculated"] else "-"
         print(f"{name:<12} {r['images']:>8} {r['pass_rate']:>6.2f} {r['wall_s']:>8.2f} {ips:>8.3f} "
-              f"{ips / base:>5.2f}x {occ:>9} {wait:>9}")
+              f"{ips / base:>5.2f}x {pct(r['occupancy']):>9} {pct(r['useful_occupancy']):>9} "
+              f"{pct(r['wait_share']):>9} {spec:>12}")
         rows.append({"executor": name, **r, "attempts_per_s": ips, "ratio": ips / base})
     if args.json:
         Path(args.json).write_text(json.dumps({"config": vars(args), "rows": rows}, indent=2))
