@@ -256,3 +256,27 @@ def test_a_stage_raising_under_speculation_stops_the_run(native, stage):
     with pytest.raises(RuntimeError, match=f"{stage} failed"):
         _run(b, 8, native, max_attempts=4, capacity=4, batch=2, speculate=True)
     assert threading.active_count() == before
+
+
+@pytest.mark.parametrize("native", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_speculation_keeps_the_retry_rule_on_random_verdicts(native, seed):
+    """Random verdicts, more slots than the queues can keep busy: each prompt's journal
+    is attempts 0..k, k its first pass (or the last attempt), nothing twice, nothing left."""
+    import random
+
+    rng = random.Random(seed)
+    n, max_attempts = 20, 4
+    fails = {(p, a) for p in range(n) for a in range(max_attempts) if rng.random() < 0.55}
+    b = SimBodies(n_steps=rng.choice([1, 3]), fails=fails,
+                  sleeps={"step": 0.001, "decode": 0.002, "judge": 0.003})
+    st = _run(b, n, native, max_attempts=max_attempts, capacity=6, batch=2, queue=2,
+              speculate=True)
+    got = _attempts(b.committed)
+    for p in range(n):
+        k = next((a for a in range(max_attempts) if (p, a) not in fails), max_attempts - 1)
+        assert got[p] == list(range(k + 1)), (p, got[p])
+    assert len(b.committed) == len(set(b.committed)) == st["attempts"]
+    assert st["speculated"] == st["speculation_kept"] + st["speculation_dropped"] > 0
+    assert b.items == {} and b.slots == {}
+    assert not set(b.dropped) & set(b.committed)

@@ -269,8 +269,9 @@ def run_pipeline_py(bodies, items, max_attempts: int, capacity: int, batch: int,
             bodies.drop([it[0] for it in its])
             for it in its:
                 work.forget(it[1], it[2])
-                st["dropped"] += 1
-                st["wasted"] += it[3]
+            with lock:  # the denoiser and the write stage both drop
+                st["dropped"] += len(its)
+                st["wasted"] += sum(it[3] for it in its)
 
     token = [0]
 
