@@ -498,7 +498,9 @@ class Pipeline {
     d["decode"] = decoded_.depth();
     d["qc"] = judged_.depth();
     d["write"] = written_.depth();
+    d["speculated"] = work_.speculated();
     std::lock_guard<std::mutex> lk(stat_mu_);
+    d["speculation_dropped"] = dropped_;
     d["occupancy"] = steps_ ? static_cast<double>(slot_steps_) / (static_cast<double>(steps_) * opt_.capacity) : 0.0;
     return d;
   }

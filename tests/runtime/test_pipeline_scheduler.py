@@ -25,6 +25,7 @@ class SimBodies:
         self.calls = {}
         self.encoded, self.committed, self.step_log, self.dropped = [], [], [], []
         self.max_live = 0
+        self.lives = []
         self.lock = threading.Lock()
 
     def _enter(self, stage):
@@ -77,7 +78,9 @@ class SimBodies:
         return out
 
     def done(self, tokens, finals, live):
-        assert set(live) >= {"ready", "decode", "qc", "write", "occupancy"}
+        assert set(live) >= {"ready", "decode", "qc", "write", "occupancy", "speculated",
+                             "speculation_dropped"}
+        self.lives.append(live)
         for t in tokens:
             del self.items[t]
 
@@ -229,6 +232,8 @@ def test_speculation_fills_idle_slots_and_journals_what_a_plain_run_does(native)
     # the dropped attempts come after the attempt that passed, for prompts 1-5 only
     assert all(a > want[p][-1] for p, a in b1.dropped)
     assert b1.items == {} and b1.slots == {}
+    # the progress bar's figures (live) count the speculation as it goes
+    assert max(v["speculated"] for v in b1.lives) > 0 and max(v["speculated"] for v in b0.lives) == 0
     # the committed attempts took n_steps each; the rest of the slot steps were dropped work
     assert st1["slot_steps"] - st1["wasted_slot_steps"] == 11 * 4
     assert st1["useful_occupancy"] == pytest.approx(44 / (st1["steps"] * 4))

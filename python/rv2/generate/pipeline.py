@@ -391,8 +391,11 @@ class _Progress:
         live = getattr(self.executor, "live_stats", None)
         if not live:
             return {}
-        return {"occ": f"{live.get('occupancy', 0.0):.0%}",
-                "q": "/".join(str(live.get(k, 0)) for k in ("ready", "decode", "qc", "write"))}
+        out = {"occ": f"{live.get('occupancy', 0.0):.0%}",
+               "q": "/".join(str(live.get(k, 0)) for k in ("ready", "decode", "qc", "write"))}
+        if live.get("speculated"):   # speculative attempts started/dropped so far
+            out["spec"] = f"{live['speculated']}/{live.get('speculation_dropped', 0)}"
+        return out
 
     def __call__(self, rec: dict, final: bool) -> None:
         self.attempts += 1

@@ -261,7 +261,8 @@ def run_pipeline_py(bodies, items, max_attempts: int, capacity: int, batch: int,
 
     def live() -> dict:
         return {"queued": work.depth(), **{k: q.depth() for k, q in queues.items()},
-                "occupancy": occupancy()}
+                "occupancy": occupancy(), "speculated": work.speculated,
+                "speculation_dropped": st["dropped"]}
 
     def drop(its):
         """Forget cancelled speculative attempts (called by the stage holding them)."""
