@@ -363,9 +363,9 @@ def run_pipeline_py(bodies, items, max_attempts: int, capacity: int, batch: int,
     def write_one(tok, path):
         atomic_write_bytes(path, bodies.encode_image(tok))
 
-    def journal(pool, got) -> list:
-        """Write and journal `got` (real attempts, in order); the held attempts that the
-        verdicts made real."""
+    def journal(pool, got) -> bool:
+        """Write and journal `got` (real attempts, in order), then apply the retry rule;
+        whether no prompt is left."""
         t0 = time.perf_counter()
         toks = [it[0] for it in got]
         paths = bodies.prepare_write(toks)
