@@ -590,17 +590,19 @@ def test_sigterm_finishes_the_batch_and_exits_143(tmp_path):
     assert all(after[pid]["path"] == rec["path"] for pid, rec in done.items())
 
 
-@pytest.mark.parametrize("executor", ["python"])  # inprocess (or native): the real-process test
+# inprocess (or native): the real-process test
+@pytest.mark.parametrize("executor", ["python", "python --speculate --slots 4"])
 def test_sigterm_in_process_with_each_executor(tmp_path, executor):
     """The stop rule holds for the pipeline executors too (their result callback runs on
-    a writer thread): exit 143, a consistent store, and the same command completes it."""
+    a writer thread): exit 143, a consistent store, and the same command completes it;
+    with speculation, the attempts held or in flight at the stop leave no trace."""
     import os
     import signal
     import threading
     import time
 
     args = generate_args(tmp_path, generation_prompts(24), "--batch-size", "1", "--executor",
-                         executor)
+                         *executor.split())
     journal = tmp_path / "store" / "journal.jsonl"
 
     def kill_when_started():
