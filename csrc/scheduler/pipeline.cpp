@@ -7,12 +7,14 @@
 //        --decode--> judged --qc--> written --write (+ native write pool)
 //
 // Stage bodies are Python callables on a `bodies` object (see
-// rv2/runtime/pipeline_executor.py for the contract and the Python twin of this
+// rv2/runtime/pipeline_scheduler.py for the contract and the Python twin of this
 // file). The GIL is taken only around a body call; every wait and queue
 // operation runs without it. Items join the denoiser at step boundaries as
 // soon as a slot is free. Image files are written on a pool of native threads
 // (write to a temporary, fsync, rename, fsync the folder), then the batch is
 // journaled by the `commit` body, then the retry rule re-queues failures.
+// With `speculate`, slots that would idle start a prompt's next attempt early;
+// the write stage holds it until its predecessor is journaled (WorkQueue).
 #include <fcntl.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
