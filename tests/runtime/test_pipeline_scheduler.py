@@ -285,3 +285,33 @@ def test_speculation_keeps_the_retry_rule_on_random_verdicts(native, seed):
     assert st["speculated"] == st["speculation_kept"] + st["speculation_dropped"] > 0
     assert b.items == {} and b.slots == {}
     assert not set(b.dropped) & set(b.committed)
+
+
+@pytest.mark.parametrize("native", BACKENDS, ids=IDS)
+def test_a_cancelled_attempt_leaves_its_slot_at_the_next_step(native):
+    """One prompt, long trajectories, quick verdicts: attempt 0 passes while the
+    speculative attempt 1 is mid-way; the denoiser drops it at the next step boundary
+    (fewer than n_steps taken), and decode and QC never see it."""
+
+    class Seen(SimBodies):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.judged, self.in_slot = [], []
+
+        def judge(self, tokens):
+            self.judged += [self.items[t] for t in tokens]
+
+        def drop(self, tokens):
+            self.in_slot += [any(v[0] == t for v in self.slots.values()) for t in tokens]
+            super().drop(tokens)
+
+    n_steps = 12   # a slow encoder: the speculative attempts join steps behind attempt 0
+    b = Seen(n_steps=n_steps, sleeps={"step": 0.01, "encode": 0.035})
+    st = _run(b, 1, native, max_attempts=3, capacity=3, batch=1, queue=2, speculate=True)
+    assert b.committed == [(0, 0)] and b.judged == [(0, 0)]
+    assert st["speculated"] >= 1 and st["speculation_dropped"] == st["speculated"]
+    assert b.in_slot and all(b.in_slot)
+    # every dropped attempt started after attempt 0 and left before finishing its trajectory
+    assert 0 < st["wasted_slot_steps"] < st["speculated"] * n_steps
+    assert st["steps"] < n_steps + 4
+    assert b.items == {} and b.slots == {}
